@@ -1,0 +1,87 @@
+"""``d2v``: the typer application and the error boundary every command runs inside.
+
+Errors that d2v raises on purpose print one line (``error: ...``) and exit with their code;
+``--debug`` prints the full traceback instead.
+"""
+
+from __future__ import annotations
+
+import sys
+import traceback
+from typing import Optional
+
+import click
+import typer
+
+from d2v_core import __version__
+from d2v_core.errors import D2VError
+
+app = typer.Typer(
+    name="d2v",
+    help="data2vec self-supervised pretraining; modalities come from plugins (see `d2v list-plugins`).",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+    rich_markup_mode=None,
+)
+
+
+def _version(value: bool) -> None:
+    if value:
+        typer.echo(f"d2v {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(
+    version: Optional[bool] = typer.Option(None, "--version", callback=_version, is_eager=True, help="Print the version and exit."),
+    debug: bool = typer.Option(False, "--debug", help="Show full tracebacks on errors."),
+) -> None:
+    """data2vec pretraining for any modality a plugin provides."""
+
+
+def _register_commands() -> None:
+    from d2v_cli import config_cmd, plugins_cmd, pretrain_cmd, shards_cmd
+
+    app.command("list-plugins")(plugins_cmd.list_plugins)
+    app.add_typer(config_cmd.config_app, name="config")
+    app.command("pretrain")(pretrain_cmd.pretrain)
+    app.command("make-shards")(shards_cmd.make_shards)
+
+
+_register_commands()
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Console entry point: run the app and turn errors into one line and an exit code."""
+    args = list(sys.argv[1:] if argv is None else argv)
+    debug = "--debug" in args
+    try:
+        app(args=args, prog_name="d2v", standalone_mode=False)
+    except click.exceptions.Exit as exc:
+        sys.exit(exc.exit_code)
+    except click.ClickException as exc:
+        exc.show()
+        sys.exit(exc.exit_code)
+    except click.exceptions.Abort:
+        print("aborted", file=sys.stderr)
+        sys.exit(130)
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        sys.exit(130)
+    except D2VError as exc:
+        if debug:
+            traceback.print_exc()
+        print(f"error: {exc}", file=sys.stderr)
+        sys.exit(exc.exit_code)
+    except Exception as exc:  # noqa: BLE001 - the boundary: never a bare traceback without --debug
+        if debug:
+            traceback.print_exc()
+        first = str(exc).splitlines()[0] if str(exc) else ""
+        print(f"error: unexpected {type(exc).__name__}: {first} (rerun with --debug for the traceback)", file=sys.stderr)
+        sys.exit(1)
+    sys.exit(0)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,73 @@
+"""d2v core: modality-agnostic data2vec (Transformer, EMA teacher, targets, loss, trainer).
+
+Importing ``d2v_core`` is cheap (no torch). Torch-backed names (``FeatureEncoder``, ``Masker``,
+``Normalizer``, ...) load on first access, so plugin registration modules and fast CLI paths
+never pay for torch.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+__version__ = "0.1.0"
+
+#: Version of the plugin API. A plugin declares the version it targets as the module attribute
+#: ``D2V_PLUGIN_API_VERSION``; a different major version is refused.
+PLUGIN_API_VERSION = "1.0"
+
+from d2v_core.errors import (  # noqa: E402
+    CheckpointError,
+    ConfigError,
+    D2VError,
+    DataError,
+    DuplicateComponentError,
+    PluginError,
+    PreflightError,
+    TrainingError,
+    UnknownComponentError,
+)
+from d2v_core.hookspecs import hookimpl  # noqa: E402
+from d2v_core.specs import ComponentSpec, ModalitySpec  # noqa: E402
+
+# name -> module that defines it; imported lazily (these import torch).
+_LAZY = {
+    "FeatureEncoder": "d2v_core.interfaces",
+    "Features": "d2v_core.interfaces",
+    "MaskRequest": "d2v_core.interfaces",
+    "Masker": "d2v_core.interfaces",
+    "Normalizer": "d2v_core.interfaces",
+    "RecordDecoder": "d2v_core.interfaces",
+    "SkipRecord": "d2v_core.interfaces",
+    "Batch": "d2v_core.interfaces",
+    "Transformer": "d2v_core.model.transformer",
+    "pad_sequences": "d2v_core.data.collate",
+    "lengths_to_padding_mask": "d2v_core.data.collate",
+}
+
+__all__ = [
+    "__version__",
+    "PLUGIN_API_VERSION",
+    "hookimpl",
+    "ComponentSpec",
+    "ModalitySpec",
+    "D2VError",
+    "ConfigError",
+    "UnknownComponentError",
+    "PluginError",
+    "DuplicateComponentError",
+    "DataError",
+    "PreflightError",
+    "CheckpointError",
+    "TrainingError",
+    *_LAZY,
+]
+
+
+def __getattr__(name: str) -> Any:
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module 'd2v_core' has no attribute {name!r}")
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value
+    return value

@@ -1,0 +1,23 @@
+"""Components the core itself provides, registered like any plugin's (as plugin ``core``)."""
+
+from __future__ import annotations
+
+from d2v_core.hookspecs import hookimpl
+from d2v_core.specs import ComponentSpec
+
+D2V_PLUGIN_API_VERSION = "1.0"
+
+_NORM = "d2v_core.model.normalizers"
+
+
+@hookimpl
+def d2v_register(registry) -> None:  # type: ignore[no-untyped-def]
+    registry.add_component(ComponentSpec("normalizer", "none", f"{_NORM}:IdentityNorm", description="no normalisation"))
+    registry.add_component(
+        ComponentSpec("normalizer", "instance", f"{_NORM}:InstanceNorm",
+                      description="each channel over time, per sample, no affine (audio targets)")
+    )
+    registry.add_component(
+        ComponentSpec("normalizer", "layer", f"{_NORM}:LayerNormNoAffine",
+                      description="each step over channels, no affine (image and text targets)")
+    )

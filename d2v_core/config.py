@@ -1,0 +1,187 @@
+"""Typed configuration of a whole run (pydantic v2). Unknown keys are errors everywhere.
+
+Modality-specific parts (``encoder``, ``masking.options``, ``data.options``) are plain dicts
+here and are validated against the option models the plugin declares, by
+:func:`d2v_core.config_resolve.resolve_config`.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal, Optional, Union
+
+from pydantic import BaseModel, ConfigDict, Field, NonNegativeFloat, NonNegativeInt, PositiveInt, model_validator
+
+Probability = Field(ge=0.0, lt=1.0)
+
+
+class StrictModel(BaseModel):
+    """Base for every config section: unknown keys and wrong types are errors."""
+
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class TransformerConfig(StrictModel):
+    """The core Transformer. ``post_ln``: wav2vec 2.0 / RoBERTa layers; ``pre_ln``: BEiT layers
+    with layer scale."""
+
+    dim: PositiveInt = 768
+    depth: PositiveInt = 12
+    heads: PositiveInt = 12
+    ffn_dim: PositiveInt = 3072
+    layout: Literal["post_ln", "pre_ln"] = "post_ln"
+    dropout: float = Field(0.1, ge=0.0, lt=1.0)
+    attention_dropout: float = Field(0.1, ge=0.0, lt=1.0)
+    activation_dropout: float = Field(0.0, ge=0.0, lt=1.0)
+    drop_path: float = Field(0.0, ge=0.0, lt=1.0)
+    layerdrop: float = Field(0.0, ge=0.0, lt=1.0)
+    layer_scale_init: Optional[float] = Field(None, gt=0.0)
+    norm_eps: float = Field(1e-5, gt=0.0)
+    qkv_bias: Literal["qkv", "qv", "none"] = "qkv"
+    final_norm: bool = False
+    init: Literal["bert", "beit"] = "bert"
+
+    @model_validator(mode="after")
+    def _heads_divide_dim(self) -> "TransformerConfig":
+        if self.dim % self.heads:
+            raise ValueError(f"model.dim ({self.dim}) must be divisible by model.heads ({self.heads})")
+        if self.layer_scale_init is not None and self.layout != "pre_ln":
+            raise ValueError("model.layer_scale_init applies only to layout 'pre_ln'")
+        return self
+
+
+class MaskingConfig(StrictModel):
+    """Which masker (``None``: the modality's default) and its options."""
+
+    name: Optional[str] = None
+    options: dict[str, Any] = Field(default_factory=dict)
+
+
+class TargetsConfig(StrictModel):
+    """Teacher targets: mean of the top-K layers' ``ffn`` (FFN output before the residual) or
+    ``block`` (block output) intermediates, normalised per layer and optionally after averaging."""
+
+    top_k: PositiveInt = 8
+    source: Literal["ffn", "block"] = "ffn"
+    layer_norm: str = "instance"
+    post_norm: str = "none"
+
+
+class LossConfig(StrictModel):
+    """Regression loss: MSE (``beta`` 0) or SmoothL1(beta), summed over features and multiplied
+    by ``scale`` (a number, ``inv_sqrt_dim`` = 1/sqrt(D), or ``inv_dim`` = 1/D, the mean over
+    features); averaged over masked steps of all ranks."""
+
+    beta: NonNegativeFloat = 0.0
+    scale: Union[Literal["inv_sqrt_dim", "inv_dim"], float] = "inv_sqrt_dim"
+    head: Literal["linear", "mlp"] = "linear"
+    head_hidden_mult: PositiveInt = 2
+
+
+class EMAConfig(StrictModel):
+    """EMA teacher. ``decay`` is annealed linearly to ``end_decay`` over ``anneal_end_step``
+    updates, then constant. Parameter names matching ``copy`` are copied from the student, those
+    matching ``exclude`` are not used by the teacher (fnmatch patterns)."""
+
+    decay: float = Field(0.999, ge=0.0, le=1.0)
+    end_decay: float = Field(0.9999, ge=0.0, le=1.0)
+    anneal_end_step: NonNegativeInt = 30000
+    teacher_input: Literal["features", "raw"] = "features"
+    copy_params: list[str] = Field(default_factory=list)
+    exclude_params: list[str] = Field(default_factory=list)
+
+
+class ScheduleConfig(StrictModel):
+    """Learning-rate schedule. ``tri_stage`` (fairseq: linear warm-up from ``init_lr_scale``,
+    hold, exponential decay to ``final_lr_scale``, in ``phase_ratio`` of the steps); ``cosine``
+    (linear warm-up from ``warmup_init_lr`` over ``warmup_steps``, half-cosine to ``min_lr``);
+    ``constant``."""
+
+    name: Literal["tri_stage", "cosine", "constant"] = "tri_stage"
+    phase_ratio: tuple[float, float, float] = (0.03, 0.9, 0.07)
+    init_lr_scale: float = Field(0.01, ge=0.0)
+    final_lr_scale: float = Field(0.01, gt=0.0)
+    warmup_steps: NonNegativeInt = 0
+    warmup_init_lr: NonNegativeFloat = 0.0
+    min_lr: NonNegativeFloat = 0.0
+
+    @model_validator(mode="after")
+    def _ratios(self) -> "ScheduleConfig":
+        if any(r < 0 for r in self.phase_ratio) or abs(sum(self.phase_ratio) - 1.0) > 1e-6:
+            raise ValueError(f"optim.schedule.phase_ratio must be 3 non-negative numbers summing to 1, got {list(self.phase_ratio)}")
+        return self
+
+
+class OptimConfig(StrictModel):
+    """AdamW (decoupled weight decay). ``no_decay_1d`` exempts biases, norms and other 1-D
+    parameters from weight decay; ``no_decay`` adds name patterns (position, CLS embeddings)."""
+
+    lr: float = Field(5e-4, gt=0.0)
+    betas: tuple[float, float] = (0.9, 0.98)
+    eps: float = Field(1e-6, gt=0.0)
+    weight_decay: NonNegativeFloat = 0.01
+    no_decay_1d: bool = False
+    no_decay: list[str] = Field(default_factory=list)
+    clip_norm: NonNegativeFloat = 0.0
+    accum_steps: PositiveInt = 1
+    schedule: ScheduleConfig = Field(default_factory=ScheduleConfig)
+
+    @model_validator(mode="after")
+    def _betas(self) -> "OptimConfig":
+        if not all(0.0 <= b < 1.0 for b in self.betas):
+            raise ValueError(f"optim.betas must be in [0, 1), got {list(self.betas)}")
+        return self
+
+
+class DataConfig(StrictModel):
+    """Training data: a folder, a CSV/JSONL manifest, or tar shards (brace patterns allowed).
+    ``batch_size`` is the global batch of one optimiser step (over ranks and accumulation)."""
+
+    train: Optional[str] = None
+    batch_size: PositiveInt = 8
+    num_workers: NonNegativeInt = 0
+    shuffle_buffer: NonNegativeInt = 1000
+    resampled: bool = False
+    max_bad_fraction: float = Field(0.5, gt=0.0, le=1.0)
+    options: dict[str, Any] = Field(default_factory=dict)
+
+
+class RuntimeConfig(StrictModel):
+    """How the run executes: length, precision, device, logging, checkpoints, health checks."""
+
+    max_steps: PositiveInt = 1000
+    seed: int = 0
+    precision: Literal["fp32", "bf16", "fp16"] = "fp32"
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    out_dir: str = "runs/d2v"
+    log_every: PositiveInt = 10
+    save_every: PositiveInt = 1000
+    keep_last: PositiveInt = 3
+    tensorboard: bool = True
+    progress: bool = True
+    deterministic: bool = False
+    distributed: Literal["ddp", "fsdp"] = "ddp"
+    health_after_step: NonNegativeInt = 5000
+    min_target_var: NonNegativeFloat = 0.1
+    min_pred_var: NonNegativeFloat = 0.01
+
+
+class RunConfig(StrictModel):
+    """The resolved configuration of one pretraining run."""
+
+    modality: str
+    preset: Optional[str] = None
+    model: TransformerConfig = Field(default_factory=TransformerConfig)
+    encoder: dict[str, Any] = Field(default_factory=dict)
+    masking: MaskingConfig = Field(default_factory=MaskingConfig)
+    targets: TargetsConfig = Field(default_factory=TargetsConfig)
+    loss: LossConfig = Field(default_factory=LossConfig)
+    ema: EMAConfig = Field(default_factory=EMAConfig)
+    optim: OptimConfig = Field(default_factory=OptimConfig)
+    data: DataConfig = Field(default_factory=DataConfig)
+    runtime: RuntimeConfig = Field(default_factory=RuntimeConfig)
+
+    @model_validator(mode="after")
+    def _top_k(self) -> "RunConfig":
+        if self.targets.top_k > self.model.depth:
+            raise ValueError(f"targets.top_k ({self.targets.top_k}) cannot exceed model.depth ({self.model.depth})")
+        return self

@@ -1,0 +1,142 @@
+"""The interfaces a modality plugin implements: FeatureEncoder, Masker, Normalizer, RecordDecoder.
+
+The path of one step: ``RecordDecoder.decode`` -> ``RecordDecoder.collate`` -> ``Batch`` ->
+``FeatureEncoder.embed`` -> ``Masker`` -> ``FeatureEncoder.apply_mask`` ->
+``FeatureEncoder.contextualize`` -> core Transformer; the teacher runs ``contextualize`` (and
+``embed`` when it sees the raw input) on the unmasked input, then the core builds targets with
+the ``Normalizer`` chosen by the config.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from dataclasses import dataclass
+from typing import Any, Mapping
+
+import torch
+from torch import Tensor, nn
+
+#: A collated batch: tensors named by the modality, plus ``"keys"`` (record keys, a list).
+Batch = dict
+
+
+class SkipRecord(Exception):
+    """Raised by ``RecordDecoder.decode`` for a record that cannot be used.
+
+    ``reason`` is a short label (``"unreadable"``, ``"too_short"``, ...) under which the record is
+    counted; the record is skipped, never fatal.
+    """
+
+    def __init__(self, reason: str, detail: str = "") -> None:
+        super().__init__(f"{reason}: {detail}" if detail else reason)
+        self.reason = reason
+        self.detail = detail
+
+
+@dataclass
+class Features:
+    """Local features: ``x`` (B, T, D), ``padding_mask`` (B, T) bool with True at padding or None,
+    and ``grid``: the spatial layout of T (for example (14, 14) patches) for 2-D maskers."""
+
+    x: Tensor
+    padding_mask: Tensor | None = None
+    grid: tuple[int, ...] | None = None
+
+
+@dataclass
+class Context:
+    """Transformer input: tokens (B, P+T, D) with P prefix tokens (CLS), padding mask, and an
+    optional additive attention bias broadcastable to (B, heads, P+T, P+T)."""
+
+    x: Tensor
+    padding_mask: Tensor | None = None
+    attn_bias: Tensor | None = None
+
+
+@dataclass
+class MaskRequest:
+    """What a masker is asked to mask: ``batch_size`` rows of ``length`` steps, padding (True at
+    padded steps; never masked) and the optional spatial ``grid`` of the steps."""
+
+    batch_size: int
+    length: int
+    padding_mask: Tensor | None = None
+    grid: tuple[int, ...] | None = None
+
+    def valid_lengths(self) -> Tensor:
+        if self.padding_mask is None:
+            return torch.full((self.batch_size,), self.length, dtype=torch.long)
+        return (~self.padding_mask.bool()).sum(-1).long().cpu()
+
+
+class Masker(ABC):
+    """Chooses the steps to mask: a pure function of the request and a ``torch.Generator``.
+
+    Returns a bool tensor (B, T) on the CPU, True at masked steps, never True at padding. The
+    same request and generator state give the same mask.
+    """
+
+    @property
+    @abstractmethod
+    def expected_ratio(self) -> float:
+        """Expected fraction of the non-padded steps that are masked (for checks and docs)."""
+
+    @abstractmethod
+    def __call__(self, request: MaskRequest, generator: torch.Generator) -> Tensor: ...
+
+    #: Whether every row gets the same number of masked steps (the conformance kit checks it).
+    equal_counts: bool = False
+
+
+class Normalizer(ABC):
+    """Normalises a target layer (B, T, D), fp32, ignoring padded steps."""
+
+    @abstractmethod
+    def __call__(self, x: Tensor, padding_mask: Tensor | None) -> Tensor: ...
+
+
+class FeatureEncoder(nn.Module):
+    """A modality's input side: raw batch to Transformer tokens.
+
+    Subclasses set ``dim`` and ``num_prefix_tokens`` (tokens such as CLS that ``contextualize``
+    prepends and that carry no target) and implement :meth:`embed`. A learned
+    ``mask_embedding`` parameter (D,) is used by the default :meth:`apply_mask`.
+    """
+
+    dim: int
+    num_prefix_tokens: int = 0
+
+    @abstractmethod
+    def embed(self, batch: Batch) -> Features:
+        """Local encoding of the raw batch, before masking: (B, T, D) and padding."""
+
+    def apply_mask(self, x: Tensor, mask: Tensor, generator: torch.Generator | None = None) -> Tensor:
+        """The student's input: masked steps replaced with the learned mask embedding."""
+        emb = self.mask_embedding.to(x.dtype)
+        return torch.where(mask.unsqueeze(-1), emb.expand_as(x), x)
+
+    def contextualize(self, x: Tensor, padding_mask: Tensor | None) -> Context:
+        """Everything between (masked) local features and the Transformer layers: positional
+        encoding, prefix tokens, input LayerNorm and dropout, attention bias. Default: none."""
+        return Context(x, padding_mask)
+
+    def extra_state(self) -> Mapping[str, Any]:
+        """Non-tensor state that must travel with a checkpoint (a tokenizer, ...)."""
+        return {}
+
+
+class RecordDecoder(ABC):
+    """Turns stored records into samples and samples into a batch.
+
+    A record maps extensions to bytes, as in a tar shard (``{"flac": b"...", "__key__": "a"}``).
+    ``decode`` raises :class:`SkipRecord` for records that cannot be used.
+    """
+
+    #: Extensions whose bytes are one record's payload, in order of preference.
+    extensions: tuple[str, ...] = ()
+
+    @abstractmethod
+    def decode(self, record: Mapping[str, Any], generator: torch.Generator | None = None) -> dict: ...
+
+    @abstractmethod
+    def collate(self, samples: list[dict]) -> Batch: ...

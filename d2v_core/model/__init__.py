@@ -1,0 +1,1 @@
+"""Model building blocks: Transformer, EMA teacher, targets, losses, the data2vec model."""
