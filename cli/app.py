@@ -48,6 +48,18 @@ def _register_commands() -> None:
     app.command("pretrain")(pretrain_cmd.pretrain)
     app.command("make-shards")(shards_cmd.make_shards)
 
+    from d2v_core.errors import PluginError
+    from d2v_core.plugin_loader import add_cli_commands, get_plugins
+
+    try:
+        add_cli_commands(get_plugins(), app)
+    except PluginError as exc:  # strict mode: report at the boundary of main()
+        global _startup_error
+        _startup_error = exc
+
+
+_startup_error: Exception | None = None
+
 
 _register_commands()
 
@@ -57,6 +69,8 @@ def main(argv: list[str] | None = None) -> None:
     args = list(sys.argv[1:] if argv is None else argv)
     debug = "--debug" in args
     try:
+        if _startup_error is not None:
+            raise _startup_error
         app(args=args, prog_name="d2v", standalone_mode=False)
     except click.exceptions.Exit as exc:
         sys.exit(exc.exit_code)

@@ -2,7 +2,47 @@
 
 from __future__ import annotations
 
+from typing import List, Optional
 
-def pretrain() -> None:
-    """Pretrain a data2vec model (wired to the trainer below)."""
-    raise NotImplementedError
+import typer
+
+
+def pretrain(
+    modality: Optional[str] = typer.Option(None, "--modality", "-m", help="Modality (see d2v list-plugins)."),
+    preset: Optional[str] = typer.Option(None, "--preset", "-p", help="Preset, e.g. tiny or audio/base."),
+    config: Optional[str] = typer.Option(None, "--config", "-c", help="YAML file applied over the preset."),
+    set_: List[str] = typer.Option([], "--set", help="Override, e.g. --set optim.lr=1e-4 (repeatable)."),
+    data: Optional[str] = typer.Option(None, "--data", "-d", help="Folder, CSV/JSONL manifest, or tar shards ('shards/x-{000000..000003}.tar'). Default: the plugin's demo data."),
+    out: Optional[str] = typer.Option(None, "--out", "-o", help="Run directory (runtime.out_dir)."),
+    masker: Optional[str] = typer.Option(None, "--masker", help="Masker name (masking.name)."),
+    max_steps: Optional[int] = typer.Option(None, "--max-steps", help="Number of updates (runtime.max_steps)."),
+    resume: bool = typer.Option(False, "--resume", help="Continue from the newest complete checkpoint in the run directory."),
+    allow_pipe_urls: bool = typer.Option(False, "--allow-pipe-urls", help="Allow webdataset 'pipe:' URLs (they run shell commands)."),
+) -> None:
+    """Pretrain a data2vec model: preset, then --config, then --set, then the flags above."""
+    from d2v_core.config_resolve import resolve_config
+    from d2v_core.plugin_loader import get_plugins
+    from d2v_core.specs import load_ref
+    from d2v_core.train.run import pretrain as run_pretrain
+
+    loaded = get_plugins()
+    overrides = list(set_)
+    for key, value in (("data.train", data), ("runtime.out_dir", out), ("masking.name", masker), ("runtime.max_steps", max_steps)):
+        if value is not None:
+            overrides.append(f"{key}={value}")
+    cfg = resolve_config(loaded.registry, modality, preset, config, overrides)
+    if not cfg.data.train:
+        spec = loaded.registry.modality(cfg.modality)
+        if spec.demo_data is None:
+            from d2v_core.errors import ConfigError
+
+            raise ConfigError(f"no --data given and modality {spec.name!r} ships no demo data; pass --data PATH")
+        demo = str(load_ref(spec.demo_data, f"modality {spec.name!r} demo data")())
+        typer.echo(f"no --data given: using the demo data shipped with {spec.distribution} ({demo})")
+        cfg = cfg.model_copy(update={"data": cfg.data.model_copy(update={"train": demo})})
+    typer.echo(f"pretraining {cfg.modality}/{cfg.preset} -> {cfg.runtime.out_dir}")
+    versions = {p.distribution: p.version for p in loaded.plugins if p.status == "ok"}
+    result = run_pretrain(cfg, loaded.registry, resume=resume, versions=versions, allow_pipe_urls=allow_pipe_urls)
+    loss = f"{result.last_loss:.4f}" if result.last_loss is not None else "n/a"
+    how = "stopped on signal" if result.stopped_early else "done"
+    typer.echo(f"{how}: step {result.step}, last loss {loss}, checkpoint {result.checkpoint}")

@@ -203,6 +203,18 @@ def plugin_context(*plugins: object, installed: bool = False, strict: bool = Fal
         _current = previous
 
 
+def add_cli_commands(loaded: LoadedPlugins, app: object) -> None:
+    """Call each loaded plugin's ``d2v_cli_commands(app)``; a failure is kept on its status row."""
+    rows = {p.name: p for p in loaded.plugins}
+    for impl in loaded.manager.hook.d2v_cli_commands.get_hookimpls():
+        try:
+            impl.function(app=app)
+        except Exception as exc:  # noqa: BLE001 - never let one plugin break the CLI
+            row = rows.get(impl.plugin_name)
+            if row is not None:
+                row.status, row.error = "error", f"d2v_cli_commands: {type(exc).__name__}: {exc}"
+
+
 def reload_plugins() -> LoadedPlugins:
     global _current
     _current = None

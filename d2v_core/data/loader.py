@@ -1,0 +1,300 @@
+"""The training loader: records -> decoded samples -> micro-batches, split over ranks and workers.
+
+Determinism: the same (seed, epoch, rank, world_size, num_workers) gives the same batches. Record
+order comes from seeded permutations / shard shuffles / shuffle buffers; the decoder's randomness
+(crops, augmentation) comes from a ``torch.Generator`` seeded from (seed, epoch, record file name,
+record key), so it does not depend on which worker decodes the record or when.
+
+List sources (folder, manifest, text lines): each epoch is a seeded permutation of all records,
+cut to a multiple of ``world_size``; rank ``r`` takes ``perm[r::world_size]`` (so the ranks' k-th
+batches together are the 1-process k-th batch of ``batch_size * world_size``), then its records go
+to DataLoader workers in batch-sized chunks, round-robin, which is the order in which the
+DataLoader collects them, so ``num_workers`` does not change the batches unless records are
+skipped. ``shuffle_buffer=0`` keeps the stored order. ``resampled`` does not apply.
+
+Tar shards: a seeded shard shuffle (the same on every rank), rank ``r`` takes shards
+``r::world_size``, workers split those (``wds.split_by_worker``), members become records
+(``wds.tarfile_to_samples``; broken members are counted, not raised), then a seeded
+``wds.shuffle`` buffer. With ``resampled=True`` each (rank, worker) draws shards with replacement
+from its own seeded stream, forever: the epoch never ends and the trainer stops by step count.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import random
+import warnings
+from dataclasses import dataclass
+from itertools import islice
+from typing import Any, Iterator
+
+import torch
+from torch.utils.data import DataLoader, IterableDataset, get_worker_info
+
+from d2v_core.data.bad_records import BadRecordStats
+from d2v_core.data.sources import Source, resolve_source, shard_record
+from d2v_core.errors import DataError
+from d2v_core.interfaces import RecordDecoder, SkipRecord
+
+
+def mix_seed(*parts: Any) -> int:
+    """A stable 63-bit seed from any printable parts (same on every machine and Python run)."""
+    text = "\x1f".join(str(p) for p in parts).encode("utf-8")
+    return int.from_bytes(hashlib.blake2b(text, digest_size=8).digest(), "little") & ((1 << 63) - 1)
+
+
+def record_seed(seed: int, epoch: int, url: str | None, key: str | None) -> int:
+    """Seed of one record's decode generator: (seed, epoch, file/shard base name, key). The base
+    name (not the full path) keeps it stable when data moves; keys repeat across shards."""
+    name = str(url or "").replace("\\", "/").rsplit("/", 1)[-1]
+    return mix_seed("record", seed, epoch, name, key)
+
+
+@dataclass(frozen=True)
+class _EpochPlan:
+    source: Source
+    decoder: RecordDecoder
+    batch_size: int
+    rank: int
+    world_size: int
+    seed: int
+    epoch: int
+    shuffle_buffer: int
+    resampled: bool
+    drop_last: bool
+
+
+class _EpochStream(IterableDataset):
+    """One epoch of one rank; runs in each DataLoader worker (or in-process)."""
+
+    def __init__(self, plan: _EpochPlan) -> None:
+        super().__init__()
+        self.plan = plan
+
+    # -- record streams ----------------------------------------------------------------------
+    def _list_records(self, worker: int, num_workers: int, window: BadRecordStats) -> Iterator[dict]:
+        p = self.plan
+        n = len(p.source.entries)
+        if p.shuffle_buffer > 0:
+            perm = torch.randperm(n, generator=torch.Generator().manual_seed(mix_seed("perm", p.seed, p.epoch)))
+        else:
+            perm = torch.arange(n)
+        # equal record counts on every rank, so ranks run the same number of steps
+        mine = perm[: (n // p.world_size) * p.world_size][p.rank :: p.world_size].tolist()
+        for chunk_start in range(worker * p.batch_size, len(mine), num_workers * p.batch_size):
+            for index in mine[chunk_start : chunk_start + p.batch_size]:
+                entry = p.source.entries[index]
+                try:
+                    yield p.source.read(entry)
+                except SkipRecord as exc:
+                    window.seen += 1
+                    window.skip(exc.reason, entry.path or p.source.manifest, entry.key, exc.detail)
+                except Exception as exc:  # noqa: BLE001 - unreadable file: count, never crash
+                    window.seen += 1
+                    window.skip(f"error:{type(exc).__name__}", entry.path or p.source.manifest, entry.key, str(exc))
+
+    def _shard_records(self, worker: int, num_workers: int, window: BadRecordStats) -> Iterator[dict]:
+        import webdataset as wds
+
+        p = self.plan
+        urls = list(p.source.urls)
+        if p.resampled:
+            shards = iter(
+                wds.ResampledShards(
+                    urls,
+                    seed=mix_seed("shards", p.seed, p.epoch),
+                    worker_seed=lambda: mix_seed("worker", p.rank, worker),
+                    deterministic=True,
+                )
+            )
+        else:
+            seed = mix_seed("shards", p.seed, p.epoch) if p.shuffle_buffer > 0 else None
+            # split by node with the rank given explicitly (torch.distributed may not be set up)
+            shards = wds.split_by_worker(islice(iter(wds.SimpleShardList(urls, seed=seed)), p.rank, None, p.world_size))
+
+        def broken_member(exc: BaseException) -> bool:
+            window.seen += 1
+            url = next((a for a in reversed(exc.args) if isinstance(a, str)), None)
+            window.skip(f"tar:{type(exc).__name__}", url, None, str(exc.args[0]) if exc.args else "")
+            return True  # skip it and go on
+
+        samples = wds.tarfile_to_samples(handler=broken_member)(shards)
+        if p.shuffle_buffer > 1:
+            rng = random.Random(mix_seed("buffer", p.seed, p.epoch, p.rank, worker))
+            samples = wds.shuffle(p.shuffle_buffer, initial=min(100, p.shuffle_buffer), rng=rng)(samples)
+        for sample in samples:
+            yield shard_record(sample)
+
+    # -- decoding and batching ----------------------------------------------------------------
+    def _decode(self, record: dict, window: BadRecordStats) -> dict | None:
+        p = self.plan
+        key, url = record.get("__key__"), record.get("__url__")
+        wanted = tuple(p.decoder.extensions)
+        if wanted and not any(ext in record for ext in wanted):
+            have = sorted(k for k in record if not k.startswith("__"))
+            window.skip("missing_payload", url, key, f"record has {have}, decoder reads {list(wanted)}")
+            return None
+        generator = torch.Generator().manual_seed(record_seed(p.seed, p.epoch, url, key))
+        try:
+            return p.decoder.decode(record, generator)
+        except SkipRecord as exc:
+            window.skip(exc.reason, url, key, exc.detail)
+        except Exception as exc:  # noqa: BLE001 - a bad record must never stop training
+            window.skip(f"error:{type(exc).__name__}", url, key, str(exc))
+        return None
+
+    def _collate(self, samples: list[dict], window: BadRecordStats) -> dict | None:
+        try:
+            batch = self.plan.decoder.collate(samples)
+        except Exception as exc:  # noqa: BLE001 - counted like the records it drops
+            for _ in samples:
+                window.skip(f"collate_error:{type(exc).__name__}", None, None, str(exc))
+            return None
+        if not isinstance(batch, dict):
+            raise TypeError(f"{type(self.plan.decoder).__name__}.collate returned {type(batch).__name__}, expected a dict")
+        batch.update(window.pop_window())
+        return batch
+
+    def __iter__(self) -> Iterator[dict]:
+        info = get_worker_info()
+        worker, num_workers = (info.id, info.num_workers) if info is not None else (0, 1)
+        window = BadRecordStats()
+        p = self.plan
+        if p.source.is_sharded:
+            records = self._shard_records(worker, num_workers, window)
+        else:
+            records = self._list_records(worker, num_workers, window)
+        samples: list[dict] = []
+        for record in records:
+            window.seen += 1
+            sample = self._decode(record, window)
+            if sample is None:
+                continue
+            samples.append(sample)
+            if len(samples) == p.batch_size:
+                batch = self._collate(samples, window)
+                samples = []
+                if batch is not None:
+                    yield batch
+        if samples and not p.drop_last:
+            batch = self._collate(samples, window)
+            if batch is not None:
+                yield batch
+        # counts after the last batch still reach the main process
+        yield {**window.pop_window(), "_stats_only": True}
+
+
+class TrainLoader:
+    """Per-rank micro-batches of decoded records, deterministic and resumable.
+
+    ``source`` is a :class:`Source` or a ``data.train`` string (resolved with the decoder's
+    extensions). ``batch_size`` is the per-rank micro-batch. Bad records are skipped and counted
+    in :attr:`stats` (a :class:`BadRecordStats`); with ``max_bad_fraction`` set, an epoch raises
+    :class:`DataError` once more than that fraction of at least ``min_seen`` records was bad.
+    """
+
+    def __init__(
+        self,
+        source: Source | str,
+        decoder: RecordDecoder,
+        *,
+        batch_size: int,
+        rank: int = 0,
+        world_size: int = 1,
+        num_workers: int = 0,
+        shuffle_buffer: int = 1000,
+        seed: int = 0,
+        resampled: bool = False,
+        drop_last: bool = True,
+        max_bad_fraction: float | None = None,
+        min_seen: int = 100,
+    ) -> None:
+        if batch_size < 1:
+            raise DataError(f"batch size per rank must be >= 1, got {batch_size}")
+        if world_size < 1 or not 0 <= rank < world_size:
+            raise DataError(f"rank {rank} is not in [0, world_size={world_size})")
+        if num_workers < 0:
+            raise DataError(f"data.num_workers must be >= 0, got {num_workers}")
+        if isinstance(source, str):
+            source = resolve_source(source, tuple(decoder.extensions))
+        self.source = source
+        self.decoder = decoder
+        self.batch_size = batch_size
+        self.rank, self.world_size = rank, world_size
+        self.num_workers = num_workers
+        self.shuffle_buffer = shuffle_buffer
+        self.seed = seed
+        self.resampled = resampled
+        self.drop_last = drop_last
+        self.max_bad_fraction = max_bad_fraction
+        self.min_seen = min_seen
+        self.stats = BadRecordStats()
+        if source.is_sharded and not resampled:
+            n = len(source.urls)
+            if n < world_size:
+                raise DataError(
+                    f"{source.spec!r} has {n} shard(s) for {world_size} ranks; set data.resampled=true "
+                    f"or write at least {world_size} shards (d2v make-shards --max-count ...)"
+                )
+            if n < world_size * max(1, num_workers):
+                warnings.warn(
+                    f"{n} shards for {world_size} ranks x {num_workers} workers: some workers get no shard; "
+                    "write more, smaller shards or set data.resampled=true",
+                    stacklevel=2,
+                )
+
+    def batches_per_epoch(self) -> int | None:
+        """Batches each rank yields per epoch when no record is skipped (list sources), or
+        None for shards (unknown until read) and resampled shards (endless)."""
+        if self.source.is_sharded:
+            return None
+        per_rank = len(self.source.entries) // self.world_size
+        return per_rank // self.batch_size + (0 if self.drop_last or per_rank % self.batch_size == 0 else 1)
+
+    def _plan(self, epoch: int) -> _EpochPlan:
+        return _EpochPlan(
+            self.source, self.decoder, self.batch_size, self.rank, self.world_size, self.seed, epoch,
+            self.shuffle_buffer, self.resampled, self.drop_last,
+        )
+
+    def iter_epoch(self, epoch: int, skip_batches: int = 0) -> Iterator[dict]:
+        """The batches of ``epoch`` for this rank, after dropping the first ``skip_batches``
+        (resume: they are decoded again, then discarded). Each batch is ``decoder.collate``'s
+        dict; the accounting keys are already moved into :attr:`stats`."""
+        dataset = _EpochStream(self._plan(epoch))
+        if self.num_workers == 0:
+            stream: Any = iter(dataset)
+        else:
+            stream = iter(DataLoader(dataset, batch_size=None, num_workers=self.num_workers))
+        counts0, seen0 = self.stats.snapshot()
+        produced = 0
+        try:
+            for item in stream:
+                stats_only = item.pop("_stats_only", False)
+                self.stats.update(item)
+                if self.max_bad_fraction is not None:
+                    self.stats.check(self.max_bad_fraction, min_seen=self.min_seen)
+                if stats_only:
+                    continue
+                produced += 1
+                if produced > skip_batches:
+                    yield item
+        finally:
+            del stream  # stops DataLoader workers when the caller leaves early
+        if produced == 0:
+            self._raise_empty(counts0, seen0)
+        if self.max_bad_fraction is not None:
+            self.stats.check(self.max_bad_fraction, min_seen=1)  # a whole epoch is enough evidence
+
+    def _raise_empty(self, counts0: Any, seen0: int) -> None:
+        epoch = BadRecordStats()
+        epoch.merge(dict(self.stats.counts - counts0), self.stats.seen - seen0)
+        usable = epoch.seen - epoch.bad
+        if usable <= 0:
+            first = f"; first: {' '.join(self.stats.examples[0])}" if self.stats.examples else ""
+            raise DataError(f"no usable record in {self.source.spec}: {epoch.summary()}{first}")
+        raise DataError(
+            f"{self.source.spec}: only {usable} usable record(s) reached rank {self.rank} this epoch, fewer than "
+            f"one batch of {self.batch_size} per worker ({max(1, self.num_workers)} worker(s)); "
+            "lower data.batch_size or data.num_workers, or add data"
+        )

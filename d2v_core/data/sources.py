@@ -1,0 +1,355 @@
+"""Where training records come from: a folder, a CSV/TSV/JSONL manifest, a text file, or tar shards.
+
+:func:`resolve_source` turns the ``data.train`` string into a :class:`Source`. A record is a
+dict as in webdataset: ``{"__key__": str, "__url__": file or shard, "<ext>": bytes, ...}`` plus
+``"__meta__"`` (a dict) for manifest columns or a shard's ``.json`` member.
+
+- folder: every file below it (recursively, hidden entries skipped) whose name ends in one of
+  ``extensions``; key = path relative to the folder without the extension. A folder with no
+  such file but with ``.tar`` files is read as shards.
+- ``.csv`` / ``.tsv``: column ``path`` (relative to the manifest's folder, or absolute); an
+  optional ``key`` column; other columns become ``__meta__``. A ``.tsv`` whose first line is a
+  directory is read as a fairseq manifest (root line, then ``relpath<TAB>n_samples``).
+- ``.jsonl``: one object per line with ``path`` or ``text`` (payload ``{"txt": text bytes}``);
+  optional ``key``/``id``; other fields become ``__meta__``.
+- ``.txt``: one text record per non-empty line (key = 1-based line number, 9 digits).
+- shards: a ``.tar`` path, a glob (``shards/*.tar``) or a brace pattern
+  (``shards/audio-{000000..000003}.tar``).
+"""
+
+from __future__ import annotations
+
+import csv
+import glob
+import json
+import os
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterator, Mapping
+
+import braceexpand
+
+from d2v_core.errors import DataError
+
+TAR_SUFFIXES = (".tar", ".tar.gz", ".tgz")
+_SCHEME = re.compile(r"^[a-zA-Z][a-zA-Z0-9+.-]*:")
+_GLOB_CHARS = re.compile(r"[*?\[]")
+
+
+@dataclass(frozen=True)
+class Entry:
+    """One record of a folder or manifest source (read lazily by :meth:`Source.read`)."""
+
+    key: str
+    path: str | None = None  # absolute file whose bytes are the payload
+    ext: str | None = None  # record field the file's bytes go under
+    text: str | None = None  # inline text payload (JSONL ``text``, ``.txt`` lines)
+    meta: Mapping[str, Any] | None = None
+    error: str | None = None  # a manifest line that could not be parsed
+
+
+@dataclass(frozen=True)
+class Source:
+    """Resolved training data: a list of :class:`Entry` (folder, manifest) or shard URLs."""
+
+    spec: str
+    kind: str  # "folder" | "csv" | "jsonl" | "lines" | "shards"
+    entries: tuple[Entry, ...] = ()
+    urls: tuple[str, ...] = ()
+    manifest: str | None = None
+
+    @property
+    def is_sharded(self) -> bool:
+        return self.kind == "shards"
+
+    def __len__(self) -> int:
+        """Number of records (list sources) or of shards."""
+        return len(self.urls) if self.is_sharded else len(self.entries)
+
+    def read(self, entry: Entry) -> dict:
+        """The record of one entry; raises ``SkipRecord`` for a bad manifest line and
+        ``OSError`` for a file that cannot be read (the loader counts both)."""
+        if entry.error is not None:
+            from d2v_core.interfaces import SkipRecord
+
+            raise SkipRecord("bad_manifest_line", entry.error)
+        if entry.text is not None:
+            record: dict = {"__key__": entry.key, "__url__": self.manifest or self.spec, "txt": entry.text.encode("utf-8")}
+        else:
+            assert entry.path is not None and entry.ext is not None
+            with open(entry.path, "rb") as f:
+                record = {"__key__": entry.key, "__url__": entry.path, entry.ext: f.read()}
+        if entry.meta is not None:
+            record["__meta__"] = dict(entry.meta)
+        return record
+
+    def iter_records(self, on_error=None) -> Iterator[dict]:  # type: ignore[no-untyped-def]
+        """Every record in stored order (for make-shards and inspection). ``on_error(exc, url,
+        key) -> bool`` decides whether to go on after an unreadable record (default: raise)."""
+        if self.is_sharded:
+            import webdataset as wds
+
+            def handler(exc: BaseException) -> bool:
+                if on_error is None:
+                    return False
+                return bool(on_error(exc, _url_of(exc), None))
+
+            for sample in wds.tarfile_to_samples(handler=handler if on_error else wds.reraise_exception)(
+                iter([{"url": u} for u in self.urls])
+            ):
+                yield shard_record(sample)
+            return
+        for entry in self.entries:
+            try:
+                yield self.read(entry)
+            except Exception as exc:  # noqa: BLE001 - the caller decides (count or raise)
+                if on_error is None or not on_error(exc, entry.path or self.manifest or self.spec, entry.key):
+                    raise
+
+
+def _url_of(exc: BaseException) -> str | None:
+    """webdataset appends the shard URL to an exception's args; find it."""
+    for arg in reversed(getattr(exc, "args", ())):
+        if isinstance(arg, str) and arg.endswith(TAR_SUFFIXES):
+            return arg
+    return None
+
+
+def shard_record(sample: dict) -> dict:
+    """A tar sample with its ``.json`` member (if any) parsed into ``__meta__``."""
+    if "json" in sample and "__meta__" not in sample:
+        try:
+            meta = json.loads(sample["json"])
+        except (ValueError, UnicodeDecodeError):
+            meta = None
+        if isinstance(meta, dict):
+            sample["__meta__"] = meta
+    return sample
+
+
+# -- resolution ------------------------------------------------------------------------------
+
+
+def _norm_exts(extensions: tuple[str, ...] | list[str]) -> tuple[str, ...]:
+    return tuple(e.lower().lstrip(".") for e in extensions)
+
+
+def _match_ext(name: str, extensions: tuple[str, ...]) -> str | None:
+    """The longest of ``extensions`` that ``name`` ends with (case-insensitive)."""
+    lower = name.lower()
+    hits = [e for e in extensions if lower.endswith("." + e)]
+    return max(hits, key=len) if hits else None
+
+
+def _suffix(name: str) -> str:
+    return Path(name).suffix.lower().lstrip(".")
+
+
+def _strip_ext(rel: str, ext: str) -> str:
+    return rel[: -(len(ext) + 1)] if ext and rel.lower().endswith("." + ext) else rel
+
+
+def _key_from_path(raw: str, base: Path, ext: str) -> str:
+    """Record key for a manifest path: relative to the manifest folder, without extension,
+    never starting with ``/`` or ``..`` (keys become tar member names)."""
+    p = Path(raw)
+    rel = os.path.relpath(p, base) if p.is_absolute() else os.path.normpath(raw)
+    parts = [x for x in Path(rel).parts if x not in ("..", ".", "/")]
+    return _strip_ext("/".join(parts), ext)
+
+
+def _looks_like_tar(name: str) -> bool:
+    return name.lower().endswith(TAR_SUFFIXES)
+
+
+def _exts_text(extensions: tuple[str, ...]) -> str:
+    return ", ".join("." + e for e in extensions) or "(none)"
+
+
+def resolve_source(spec: str, extensions: tuple[str, ...] | list[str], allow_pipe_urls: bool = False) -> Source:
+    """Resolve ``data.train`` to a :class:`Source`; raises :class:`DataError` with one actionable
+    line when nothing usable matches. ``pipe:`` and other ``scheme:`` URLs run shell commands in
+    webdataset and are refused unless ``allow_pipe_urls``."""
+    if not isinstance(spec, str) or not spec.strip():
+        raise DataError("no training data given: set data.train (or --data) to a folder, a .csv/.jsonl manifest or tar shards")
+    spec = spec.strip()
+    exts = _norm_exts(extensions)
+    if _SCHEME.match(spec) and not re.match(r"^[a-zA-Z]:[\\/]", spec):
+        if not allow_pipe_urls:
+            raise DataError(
+                f"refusing URL {spec!r}: pipe: and remote URLs make webdataset run shell commands; "
+                "copy the shards locally or enable allow_pipe_urls if you trust this string"
+            )
+        return Source(spec, "shards", urls=tuple(braceexpand.braceexpand(spec)))
+    expanded = os.path.expanduser(spec)
+    if "{" in expanded:
+        return _brace_shards(spec, expanded, exts)
+    if _GLOB_CHARS.search(expanded):
+        return _glob_shards(spec, expanded, exts)
+    path = Path(expanded)
+    if path.is_dir():
+        return _folder(spec, path, exts)
+    if not path.exists():
+        raise DataError(f"training data {spec!r} does not exist (expected a folder, a .csv/.tsv/.jsonl/.txt manifest or tar shards)")
+    name = path.name.lower()
+    if _looks_like_tar(name):
+        return Source(spec, "shards", urls=(str(path.resolve()),))
+    if name.endswith((".csv", ".tsv")):
+        return _csv_manifest(spec, path, exts)
+    if name.endswith(".jsonl"):
+        return _jsonl_manifest(spec, path, exts)
+    if name.endswith(".txt"):
+        return _text_lines(spec, path)
+    raise DataError(
+        f"cannot read {spec!r} as training data: pass a folder of {_exts_text(exts)} files, "
+        "a .csv/.tsv/.jsonl manifest, a .txt file (one text per line) or .tar shards"
+    )
+
+
+def _shards_from(spec: str, names: list[str]) -> Source:
+    not_tar = [n for n in names if not _looks_like_tar(n)]
+    if not_tar:
+        raise DataError(
+            f"pattern {spec!r} matched non-tar files (e.g. {not_tar[0]}); patterns select .tar shards, "
+            "for loose files pass their folder or a manifest"
+        )
+    return Source(spec, "shards", urls=tuple(str(Path(n).resolve()) for n in names))
+
+
+def _brace_shards(spec: str, expanded: str, exts: tuple[str, ...]) -> Source:
+    names: list[str] = []
+    for part in braceexpand.braceexpand(expanded):
+        if _GLOB_CHARS.search(part):
+            hits = sorted(glob.glob(part, recursive=True))
+            if not hits:
+                raise DataError(f"pattern {spec!r}: {part!r} matches no file (looking for .tar shards)")
+            names += hits
+            continue
+        if not Path(part).is_file():
+            total = sum(1 for _ in braceexpand.braceexpand(expanded))
+            raise DataError(f"shard {part} does not exist (named by pattern {spec!r}, {total} files); fix the range or create the shards with `d2v make-shards`")
+        names.append(part)
+    return _shards_from(spec, names)
+
+
+def _glob_shards(spec: str, expanded: str, exts: tuple[str, ...]) -> Source:
+    names = sorted(n for n in glob.glob(expanded, recursive=True) if Path(n).is_file())
+    if not names:
+        raise DataError(f"pattern {spec!r} matches no file (looking for .tar shards); check the path and quoting")
+    return _shards_from(spec, names)
+
+
+def _folder(spec: str, root: Path, exts: tuple[str, ...]) -> Source:
+    entries: list[Entry] = []
+    tars: list[str] = []
+    for dirpath, dirnames, filenames in os.walk(root, followlinks=True):
+        dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
+        for fn in filenames:
+            if fn.startswith("."):
+                continue
+            full = os.path.join(dirpath, fn)
+            ext = _match_ext(fn, exts)
+            if ext is not None:
+                rel = os.path.relpath(full, root).replace(os.sep, "/")
+                entries.append(Entry(key=_strip_ext(rel, ext), path=os.path.abspath(full), ext=ext))
+            elif _looks_like_tar(fn):
+                tars.append(full)
+    if entries:
+        entries.sort(key=lambda e: (e.key, e.ext or ""))
+        return Source(spec, "folder", entries=tuple(entries))
+    if tars:
+        return Source(spec, "shards", urls=tuple(str(Path(t).resolve()) for t in sorted(tars)))
+    raise DataError(
+        f"no {_exts_text(exts)} files (nor .tar shards) under folder {spec!r} (searched recursively); "
+        "check the path or the modality"
+    )
+
+
+def _entry_for_path(raw: str, base: Path, exts: tuple[str, ...], key: str | None, meta: dict | None) -> Entry:
+    full = Path(raw) if Path(raw).is_absolute() else base / raw
+    ext = _match_ext(raw, exts) or _suffix(raw)
+    return Entry(key=key or _key_from_path(raw, base, ext), path=os.path.abspath(full), ext=ext, meta=meta)
+
+
+def _require_some_match(spec: str, entries: list[Entry], exts: tuple[str, ...]) -> None:
+    if not entries:
+        raise DataError(f"manifest {spec!r} lists no records")
+    if exts and not any(e.text is not None or e.error is not None or e.ext in exts for e in entries):
+        raise DataError(f"manifest {spec!r} lists no {_exts_text(exts)} files (first: {entries[0].path}); check the modality")
+
+
+def _fairseq_root(path: Path, first_line: str) -> Path | None:
+    """The root folder of a fairseq ``.tsv`` manifest (first line a directory), else None."""
+    line = first_line.rstrip("\r\n")
+    if not line or "\t" in line:
+        return None
+    for cand in (Path(line), path.parent / line):
+        if cand.is_dir():
+            return cand
+    return None
+
+
+def _csv_manifest(spec: str, path: Path, exts: tuple[str, ...]) -> Source:
+    base = path.parent
+    with open(path, newline="", encoding="utf-8") as f:
+        first = f.readline()
+        root = _fairseq_root(path, first) if path.name.lower().endswith(".tsv") else None
+        entries: list[Entry] = []
+        if root is not None:
+            for lineno, line in enumerate(f, start=2):
+                cols = line.rstrip("\r\n").split("\t")
+                if not cols[0]:
+                    continue
+                meta = {"n_samples": int(cols[1])} if len(cols) > 1 and cols[1].isdigit() else {}
+                entries.append(_entry_for_path(cols[0], root, exts, None, meta))
+            _require_some_match(spec, entries, exts)
+            return Source(spec, "csv", entries=tuple(entries), manifest=str(path.resolve()))
+        f.seek(0)
+        reader = csv.DictReader(f, delimiter="\t" if path.name.lower().endswith(".tsv") else ",")
+        fields = reader.fieldnames or []
+        if "path" not in fields:
+            raise DataError(f"manifest {spec!r} has no 'path' column (columns: {', '.join(fields) or 'none'})")
+        for lineno, row in enumerate(reader, start=2):
+            raw = (row.get("path") or "").strip()
+            meta = {k: v for k, v in row.items() if k not in ("path", "key") and k is not None}
+            if not raw:
+                entries.append(Entry(key=f"line{lineno:09d}", error=f"{path.name} line {lineno}: empty path"))
+                continue
+            entries.append(_entry_for_path(raw, base, exts, (row.get("key") or "").strip() or None, meta))
+    _require_some_match(spec, entries, exts)
+    return Source(spec, "csv", entries=tuple(entries), manifest=str(path.resolve()))
+
+
+def _jsonl_manifest(spec: str, path: Path, exts: tuple[str, ...]) -> Source:
+    base = path.parent
+    entries: list[Entry] = []
+    with open(path, encoding="utf-8") as f:
+        for lineno, line in enumerate(f, start=1):
+            if not line.strip():
+                continue
+            try:
+                obj = json.loads(line)
+            except ValueError as exc:
+                entries.append(Entry(key=f"{lineno:09d}", error=f"{path.name} line {lineno}: invalid JSON ({exc})"))
+                continue
+            if not isinstance(obj, dict) or not (isinstance(obj.get("path"), str) or isinstance(obj.get("text"), str)):
+                entries.append(Entry(key=f"{lineno:09d}", error=f"{path.name} line {lineno}: needs a 'path' or 'text' string"))
+                continue
+            key = obj.get("key", obj.get("id"))
+            key = str(key) if key is not None else None
+            meta = {k: v for k, v in obj.items() if k not in ("path", "text", "key", "id")}
+            if isinstance(obj.get("text"), str):
+                entries.append(Entry(key=key or f"{lineno:09d}", text=obj["text"], meta=meta))
+            else:
+                entries.append(_entry_for_path(obj["path"], base, exts, key, meta))
+    _require_some_match(spec, entries, exts)
+    return Source(spec, "jsonl", entries=tuple(entries), manifest=str(path.resolve()))
+
+
+def _text_lines(spec: str, path: Path) -> Source:
+    with open(path, encoding="utf-8", errors="replace") as f:
+        entries = [Entry(key=f"{i:09d}", text=line.rstrip("\r\n")) for i, line in enumerate(f, start=1) if line.strip()]
+    if not entries:
+        raise DataError(f"text file {spec!r} has no non-empty line")
+    return Source(spec, "lines", entries=tuple(entries), manifest=str(path.resolve()))

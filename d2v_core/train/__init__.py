@@ -1,0 +1,1 @@
+"""Training: schedules, optimiser groups, checkpoints, metrics, distributed set-up, the trainer."""

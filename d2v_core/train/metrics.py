@@ -1,0 +1,66 @@
+"""Metrics sinks: JSONL per logged step, TensorBoard events, and a rich progress bar."""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from pathlib import Path
+from typing import Any
+
+
+class MetricsLogger:
+    """Writes ``metrics.jsonl`` (one object per logged step) and TensorBoard event files under
+    ``run_dir``; shows a progress bar with step, loss, lr, tau, target_var, samples/s and ETA.
+    Only rank 0 creates one (others log nothing)."""
+
+    def __init__(self, run_dir: Path, max_steps: int, start_step: int = 0, tensorboard: bool = True, progress: bool = True) -> None:
+        self.path = run_dir / "metrics.jsonl"
+        self._file = open(self.path, "a", encoding="utf-8")
+        self._tb = None
+        if tensorboard:
+            try:
+                from torch.utils.tensorboard import SummaryWriter
+
+                self._tb = SummaryWriter(str(run_dir / "tensorboard"))
+            except ImportError:  # tensorboard is a dependency, but keep logging if it is broken
+                self._tb = None
+        self._progress = None
+        if progress:
+            from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
+
+            self._progress = Progress(
+                TextColumn("step {task.completed}/{task.total}"), BarColumn(), TextColumn("{task.fields[info]}"),
+                TimeRemainingColumn(), transient=False,
+            )
+            self._task = self._progress.add_task("pretrain", total=max_steps, completed=start_step, info="")
+            self._progress.start()
+        self._t0 = time.time()
+
+    def log(self, step: int, values: dict[str, Any]) -> None:
+        row = {"step": step, "time": round(time.time() - self._t0, 3), **values}
+        self._file.write(json.dumps(row) + "\n")
+        self._file.flush()
+        if self._tb is not None:
+            for k, v in values.items():
+                if isinstance(v, (int, float)) and math.isfinite(v):
+                    self._tb.add_scalar(f"train/{k}", v, step)
+        if self._progress is not None:
+            info = " ".join(
+                f"{k}={values[k]:.4g}" for k in ("loss", "lr", "tau", "target_var", "samples_per_s") if k in values
+            )
+            self._progress.update(self._task, completed=step, info=info)
+
+    def close(self) -> None:
+        if self._progress is not None:
+            self._progress.stop()
+        if self._tb is not None:
+            self._tb.close()
+        self._file.close()
+
+
+def read_metrics(run_dir: str | Path) -> list[dict[str, Any]]:
+    path = Path(run_dir) / "metrics.jsonl"
+    if not path.exists():
+        return []
+    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]

@@ -1,0 +1,85 @@
+"""``pretrain(cfg)``: preflight, build, (resume,) train, summarise. What ``d2v pretrain`` calls."""
+
+from __future__ import annotations
+
+import json
+import random
+from pathlib import Path
+
+import torch
+
+from d2v_core import __version__
+from d2v_core.config import RunConfig
+from d2v_core.config_resolve import config_to_yaml
+from d2v_core.errors import CheckpointError, ConfigError
+from d2v_core.registry import Registry
+from d2v_core.train import checkpoint as ckpt
+from d2v_core.train.build import build_model, build_record_decoder
+from d2v_core.train.distributed import init_distributed, shutdown
+from d2v_core.train.preflight import check_batch, check_output_dir, checkpoint_bytes, resolve_device
+from d2v_core.train.trainer import Trainer, TrainResult
+
+
+def pretrain(
+    cfg: RunConfig,
+    registry: Registry,
+    *,
+    resume: bool = False,
+    versions: dict[str, str] | None = None,
+    allow_pipe_urls: bool = False,
+) -> TrainResult:
+    """Pretrain per ``cfg``; with ``resume``, continue from the newest complete checkpoint in
+    ``cfg.runtime.out_dir`` so that the run matches an uninterrupted one."""
+    from d2v_core.data.loader import TrainLoader
+    from d2v_core.data.sources import resolve_source
+
+    if not cfg.data.train:
+        raise ConfigError("no training data: pass --data PATH (a folder, a CSV/JSONL manifest or tar shards)")
+    device = resolve_device(cfg)
+    dist = init_distributed(device.type)
+    try:
+        micro_batch = check_batch(cfg, dist.world_size)
+        spec = registry.modality(cfg.modality)
+        source = resolve_source(cfg.data.train, spec.extensions, allow_pipe_urls=allow_pipe_urls)
+        torch.manual_seed(cfg.runtime.seed)
+        random.seed(cfg.runtime.seed)
+        if cfg.runtime.deterministic:
+            torch.use_deterministic_algorithms(True, warn_only=True)
+        model = build_model(cfg, registry)
+        run_dir = Path(cfg.runtime.out_dir)
+        if dist.is_main:
+            check_output_dir(run_dir, resume, checkpoint_bytes(sum(p.numel() for p in model.parameters())))
+        loader = TrainLoader(
+            source, build_record_decoder(cfg, registry), batch_size=micro_batch, rank=dist.rank,
+            world_size=dist.world_size, num_workers=cfg.data.num_workers, shuffle_buffer=cfg.data.shuffle_buffer,
+            seed=cfg.runtime.seed, resampled=cfg.data.resampled,
+        )
+        trainer = Trainer(cfg, model, loader, device, dist, versions)
+        latest = ckpt.latest_checkpoint(run_dir) if resume else None
+        if latest is not None:
+            trainer.restore(ckpt.load_checkpoint(latest.path))
+            trainer.last_checkpoint = latest.path
+        if dist.is_main:
+            run_dir.mkdir(parents=True, exist_ok=True)
+            (run_dir / "config.yaml").write_text(config_to_yaml(cfg), encoding="utf-8")
+            (run_dir / "run.json").write_text(json.dumps({"versions": {"d2v": __version__, **(versions or {})},
+                                                          "resumed_from": str(latest.path) if latest else None}, indent=2))
+        result = trainer.fit()
+        if dist.is_main:
+            summary = {"step": result.step, "last_loss": result.last_loss, "checkpoint": str(result.checkpoint),
+                       "stopped_early": result.stopped_early, "bad_records": loader.stats.state_dict()}
+            (run_dir / "summary.json").write_text(json.dumps(summary, indent=2, default=str))
+        return result
+    finally:
+        shutdown()
+
+
+def load_run_config(path: str | Path) -> RunConfig:
+    """The config stored with a run or checkpoint directory."""
+    p = Path(path)
+    f = p / "config.yaml"
+    if not f.is_file():
+        raise CheckpointError(f"{p} has no config.yaml: not a d2v run or checkpoint directory")
+    import yaml
+
+    return RunConfig.model_validate(yaml.safe_load(f.read_text(encoding="utf-8")))

@@ -1,0 +1,47 @@
+"""Records: one ``.npy`` array (T, F) each; crop to ``max_len``, pad in a batch."""
+
+from __future__ import annotations
+
+import io
+from typing import Any, Mapping
+
+import numpy as np
+import torch
+
+from d2v_core.config import RunConfig
+from d2v_core.data.collate import pad_sequences
+from d2v_core.interfaces import RecordDecoder, SkipRecord
+from d2v_plugin_example.options import VectorDataOptions
+
+
+class VectorRecordDecoder(RecordDecoder):
+    extensions = ("npy",)
+
+    def __init__(self, options: VectorDataOptions, input_dim: int) -> None:
+        self.options, self.input_dim = options, input_dim
+
+    def decode(self, record: Mapping[str, Any], generator: torch.Generator | None = None) -> dict:
+        try:
+            arr = np.load(io.BytesIO(record["npy"]), allow_pickle=False)
+        except Exception as exc:  # noqa: BLE001 - any unreadable payload is one skip reason
+            raise SkipRecord("unreadable", str(exc)) from None
+        if arr.ndim != 2 or arr.shape[1] != self.input_dim:
+            raise SkipRecord("bad_shape", f"expected (T, {self.input_dim}), got {arr.shape}")
+        x = torch.from_numpy(arr.astype(np.float32))
+        if not torch.isfinite(x).all():
+            raise SkipRecord("non_finite")
+        if len(x) < self.options.min_len:
+            raise SkipRecord("too_short")
+        if len(x) > self.options.max_len:
+            start = int(torch.randint(len(x) - self.options.max_len + 1, (1,), generator=generator))
+            x = x[start : start + self.options.max_len]
+        return {"vectors": x, "key": record.get("__key__")}
+
+    def collate(self, samples: list[dict]) -> dict:
+        vectors, padding_mask = pad_sequences([s["vectors"] for s in samples])
+        return {"vectors": vectors, "padding_mask": padding_mask if padding_mask.any() else None,
+                "keys": [s["key"] for s in samples]}
+
+
+def build_record_decoder(cfg: RunConfig) -> VectorRecordDecoder:
+    return VectorRecordDecoder(VectorDataOptions.model_validate(cfg.data.options), int(cfg.encoder["input_dim"]))

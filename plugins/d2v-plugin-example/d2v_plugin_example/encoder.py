@@ -1,0 +1,32 @@
+"""The FeatureEncoder: a linear projection of each vector, learned positions and a LayerNorm."""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor, nn
+
+from d2v_core.config import RunConfig
+from d2v_core.interfaces import Batch, Context, FeatureEncoder, Features
+from d2v_plugin_example.options import VectorEncoderOptions
+
+
+class VectorEncoder(FeatureEncoder):
+    def __init__(self, input_dim: int, dim: int, max_positions: int, norm_eps: float = 1e-5) -> None:
+        super().__init__()
+        self.dim = dim
+        self.proj = nn.Linear(input_dim, dim)
+        self.mask_embedding = nn.Parameter(torch.empty(dim).uniform_())
+        self.pos_embed = nn.Embedding(max_positions, dim)
+        self.layer_norm = nn.LayerNorm(dim, eps=norm_eps)
+
+    def embed(self, batch: Batch) -> Features:
+        return Features(self.proj(batch["vectors"]), batch.get("padding_mask"))
+
+    def contextualize(self, x: Tensor, padding_mask: Tensor | None) -> Context:
+        positions = torch.arange(x.shape[1], device=x.device)
+        return Context(self.layer_norm(x + self.pos_embed(positions)), padding_mask)
+
+
+def build_encoder(cfg: RunConfig) -> VectorEncoder:
+    opts = VectorEncoderOptions.model_validate(cfg.encoder)
+    return VectorEncoder(opts.input_dim, cfg.model.dim, opts.max_positions, cfg.model.norm_eps)

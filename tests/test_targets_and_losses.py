@@ -1,0 +1,92 @@
+"""Target normalisation, averaging and the loss, against explicit formulas in numpy."""
+
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from d2v_core.model.losses import feature_std, loss_scale, regression_loss
+from d2v_core.model.normalizers import IdentityNorm, InstanceNorm, LayerNormNoAffine, instance_norm, layer_norm
+from d2v_core.model.targets import build_targets
+
+
+def np_instance_norm(x, eps=1e-5):  # per sample, per channel, over time
+    mean = x.mean(axis=1, keepdims=True)
+    var = x.var(axis=1, keepdims=True)
+    return (x - mean) / np.sqrt(var + eps)
+
+
+def np_layer_norm(x, eps=1e-5):  # per step over channels, no affine
+    mean = x.mean(axis=-1, keepdims=True)
+    var = x.var(axis=-1, keepdims=True)
+    return (x - mean) / np.sqrt(var + eps)
+
+
+def test_instance_norm_matches_formula():
+    x = np.random.default_rng(0).normal(3.0, 2.0, size=(2, 7, 5))
+    got = instance_norm(torch.tensor(x, dtype=torch.float64)).numpy()
+    np.testing.assert_allclose(got, np_instance_norm(x), atol=1e-10)
+
+
+def test_instance_norm_with_padding_uses_valid_steps_only():
+    x = np.random.default_rng(1).normal(size=(2, 6, 3))
+    pad = np.zeros((2, 6), dtype=bool)
+    pad[1, 4:] = True
+    got = instance_norm(torch.tensor(x), torch.tensor(pad)).numpy()
+    np.testing.assert_allclose(got[0], np_instance_norm(x[:1])[0], atol=1e-10)
+    np.testing.assert_allclose(got[1, :4], np_instance_norm(x[1:2, :4])[0], atol=1e-10)
+    assert np.all(got[1, 4:] == 0)
+
+
+def test_layer_norm_matches_formula():
+    x = np.random.default_rng(2).normal(size=(2, 4, 6))
+    np.testing.assert_allclose(layer_norm(torch.tensor(x)).numpy(), np_layer_norm(x), atol=1e-10)
+
+
+def test_targets_average_of_normalised_layers_then_post_norm():
+    rng = np.random.default_rng(3)
+    layers = [rng.normal(size=(2, 5, 4)) * (i + 1) for i in range(3)]
+    t = [torch.tensor(a, dtype=torch.float32) for a in layers]
+    audio = build_targets(t, InstanceNorm(), IdentityNorm())
+    np.testing.assert_allclose(audio.numpy(), np.mean([np_instance_norm(a) for a in layers], axis=0), atol=1e-5)
+    vision = build_targets(t, LayerNormNoAffine(), LayerNormNoAffine())
+    np.testing.assert_allclose(vision.numpy(), np_layer_norm(np.mean([np_layer_norm(a) for a in layers], axis=0)), atol=1e-5)
+    assert audio.dtype == torch.float32
+
+
+def test_bf16_layers_give_fp32_targets():
+    t = [torch.randn(1, 3, 4).bfloat16()]
+    assert build_targets(t, LayerNormNoAffine(), IdentityNorm()).dtype == torch.float32
+
+
+def test_mse_loss_sum_over_features_with_scale():
+    pred = np.array([[1.0, 2.0], [0.0, -1.0]])
+    tgt = np.array([[0.0, 0.0], [1.0, 1.0]])
+    got = regression_loss(torch.tensor(pred), torch.tensor(tgt), beta=0.0, scale=1 / math.sqrt(2)).numpy()
+    np.testing.assert_allclose(got, [(1 + 4) / math.sqrt(2), (1 + 4) / math.sqrt(2)])
+
+
+def test_smooth_l1_loss_matches_hand_formula():
+    beta = 2.0
+    pred = np.array([[0.5, 3.0, -4.0]])
+    tgt = np.zeros((1, 3))
+
+    def sl1(d):
+        d = abs(d)
+        return 0.5 * d * d / beta if d < beta else d - 0.5 * beta
+
+    got = regression_loss(torch.tensor(pred), torch.tensor(tgt), beta=beta, scale=1.0).numpy()
+    np.testing.assert_allclose(got, [sum(sl1(v) for v in pred[0])])
+
+
+def test_loss_scales():
+    assert loss_scale("inv_sqrt_dim", 768) == pytest.approx(1 / math.sqrt(768))
+    assert loss_scale("inv_dim", 768) == pytest.approx(1 / 768)
+    assert loss_scale(1.0, 768) == 1.0
+
+
+def test_feature_std_is_fairseq_compute_var():
+    y = np.random.default_rng(4).normal(0, 3.0, size=(50, 8))
+    expected = np.sqrt(y.var(axis=0, ddof=1) + 1e-6).mean()
+    assert float(feature_std(torch.tensor(y))) == pytest.approx(expected, rel=1e-6)
