@@ -10,7 +10,6 @@ import sys
 import traceback
 from typing import Optional
 
-import click
 import typer
 
 from d2v_core import __version__
@@ -71,15 +70,8 @@ def main(argv: list[str] | None = None) -> None:
     try:
         if _startup_error is not None:
             raise _startup_error
-        app(args=args, prog_name="d2v", standalone_mode=False)
-    except click.exceptions.Exit as exc:
-        sys.exit(exc.exit_code)
-    except click.ClickException as exc:
-        exc.show()
-        sys.exit(exc.exit_code)
-    except click.exceptions.Abort:
-        print("aborted", file=sys.stderr)
-        sys.exit(130)
+        # standalone mode: typer/click print usage errors themselves and exit 2
+        app(args=args, prog_name="d2v", standalone_mode=True)
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         sys.exit(130)

@@ -52,7 +52,7 @@ def pretrain(
         loader = TrainLoader(
             source, build_record_decoder(cfg, registry), batch_size=micro_batch, rank=dist.rank,
             world_size=dist.world_size, num_workers=cfg.data.num_workers, shuffle_buffer=cfg.data.shuffle_buffer,
-            seed=cfg.runtime.seed, resampled=cfg.data.resampled,
+            seed=cfg.runtime.seed, resampled=cfg.data.resampled, max_bad_fraction=cfg.data.max_bad_fraction,
         )
         trainer = Trainer(cfg, model, loader, device, dist, versions)
         latest = ckpt.latest_checkpoint(run_dir) if resume else None

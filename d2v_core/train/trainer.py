@@ -86,7 +86,7 @@ class Trainer:
             "step": self.step, "epoch": self.epoch, "batch_in_epoch": self.batch_in_epoch,
             "optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict(),
             "scaler": self.scaler.state_dict() if self.scaler else {}, "rng": _rng_state(),
-            "bad_records": dict(getattr(self.loader.stats, "counts", {})),
+            "bad_records": self.loader.stats.state_dict(),
         }
 
     def restore(self, loaded: dict[str, Any]) -> None:
@@ -99,6 +99,7 @@ class Trainer:
             self.scaler.load_state_dict(st["scaler"])
         self.step, self.epoch, self.batch_in_epoch = st["step"], st["epoch"], st["batch_in_epoch"]
         self.teacher.tau = self.teacher.decay_at(self.step)
+        self.loader.stats.load_state_dict(st["bad_records"])
         _set_rng_state(st["rng"])
 
     def save(self) -> Path | None:
@@ -119,7 +120,6 @@ class Trainer:
             try:
                 batch = next(self._batches)
                 self.batch_in_epoch += 1
-                self.loader.stats.update(batch)
                 return batch
             except StopIteration:
                 self._batches, self.epoch, self.batch_in_epoch = None, self.epoch + 1, 0
@@ -202,7 +202,6 @@ class Trainer:
             while self.step < rt.max_steps and not self._stop:
                 m = self.train_step()
                 last_loss, samples = m["loss"], samples + m["samples"]
-                self.loader.stats.check(self.cfg.data.max_bad_fraction)
                 if logger and (self.step % rt.log_every == 0 or self.step == rt.max_steps):
                     now = time.time()
                     m["samples_per_s"] = samples / max(now - t_last, 1e-9)
