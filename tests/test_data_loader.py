@@ -171,6 +171,22 @@ def test_skip_batches_drops_the_first_batches(tmp_path, workers):
     assert same_batches(resumed, full[2:])
 
 
+@pytest.mark.parametrize("workers", [0, 2])
+def test_resumed_stats_match_an_unbroken_epoch(tmp_path, workers):
+    values = {i: MARKER for i in (1, 4, 5, 11, 17)}
+    src = resolve_source(str(make_folder(tmp_path, 22, values=values)), ("npy",))
+    unbroken = TrainLoader(src, NpyDecoder(), batch_size=2, num_workers=workers, seed=2)
+    it = unbroken.iter_epoch(0)
+    head = [next(it) for _ in range(3)]
+    saved = unbroken.stats.state_dict()  # what a checkpoint after 3 batches holds
+    tail = list(it)
+    resumed = TrainLoader(src, NpyDecoder(), batch_size=2, num_workers=workers, seed=2)
+    resumed.stats.load_state_dict(saved)
+    assert same_batches(run(resumed, skip=3), tail) and len(head) == 3
+    assert resumed.stats.counts == unbroken.stats.counts == Counter({"marked": 5})
+    assert resumed.stats.seen == unbroken.stats.seen == 22
+
+
 def test_corrupt_shards_are_skipped_and_counted(tmp_path):
     root = tmp_path / "sh"
     root.mkdir()

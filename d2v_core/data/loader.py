@@ -23,6 +23,8 @@ from __future__ import annotations
 
 import hashlib
 import random
+import re
+import tarfile
 import warnings
 from dataclasses import dataclass
 from itertools import islice
@@ -48,6 +50,16 @@ def record_seed(seed: int, epoch: int, url: str | None, key: str | None) -> int:
     name (not the full path) keeps it stable when data moves; keys repeat across shards."""
     name = str(url or "").replace("\\", "/").rsplit("/", 1)[-1]
     return mix_seed("record", seed, epoch, name, key)
+
+
+def _shard_url_of(exc: BaseException, known: set[str]) -> str | None:
+    """The shard an exception from webdataset's tar reader came from: webdataset appends the
+    URL to ``args`` or names the open file in the message."""
+    for arg in exc.args:
+        if isinstance(arg, str) and arg in known:
+            return arg
+    m = re.search(r"name='([^']+)'", str(exc.args[0]) if exc.args else "")
+    return m.group(1) if m else None
 
 
 @dataclass(frozen=True)
@@ -112,10 +124,19 @@ class _EpochStream(IterableDataset):
             # split by node with the rank given explicitly (torch.distributed may not be set up)
             shards = wds.split_by_worker(islice(iter(wds.SimpleShardList(urls, seed=seed)), p.rank, None, p.world_size))
 
+        known = set(urls)
+        truncated: set[str] = set()
+
         def broken_member(exc: BaseException) -> bool:
+            url = _shard_url_of(exc, known)
+            if isinstance(exc, tarfile.TarError) and url is not None:
+                # a torn shard raises once for the member and once for the stream: count it once
+                if url in truncated:
+                    return True
+                truncated.add(url)
             window.seen += 1
-            url = next((a for a in reversed(exc.args) if isinstance(a, str)), None)
-            window.skip(f"tar:{type(exc).__name__}", url, None, str(exc.args[0]) if exc.args else "")
+            message = str(exc.args[0]).split(" @ <", 1)[0] if exc.args else ""
+            window.skip(f"tar:{type(exc).__name__}", url, None, message)
             return True  # skip it and go on
 
         samples = wds.tarfile_to_samples(handler=broken_member)(shards)
@@ -188,7 +209,8 @@ class TrainLoader:
     """Per-rank micro-batches of decoded records, deterministic and resumable.
 
     ``source`` is a :class:`Source` or a ``data.train`` string (resolved with the decoder's
-    extensions). ``batch_size`` is the per-rank micro-batch. Bad records are skipped and counted
+    extensions). ``batch_size`` is the per-rank micro-batch; ``pin_memory`` applies with workers.
+    Bad records are skipped and counted
     in :attr:`stats` (a :class:`BadRecordStats`); with ``max_bad_fraction`` set, an epoch raises
     :class:`DataError` once more than that fraction of at least ``min_seen`` records was bad.
     """
@@ -208,6 +230,7 @@ class TrainLoader:
         drop_last: bool = True,
         max_bad_fraction: float | None = None,
         min_seen: int = 100,
+        pin_memory: bool = False,
     ) -> None:
         if batch_size < 1:
             raise DataError(f"batch size per rank must be >= 1, got {batch_size}")
@@ -228,6 +251,7 @@ class TrainLoader:
         self.drop_last = drop_last
         self.max_bad_fraction = max_bad_fraction
         self.min_seen = min_seen
+        self.pin_memory = pin_memory
         self.stats = BadRecordStats()
         if source.is_sharded and not resampled:
             n = len(source.urls)
@@ -259,19 +283,22 @@ class TrainLoader:
 
     def iter_epoch(self, epoch: int, skip_batches: int = 0) -> Iterator[dict]:
         """The batches of ``epoch`` for this rank, after dropping the first ``skip_batches``
-        (resume: they are decoded again, then discarded). Each batch is ``decoder.collate``'s
+        (resume: they are decoded again, then discarded, and their bad-record counts are not
+        added, since a checkpoint's ``stats.state_dict()`` already holds them). Each batch is ``decoder.collate``'s
         dict; the accounting keys are already moved into :attr:`stats`."""
         dataset = _EpochStream(self._plan(epoch))
         if self.num_workers == 0:
             stream: Any = iter(dataset)
         else:
-            stream = iter(DataLoader(dataset, batch_size=None, num_workers=self.num_workers))
+            stream = iter(DataLoader(dataset, batch_size=None, num_workers=self.num_workers, pin_memory=self.pin_memory))
         counts0, seen0 = self.stats.snapshot()
         produced = 0
         try:
             for item in stream:
                 stats_only = item.pop("_stats_only", False)
-                self.stats.update(item)
+                # counts that arrive with the skipped batches are already in the stats restored
+                # from the checkpoint: leave them out so a resumed run counts like an unbroken one
+                (self.stats if produced >= skip_batches else BadRecordStats()).update(item)
                 if self.max_bad_fraction is not None:
                     self.stats.check(self.max_bad_fraction, min_seen=self.min_seen)
                 if stats_only:

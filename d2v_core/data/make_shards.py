@@ -188,6 +188,11 @@ def pack_shards(
             result.records += 1
         finish()
     except BaseException:
+        if writer is not None:
+            try:
+                writer.close()
+            except Exception:  # noqa: BLE001 - the partial file is deleted anyway
+                pass
         if handle is not None:
             handle.close()
         if tmp is not None and tmp.exists():

@@ -184,9 +184,9 @@ def resolve_source(spec: str, extensions: tuple[str, ...] | list[str], allow_pip
         return Source(spec, "shards", urls=tuple(braceexpand.braceexpand(spec)))
     expanded = os.path.expanduser(spec)
     if "{" in expanded:
-        return _brace_shards(spec, expanded, exts)
+        return _brace_shards(spec, expanded)
     if _GLOB_CHARS.search(expanded):
-        return _glob_shards(spec, expanded, exts)
+        return _glob_shards(spec, expanded)
     path = Path(expanded)
     if path.is_dir():
         return _folder(spec, path, exts)
@@ -217,7 +217,7 @@ def _shards_from(spec: str, names: list[str]) -> Source:
     return Source(spec, "shards", urls=tuple(str(Path(n).resolve()) for n in names))
 
 
-def _brace_shards(spec: str, expanded: str, exts: tuple[str, ...]) -> Source:
+def _brace_shards(spec: str, expanded: str) -> Source:
     names: list[str] = []
     for part in braceexpand.braceexpand(expanded):
         if _GLOB_CHARS.search(part):
@@ -233,7 +233,7 @@ def _brace_shards(spec: str, expanded: str, exts: tuple[str, ...]) -> Source:
     return _shards_from(spec, names)
 
 
-def _glob_shards(spec: str, expanded: str, exts: tuple[str, ...]) -> Source:
+def _glob_shards(spec: str, expanded: str) -> Source:
     names = sorted(n for n in glob.glob(expanded, recursive=True) if Path(n).is_file())
     if not names:
         raise DataError(f"pattern {spec!r} matches no file (looking for .tar shards); check the path and quoting")

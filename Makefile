@@ -1,0 +1,27 @@
+# d2v: the two set-up commands (see README.md). Each creates .venv and installs what it needs.
+PYTHON ?= $(shell command -v python3.11 || command -v python3)
+VENV := .venv
+BIN := $(VENV)/bin
+PLUGINS := plugins/d2v-plugin-audio plugins/d2v-plugin-image plugins/d2v-plugin-text
+STAMP := $(VENV)/.d2v-installed
+
+.PHONY: demo test install clean
+
+$(STAMP): pyproject.toml $(addsuffix /pyproject.toml,$(PLUGINS))
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+	$(BIN)/python -m pip install -q -e ".[dev]" $(addprefix -e ,$(PLUGINS))
+	touch $(STAMP)
+
+install: $(STAMP)
+
+## Pretrain the audio plugin's tiny model on the demo clips it ships (a few minutes on 2 CPU cores).
+demo: $(STAMP)
+	$(BIN)/d2v pretrain --modality audio --out runs/demo-audio $(ARGS)
+
+## The whole test suite (slow end-to-end tests included).
+test: $(STAMP)
+	HF_HUB_OFFLINE=1 $(BIN)/python -m pytest -q -n 2 $(ARGS)
+
+clean:
+	rm -rf $(VENV) runs
