@@ -24,6 +24,11 @@ def resolve_device(cfg: RunConfig) -> torch.device:
     return torch.device(want)
 
 
+def check_distributed(cfg: RunConfig) -> None:
+    if cfg.runtime.distributed == "fsdp":
+        raise PreflightError("runtime.distributed=fsdp is not implemented yet; use ddp (the default)")
+
+
 def check_batch(cfg: RunConfig, world_size: int) -> int:
     """The per-rank micro-batch size; the global batch must divide over ranks x accumulation."""
     parts = world_size * cfg.optim.accum_steps

@@ -16,7 +16,7 @@ from d2v_core.registry import Registry
 from d2v_core.train import checkpoint as ckpt
 from d2v_core.train.build import build_model, build_record_decoder
 from d2v_core.train.distributed import init_distributed, shutdown
-from d2v_core.train.preflight import check_batch, check_output_dir, checkpoint_bytes, resolve_device
+from d2v_core.train.preflight import check_batch, check_distributed, check_output_dir, checkpoint_bytes, resolve_device
 from d2v_core.train.trainer import Trainer, TrainResult
 
 
@@ -35,6 +35,7 @@ def pretrain(
 
     if not cfg.data.train:
         raise ConfigError("no training data: pass --data PATH (a folder, a CSV/JSONL manifest or tar shards)")
+    check_distributed(cfg)
     device = resolve_device(cfg)
     dist = init_distributed(device.type)
     try:
