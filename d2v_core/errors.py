@@ -53,3 +53,9 @@ class TrainingError(D2VError):
     """Training stopped on purpose: non-finite loss, representation collapse."""
 
     exit_code = 1
+
+
+class ExportError(D2VError):
+    """A model that the requested export format cannot represent, or an export that failed."""
+
+    exit_code = 1

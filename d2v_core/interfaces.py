@@ -140,3 +140,29 @@ class RecordDecoder(ABC):
 
     @abstractmethod
     def collate(self, samples: list[dict]) -> Batch: ...
+
+    def decode_for_inference(self, record: Mapping[str, Any]) -> dict:
+        """Deterministic decoding for embedding and probing (no random crop or augmentation).
+        The default calls :meth:`decode` without a generator; override where that is random."""
+        return self.decode(record, None)
+
+
+class Exporter(ABC):
+    """Converts a trained model to another framework's format and back (a plugin component of
+    kind ``exporter``, one per modality and format)."""
+
+    #: The ``--format`` this exporter writes (``"hf"``: a transformers model directory).
+    format: str = "hf"
+
+    @abstractmethod
+    def export(self, model: nn.Module, cfg: Any, extra: Mapping[str, bytes], out_dir: Any) -> None:
+        """Write ``model`` (a :class:`d2v_core.model.data2vec.Data2Vec` student) to ``out_dir``,
+        or raise :class:`d2v_core.errors.ExportError` where the format cannot represent it."""
+
+    def import_config(self, src_dir: Any) -> dict:
+        """A partial run config (``model`` and ``encoder`` sections) describing ``src_dir``."""
+        raise NotImplementedError(f"{type(self).__name__} cannot import")
+
+    def import_weights(self, src_dir: Any, model: nn.Module) -> None:
+        """Load the weights in ``src_dir`` into ``model`` (built from :meth:`import_config`)."""
+        raise NotImplementedError(f"{type(self).__name__} cannot import")
