@@ -40,12 +40,17 @@ def _root(
 
 
 def _register_commands() -> None:
-    from d2v_cli import config_cmd, plugins_cmd, pretrain_cmd, shards_cmd
+    from d2v_cli import config_cmd, plugins_cmd, pretrain_cmd, shards_cmd, use_cmds
 
     app.command("list-plugins")(plugins_cmd.list_plugins)
     app.add_typer(config_cmd.config_app, name="config")
     app.command("pretrain")(pretrain_cmd.pretrain)
     app.command("make-shards")(shards_cmd.make_shards)
+    app.command("embed")(use_cmds.embed)
+    app.command("probe")(use_cmds.probe)
+    app.command("export")(use_cmds.export)
+    app.command("import")(use_cmds.import_)
+    app.command("report")(use_cmds.report)
 
     from d2v_core.errors import PluginError
     from d2v_core.plugin_loader import add_cli_commands, get_plugins

@@ -27,6 +27,7 @@ def pretrain(
     resume: bool = False,
     versions: dict[str, str] | None = None,
     allow_pipe_urls: bool = False,
+    init_from: str | Path | None = None,
 ) -> TrainResult:
     """Pretrain per ``cfg``; with ``resume``, continue from the newest complete checkpoint in
     ``cfg.runtime.out_dir`` so that the run matches an uninterrupted one."""
@@ -57,6 +58,10 @@ def pretrain(
         )
         trainer = Trainer(cfg, model, loader, device, dist, versions)
         latest = ckpt.latest_checkpoint(run_dir) if resume else None
+        if init_from is not None and latest is None:
+            start = ckpt.load_checkpoint(init_from)
+            model.load_state_dict(start["student"])
+            trainer.teacher.load_state_dict(start["teacher"])
         if latest is not None:
             trainer.restore(ckpt.load_checkpoint(latest.path))
             trainer.last_checkpoint = latest.path
@@ -70,9 +75,20 @@ def pretrain(
             summary = {"step": result.step, "last_loss": result.last_loss, "checkpoint": str(result.checkpoint),
                        "stopped_early": result.stopped_early, "bad_records": loader.stats.state_dict()}
             (run_dir / "summary.json").write_text(json.dumps(summary, indent=2, default=str))
+            _write_report(run_dir)
         return result
     finally:
         shutdown()
+
+
+def _write_report(run_dir: Path) -> None:
+    """The run's picture (``d2v report``); skipped quietly when matplotlib is not installed."""
+    try:
+        from d2v_core.inference.report import write_report
+
+        write_report(run_dir)
+    except ImportError:
+        pass
 
 
 def load_run_config(path: str | Path) -> RunConfig:

@@ -1,0 +1,138 @@
+"""``d2v embed``, ``d2v probe``, ``d2v export``, ``d2v import``, ``d2v report``: getting the
+learned encoder out."""
+
+from __future__ import annotations
+
+import json
+from typing import List, Optional
+
+import typer
+
+
+def _source(spec: str, extensions):  # noqa: ANN001
+    from d2v_core.data.sources import resolve_source
+
+    return resolve_source(spec, tuple(extensions))
+
+
+def embed(
+    checkpoint: str = typer.Argument(..., help="Checkpoint or run directory."),
+    inputs: List[str] = typer.Argument(..., help="Files' folders or CSV/JSONL manifests."),
+    out: str = typer.Option(..., "--out", "-o", help="Output .safetensors or .npy (plus OUT.keys.txt)."),
+    layer: Optional[int] = typer.Option(None, "--layer", help="Output of layer N (1-based; 0: the Transformer input)."),
+    top_k: Optional[int] = typer.Option(None, "--top-k", help="Mean of the last K layer outputs."),
+    pool: str = typer.Option("mean", "--pool", help="mean | cls | none"),
+    batch_size: int = typer.Option(16, "--batch-size"),
+) -> None:
+    """Features of a pretrained encoder for files, folders or manifests."""
+    from rich.progress import Progress
+
+    from d2v_core.errors import ConfigError
+    from d2v_core.inference.embed import Embeddings, embed_source, write_embeddings
+    from d2v_core.inference.pretrained import load_pretrained
+    from d2v_core.plugin_loader import get_registry
+
+    if layer is not None and top_k is not None:
+        raise ConfigError("pass --layer or --top-k, not both")
+    if pool not in ("mean", "cls", "none"):
+        raise ConfigError(f"--pool must be mean, cls or none, got {pool!r}")
+    pre = load_pretrained(checkpoint, get_registry())
+    total = Embeddings()
+    sources = [_source(s, pre.decoder.extensions) for s in inputs]
+    with Progress(transient=True) as bar:
+        task = bar.add_task("embedding", total=sum(len(s) for s in sources))
+        for src in sources:
+            emb = embed_source(pre.model, pre.decoder, src, layer=layer, top_k=top_k, pool=pool, batch_size=batch_size,
+                               progress=lambda n: bar.advance(task, n))
+            total.keys += emb.keys
+            total.vectors += emb.vectors
+            total.meta += emb.meta
+            total.stats.merge(dict(emb.stats.counts), emb.stats.seen, emb.stats.examples)
+    paths = write_embeddings(total, out, pool)
+    typer.echo(f"embedded {len(total.keys)} record(s) -> {paths[0]} (keys: {paths[1]}); skipped: {total.stats.summary()}")
+
+
+def probe(
+    checkpoint: str = typer.Argument(..., help="Checkpoint or run directory."),
+    train: Optional[str] = typer.Option(None, "--train", help="Manifest (CSV/JSONL) with paths and labels."),
+    test: Optional[str] = typer.Option(None, "--test", help="Test manifest."),
+    split_by: Optional[str] = typer.Option(None, "--split-by", help="Hold out whole groups of this column (e.g. speaker)."),
+    label_column: str = typer.Option("label", "--label-column"),
+    test_fraction: float = typer.Option(0.25, "--test-fraction"),
+    baseline: Optional[str] = typer.Option(None, "--baseline", help="random-init: also probe the untrained architecture."),
+    layer: Optional[int] = typer.Option(None, "--layer"),
+    top_k: Optional[int] = typer.Option(None, "--top-k"),
+    pool: str = typer.Option("mean", "--pool"),
+    seed: int = typer.Option(0, "--seed"),
+    json_out: Optional[str] = typer.Option(None, "--json", help="Also write the report to this JSON file."),
+) -> None:
+    """Linear probe (logistic regression) on frozen, pooled features; reports accuracy."""
+    from d2v_core.errors import ConfigError
+    from d2v_core.inference.embed import embed_source
+    from d2v_core.inference.pretrained import load_pretrained
+    from d2v_core.inference.probe import ProbeSplit, check_probe_args, fit_and_score, labels_of, majority_accuracy, split_by_group
+    from d2v_core.plugin_loader import get_registry
+
+    check_probe_args(train is not None, test is not None, split_by)
+    if baseline not in (None, "random-init"):
+        raise ConfigError(f"--baseline must be random-init, got {baseline!r}")
+    registry = get_registry()
+    report: dict = {"checkpoint": checkpoint, "label_column": label_column, "split_by": split_by}
+    for name, random_init in [("pretrained", False)] + ([("random-init", True)] if baseline else []):
+        pre = load_pretrained(checkpoint, registry, random_init=random_init, seed=seed)
+        kw = dict(layer=layer, top_k=top_k, pool=pool)
+        tr = embed_source(pre.model, pre.decoder, _source(train, pre.decoder.extensions), **kw)
+        if split_by:
+            split = split_by_group(tr, label_column, split_by, test_fraction, seed)
+        else:
+            te = embed_source(pre.model, pre.decoder, _source(test, pre.decoder.extensions), **kw)
+            import numpy as np
+
+            split = ProbeSplit(np.stack(tr.vectors), labels_of(tr, label_column), np.stack(te.vectors), labels_of(te, label_column))
+        report[name] = fit_and_score(split, seed)
+        report["majority_class_accuracy"] = majority_accuracy(split.y_train, split.y_test)
+        report["classes"] = len(set(split.y_train))
+    typer.echo(json.dumps(report, indent=2))
+    rows = [(k, report[k]["accuracy"]) for k in ("pretrained", "random-init") if k in report]
+    rows.append(("majority class", report["majority_class_accuracy"]))
+    typer.echo("\n".join(f"{name:>15}: accuracy {acc:.4f}" for name, acc in rows))
+    if json_out:
+        from pathlib import Path
+
+        Path(json_out).write_text(json.dumps(report, indent=2), encoding="utf-8")
+
+
+def export(
+    checkpoint: str = typer.Argument(..., help="Checkpoint or run directory."),
+    fmt: str = typer.Option("hf", "--format", help="hf: a transformers model directory."),
+    out: str = typer.Option(..., "--out", "-o"),
+    overwrite: bool = typer.Option(False, "--overwrite"),
+) -> None:
+    """Export the encoder (e.g. to transformers' Data2Vec{Audio,Vision,Text}Model)."""
+    from d2v_core.inference.exchange import export_checkpoint
+    from d2v_core.plugin_loader import get_registry
+
+    path = export_checkpoint(checkpoint, fmt, out, get_registry(), overwrite)
+    typer.echo(f"exported {checkpoint} as {fmt} -> {path}")
+
+
+def import_(
+    from_hf: str = typer.Option(..., "--from-hf", help="A transformers Data2Vec model directory."),
+    modality: str = typer.Option(..., "--modality", "-m"),
+    out: str = typer.Option(..., "--out", "-o", help="Run directory to write the checkpoint into."),
+    preset: Optional[str] = typer.Option(None, "--preset", help="Preset supplying the training settings."),
+) -> None:
+    """Make a d2v checkpoint from a transformers directory (continue with d2v pretrain --init-from)."""
+    from d2v_core.inference.exchange import import_checkpoint
+    from d2v_core.plugin_loader import get_registry
+
+    path = import_checkpoint(from_hf, modality, out, get_registry(), preset)
+    typer.echo(f"imported {from_hf} -> {path}")
+
+
+def report(run_dir: str = typer.Argument(..., help="A run directory (with metrics.jsonl).")) -> None:
+    """Plot a run's loss, lr, tau, target/pred variance and throughput (PNG and HTML)."""
+    from d2v_core.inference.report import write_report
+
+    png, page = write_report(run_dir)
+    typer.echo(f"wrote {png} and {page}")

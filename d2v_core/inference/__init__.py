@@ -1,0 +1,1 @@
+"""Using what was learned: load a checkpoint, embed, probe, export, report."""

@@ -1,0 +1,131 @@
+"""Features from a pretrained encoder: one layer, the mean of the top K, or the final output,
+pooled by mean over valid steps, the CLS token, or not at all."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Iterable, Iterator
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from d2v_core.data.bad_records import BadRecordStats
+from d2v_core.data.sources import Source
+from d2v_core.errors import ConfigError
+from d2v_core.interfaces import SkipRecord
+from d2v_core.model.data2vec import Data2Vec
+
+
+@dataclass
+class Embeddings:
+    keys: list[str] = field(default_factory=list)
+    vectors: list[np.ndarray] = field(default_factory=list)  # (D,) pooled, or (T, D) with pool none
+    meta: list[dict] = field(default_factory=list)
+    stats: BadRecordStats = field(default_factory=BadRecordStats)
+
+
+@torch.no_grad()
+def encoder_states(model: Data2Vec, batch: dict, layer: int | None = None, top_k: int | None = None) -> tuple[Tensor, Tensor | None]:
+    """(B, T, D) states without prefix tokens... plus the prefix kept at index 0 when present.
+
+    ``layer`` N (1-based) is the output of layer N (0: the Transformer's input); ``top_k`` K the
+    mean of the last K layer outputs; neither: the final output (after the final norm, if any)."""
+    enc, depth = model.encoder, model.cfg.model.depth
+    if layer is not None and not 0 <= layer <= depth:
+        raise ConfigError(f"--layer must be between 0 and {depth}, got {layer}")
+    if top_k is not None and not 1 <= top_k <= depth:
+        raise ConfigError(f"--top-k must be between 1 and {depth}, got {top_k}")
+    feats = enc.embed(batch)
+    ctx = enc.contextualize(feats.x, feats.padding_mask)
+    if layer == 0:
+        return ctx.x, ctx.padding_mask
+    out = model.transformer(ctx.x, ctx.padding_mask, ctx.attn_bias, collect="block")
+    if layer is not None:
+        return out.layers[layer - 1], ctx.padding_mask
+    if top_k is not None:
+        return torch.stack(out.layers[-top_k:]).mean(0), ctx.padding_mask
+    return out.x, ctx.padding_mask
+
+
+def pool_states(states: Tensor, padding_mask: Tensor | None, num_prefix: int, pool: str) -> list[np.ndarray]:
+    """Per sample: ``mean`` over valid non-prefix steps, ``cls`` the first prefix token, ``none``
+    the valid non-prefix steps (T_i, D)."""
+    if pool == "cls":
+        if num_prefix == 0:
+            raise ConfigError("--pool cls needs a model with a CLS token (this modality has none); use --pool mean")
+        return list(states[:, 0].float().cpu().numpy())
+    body = states[:, num_prefix:].float()
+    pad = None if padding_mask is None else padding_mask[:, num_prefix:]
+    out = []
+    for i in range(body.shape[0]):
+        valid = body[i] if pad is None else body[i][~pad[i]]
+        out.append(valid.mean(0).cpu().numpy() if pool == "mean" else valid.cpu().numpy())
+    return out
+
+
+def _batches(source: Source, decoder, batch_size: int, stats: BadRecordStats) -> Iterator[list[dict]]:
+    samples: list[dict] = []
+    for entry in source.entries:
+        stats.seen += 1
+        try:
+            record = source.read(entry)
+            sample = decoder.decode_for_inference(record)
+        except SkipRecord as skip:
+            stats.skip(skip.reason, entry.path, entry.key, skip.detail)
+            continue
+        except Exception as exc:  # noqa: BLE001 - one bad file never stops an embedding job
+            stats.skip(f"error:{type(exc).__name__}", entry.path, entry.key, str(exc))
+            continue
+        samples.append({"sample": sample, "key": entry.key, "meta": dict(entry.meta or {})})
+        if len(samples) == batch_size:
+            yield samples
+            samples = []
+    if samples:
+        yield samples
+
+
+def embed_source(model: Data2Vec, decoder, source: Source, *, layer: int | None = None, top_k: int | None = None,
+                 pool: str = "mean", batch_size: int = 16, progress: Iterable | None = None) -> Embeddings:
+    """Embed every record of a folder or manifest source; unusable records are skipped and counted."""
+    if source.is_sharded:
+        raise ConfigError("embedding from tar shards is not supported yet; pass a folder or a CSV/JSONL manifest")
+    model.eval()
+    result = Embeddings()
+    device = next(model.parameters()).device
+    for group in _batches(source, decoder, batch_size, result.stats):
+        batch = decoder.collate([g["sample"] for g in group])
+        batch = {k: v.to(device) if isinstance(v, Tensor) else v for k, v in batch.items()}
+        states, pad = encoder_states(model, batch, layer, top_k)
+        result.vectors += pool_states(states, pad, model.encoder.num_prefix_tokens, pool)
+        result.keys += [g["key"] for g in group]
+        result.meta += [g["meta"] for g in group]
+        if progress is not None:
+            progress(len(group))  # type: ignore[operator]
+    return result
+
+
+def write_embeddings(emb: Embeddings, out: str | Path, pool: str) -> list[Path]:
+    """``.safetensors`` (keys in the metadata; with pool none one tensor per record) or ``.npy``
+    (pooled only), plus ``OUT.keys.txt``, one key per line in row order."""
+    from safetensors.numpy import save_file
+
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    if out.suffix == ".npy":
+        if pool == "none":
+            raise ConfigError("--pool none gives one array per record: write .safetensors instead of .npy")
+        np.save(out, np.stack(emb.vectors) if emb.vectors else np.zeros((0, 0), np.float32))
+    elif out.suffix == ".safetensors":
+        if pool == "none":
+            tensors = {str(i): v for i, v in enumerate(emb.vectors)}
+        else:
+            tensors = {"embeddings": np.stack(emb.vectors) if emb.vectors else np.zeros((0, 0), np.float32)}
+        save_file(tensors, str(out), metadata={"keys": json.dumps(emb.keys), "pool": pool})
+    else:
+        raise ConfigError(f"--out must end in .safetensors or .npy, got {out.name!r}")
+    index = out.with_suffix(out.suffix + ".keys.txt")
+    index.write_text("".join(k + "\n" for k in emb.keys), encoding="utf-8")
+    return [out, index]

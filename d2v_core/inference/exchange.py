@@ -1,0 +1,72 @@
+"""Export a checkpoint through a plugin's exporter (e.g. to a transformers directory), and import
+such a directory as a d2v checkpoint to continue pretraining from."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from pydantic import ValidationError
+
+from d2v_core.config import RunConfig
+from d2v_core.config_resolve import config_to_yaml, deep_merge, format_validation_error, preset_dict
+from d2v_core.errors import ConfigError, ExportError, UnknownComponentError
+from d2v_core.interfaces import Exporter
+from d2v_core.model.ema_teacher import EMATeacher
+from d2v_core.registry import Registry
+from d2v_core.train.build import build_model
+from d2v_core.train.checkpoint import save_checkpoint
+
+
+def find_exporter(registry: Registry, modality: str, fmt: str) -> Exporter:
+    """The exporter a plugin registered for ``modality`` and ``fmt``."""
+    found = []
+    for name in registry.names("exporter", modality):
+        exporter = registry.component("exporter", name, modality).load_factory()()
+        found.append(f"{name} ({exporter.format})")
+        if exporter.format == fmt:
+            return exporter
+    raise UnknownComponentError(
+        f"no {fmt!r} exporter for modality {modality!r} (installed: {', '.join(found) or 'none'}); "
+        f"the modality's plugin provides exporters"
+    )
+
+
+def _check_empty(out_dir: Path, overwrite: bool) -> None:
+    if out_dir.exists() and any(out_dir.iterdir()) and not overwrite:
+        raise ExportError(f"{out_dir} exists and is not empty; choose another --out or pass --overwrite")
+
+
+def export_checkpoint(path: str | Path, fmt: str, out_dir: str | Path, registry: Registry, overwrite: bool = False) -> Path:
+    from d2v_core.inference.pretrained import load_pretrained
+
+    out = Path(out_dir)
+    _check_empty(out, overwrite)
+    pre = load_pretrained(path, registry)
+    exporter = find_exporter(registry, pre.cfg.modality, fmt)
+    out.mkdir(parents=True, exist_ok=True)
+    exporter.export(pre.model, pre.cfg, pre.extra, out)
+    return out
+
+
+def import_checkpoint(src_dir: str | Path, modality: str, out_dir: str | Path, registry: Registry,
+                      preset: str | None = None, fmt: str = "hf") -> Path:
+    """Write ``out_dir/checkpoints/step_00000000`` from a model directory; continue pretraining
+    from it with ``d2v pretrain --init-from OUT``."""
+    src = Path(src_dir)
+    if not src.is_dir():
+        raise ConfigError(f"{src} is not a directory")
+    spec = registry.modality(modality)
+    exporter = find_exporter(registry, spec.name, fmt)
+    preset_name, base = preset_dict(spec, preset)
+    merged = deep_merge(base, exporter.import_config(src))
+    merged.update(modality=spec.name, preset=preset_name)
+    try:
+        cfg = RunConfig.model_validate(merged)
+    except ValidationError as exc:
+        raise ConfigError(f"imported config: {format_validation_error(exc)}") from None
+    model = build_model(cfg, registry)
+    exporter.import_weights(src, model)
+    teacher = EMATeacher(model.teacher_scope(), cfg.ema)
+    return save_checkpoint(out_dir, 0, model.state_dict(), teacher.state_dict(), {"step": 0, "imported_from": str(src)},
+                           config_to_yaml(cfg), {"imported_from": str(src), "modality": spec.name},
+                           extra=model.encoder.extra_state())

@@ -1,0 +1,71 @@
+"""Linear probe: frozen, pooled features and a logistic-regression classifier (scikit-learn)."""
+
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass
+from typing import Sequence
+
+import numpy as np
+
+from d2v_core.errors import ConfigError, DataError
+from d2v_core.inference.embed import Embeddings
+
+
+@dataclass
+class ProbeSplit:
+    x_train: np.ndarray
+    y_train: list[str]
+    x_test: np.ndarray
+    y_test: list[str]
+
+
+def labels_of(emb: Embeddings, column: str) -> list[str]:
+    missing = [k for k, m in zip(emb.keys, emb.meta) if column not in m]
+    if missing:
+        raise DataError(f"label column {column!r} is missing for {len(missing)} record(s), e.g. {missing[0]!r}; "
+                        f"pass --label-column with one of: {', '.join(sorted(emb.meta[0])) if emb.meta else 'none'}")
+    return [str(m[column]) for m in emb.meta]
+
+
+def split_by_group(emb: Embeddings, label_column: str, group_column: str, test_fraction: float = 0.25, seed: int = 0) -> ProbeSplit:
+    """Hold out whole groups (e.g. speakers): a seeded ``test_fraction`` of the distinct values of
+    ``group_column`` goes to the test set, so the probe measures generalisation to unseen groups."""
+    if any(group_column not in m for m in emb.meta):
+        raise DataError(f"--split-by column {group_column!r} is missing from the manifest")
+    groups = sorted({str(m[group_column]) for m in emb.meta})
+    if len(groups) < 2:
+        raise DataError(f"--split-by {group_column!r} has {len(groups)} distinct value(s); need at least 2")
+    random.Random(seed).shuffle(groups)
+    held = set(groups[: max(1, round(test_fraction * len(groups)))])
+    is_test = np.array([str(m[group_column]) in held for m in emb.meta])
+    x, y = np.stack(emb.vectors), np.array(labels_of(emb, label_column))
+    return ProbeSplit(x[~is_test], list(y[~is_test]), x[is_test], list(y[is_test]))
+
+
+def fit_and_score(split: ProbeSplit, seed: int = 0) -> dict:
+    """Standardise, fit multinomial logistic regression on train, report test accuracy."""
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import StandardScaler
+
+    if len(set(split.y_train)) < 2:
+        raise DataError("the probe's training split has fewer than 2 classes")
+    clf = make_pipeline(StandardScaler(), LogisticRegression(max_iter=2000, random_state=seed))
+    clf.fit(split.x_train, split.y_train)
+    accuracy = float((clf.predict(split.x_test) == np.array(split.y_test)).mean())
+    return {"accuracy": accuracy, "train_size": len(split.y_train), "test_size": len(split.y_test)}
+
+
+def majority_accuracy(y_train: Sequence[str], y_test: Sequence[str]) -> float:
+    """Accuracy of always answering the most frequent training label (the floor of any probe)."""
+    values, counts = np.unique(np.array(y_train), return_counts=True)
+    top = values[counts.argmax()]
+    return float((np.array(y_test) == top).mean())
+
+
+def check_probe_args(train_given: bool, test_given: bool, split_by: str | None) -> None:
+    if not train_given:
+        raise ConfigError("pass --train MANIFEST")
+    if test_given == (split_by is not None):
+        raise ConfigError("pass either --test MANIFEST or --split-by COLUMN (one of them)")
