@@ -120,9 +120,12 @@ class FeatureEncoder(nn.Module):
         encoding, prefix tokens, input LayerNorm and dropout, attention bias. Default: none."""
         return Context(x, padding_mask)
 
-    def extra_state(self) -> Mapping[str, Any]:
-        """Non-tensor state that must travel with a checkpoint (a tokenizer, ...)."""
+    def extra_state(self) -> Mapping[str, bytes]:
+        """Non-tensor state that must travel with a checkpoint (a tokenizer, ...): file name -> bytes."""
         return {}
+
+    def load_extra_state(self, extra: Mapping[str, bytes]) -> None:
+        """Restore what :meth:`extra_state` saved (called when a checkpoint is loaded)."""
 
 
 class RecordDecoder(ABC):

@@ -49,6 +49,7 @@ def load_pretrained(path: str | Path, registry: Registry, *, random_init: bool =
     cfg = self_contained_config(cfg, Path(ck["path"]) / "extra", ck["extra"])
     torch.manual_seed(seed)
     model = build_model(cfg, registry)
+    model.encoder.load_extra_state(ck["extra"])
     if not random_init:
         missing, unexpected = model.load_state_dict(ck["student"], strict=False)
         if missing or unexpected:
