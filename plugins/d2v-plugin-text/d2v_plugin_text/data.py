@@ -1,0 +1,77 @@
+"""Text records -> documents of token ids -> packed, padded rows.
+
+A record is one document: a ``.txt`` record of a shard or folder, or the ``text`` field of a
+JSONL line (the core turns it into ``{"txt": bytes}``). ``decode`` tokenizes one document;
+``collate`` packs the batch's documents into rows with :func:`pack_documents` (so a batch of
+``data.batch_size`` documents gives *at most* that many rows for short documents, and more for
+documents longer than ``block_size``) and pads them with ``<pad>``.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Mapping
+
+import torch
+
+from d2v_core.config import RunConfig
+from d2v_core.errors import ConfigError
+from d2v_core.interfaces import Batch, RecordDecoder, SkipRecord
+
+from d2v_plugin_text.options import TextDataOptions, TextEncoderOptions
+from d2v_plugin_text.packing import pack_rows
+from d2v_plugin_text.tokenizer import Tokenizer, load_tokenizer
+
+
+class TextRecordDecoder(RecordDecoder):
+    """``decode``: UTF-8 text -> ``{"tokens": ids + [</s>], "key"}``; ``collate``: packed rows
+    ``{"tokens": (B, T) long, "padding_mask": (B, T) bool, "keys": [...]}``.
+
+    ``keys[i]`` names the documents in row ``i`` (``"a+b"``; a split document repeats its key in
+    each of its rows). Empty, whitespace-only and non-UTF-8 records raise :class:`SkipRecord`.
+    """
+
+    extensions = ("txt",)
+
+    def __init__(self, tokenizer: Tokenizer, block_size: int = 512, break_mode: str = "complete_doc") -> None:
+        self.tokenizer = tokenizer
+        self.block_size = block_size
+        self.break_mode = break_mode
+
+    def decode(self, record: Mapping[str, Any], generator: torch.Generator | None = None) -> dict:
+        payload = next((record[e] for e in self.extensions if e in record), None)
+        if payload is None:
+            raise SkipRecord("missing_text", f"record has no {'/'.join(self.extensions)} field")
+        if isinstance(payload, str):
+            text = payload
+        else:
+            try:
+                text = bytes(payload).decode("utf-8")
+            except UnicodeDecodeError as exc:
+                raise SkipRecord("undecodable", f"not UTF-8 text ({exc.reason} at byte {exc.start})") from None
+        if not text.strip():
+            raise SkipRecord("empty", "no text")
+        ids = self.tokenizer.encode(text)
+        if not ids:
+            raise SkipRecord("empty", "text encodes to no tokens")
+        return {"tokens": ids + [self.tokenizer.eos_id], "key": str(record.get("__key__", ""))}
+
+    def collate(self, samples: list[dict]) -> Batch:
+        rows = pack_rows([s["tokens"] for s in samples], self.block_size, self.break_mode, self.tokenizer.bos_id)
+        length = max((len(r.ids) for r in rows), default=0)
+        tokens = torch.full((len(rows), length), self.tokenizer.pad_id, dtype=torch.long)
+        for i, r in enumerate(rows):
+            tokens[i, : len(r.ids)] = torch.tensor(r.ids, dtype=torch.long)
+        keys = ["+".join(samples[j]["key"] for j in r.sources) for r in rows]
+        return {"tokens": tokens, "padding_mask": tokens.eq(self.tokenizer.pad_id), "keys": keys}
+
+
+def build_record_decoder(cfg: RunConfig) -> TextRecordDecoder:
+    """The record decoder for a resolved config: tokenizer from ``cfg.encoder``, packing from
+    ``cfg.data.options``."""
+    enc = TextEncoderOptions.model_validate(cfg.encoder)
+    data = TextDataOptions.model_validate(cfg.data.options)
+    if data.block_size > enc.max_positions:
+        raise ConfigError(
+            f"data.options.block_size ({data.block_size}) exceeds encoder.max_positions ({enc.max_positions})"
+        )
+    return TextRecordDecoder(load_tokenizer(enc.tokenizer), data.block_size, data.break_mode)
