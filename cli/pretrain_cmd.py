@@ -17,7 +17,11 @@ def pretrain(
     masker: Optional[str] = typer.Option(None, "--masker", help="Masker name (masking.name)."),
     max_steps: Optional[int] = typer.Option(None, "--max-steps", help="Number of updates (runtime.max_steps)."),
     resume: bool = typer.Option(False, "--resume", help="Continue from the newest complete checkpoint in the run directory."),
+    init_from: Optional[str] = typer.Option(None, "--init-from", help="Start from the weights of this checkpoint (e.g. made by d2v import), with a fresh optimiser."),
     allow_pipe_urls: bool = typer.Option(False, "--allow-pipe-urls", help="Allow webdataset 'pipe:' URLs (they run shell commands)."),
+    max_bad_fraction: Optional[float] = typer.Option(
+        None, "--max-bad-fraction", help="Abort when more than this fraction of records is unusable (data.max_bad_fraction, default 0.5)."
+    ),
 ) -> None:
     """Pretrain a data2vec model: preset, then --config, then --set, then the flags above."""
     from d2v_core.config_resolve import resolve_config
@@ -27,7 +31,8 @@ def pretrain(
 
     loaded = get_plugins()
     overrides = list(set_)
-    for key, value in (("data.train", data), ("runtime.out_dir", out), ("masking.name", masker), ("runtime.max_steps", max_steps)):
+    for key, value in (("data.train", data), ("runtime.out_dir", out), ("masking.name", masker), ("runtime.max_steps", max_steps),
+                       ("data.max_bad_fraction", max_bad_fraction)):
         if value is not None:
             overrides.append(f"{key}={value}")
     cfg = resolve_config(loaded.registry, modality, preset, config, overrides)
@@ -42,7 +47,14 @@ def pretrain(
         cfg = cfg.model_copy(update={"data": cfg.data.model_copy(update={"train": demo})})
     typer.echo(f"pretraining {cfg.modality}/{cfg.preset} -> {cfg.runtime.out_dir}")
     versions = {p.distribution: p.version for p in loaded.plugins if p.status == "ok"}
-    result = run_pretrain(cfg, loaded.registry, resume=resume, versions=versions, allow_pipe_urls=allow_pipe_urls)
+    result = run_pretrain(cfg, loaded.registry, resume=resume, versions=versions, allow_pipe_urls=allow_pipe_urls,
+                          init_from=init_from)
     loss = f"{result.last_loss:.4f}" if result.last_loss is not None else "n/a"
     how = "stopped on signal" if result.stopped_early else "done"
     typer.echo(f"{how}: step {result.step}, last loss {loss}, checkpoint {result.checkpoint}")
+    if result.stopped_early:  # not finished: exit like a process ended by that signal (130, 143)
+        import signal
+
+        signum = result.stop_signal or signal.SIGTERM
+        typer.echo(f"stopped by {signal.Signals(signum).name} before step {cfg.runtime.max_steps}; continue with --resume", err=True)
+        raise typer.Exit(128 + int(signum))

@@ -22,8 +22,10 @@ from its own seeded stream, forever: the epoch never ends and the trainer stops 
 from __future__ import annotations
 
 import hashlib
+import logging
 import random
 import re
+import signal
 import tarfile
 import warnings
 from dataclasses import dataclass
@@ -33,10 +35,12 @@ from typing import Any, Iterator
 import torch
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
-from d2v_core.data.bad_records import BadRecordStats
+from d2v_core.data.bad_records import MAX_EXAMPLES, BadRecordStats
 from d2v_core.data.sources import Source, resolve_source, shard_record
 from d2v_core.errors import DataError
 from d2v_core.interfaces import RecordDecoder, SkipRecord
+
+_log = logging.getLogger("d2v.data")
 
 
 def mix_seed(*parts: Any) -> int:
@@ -50,6 +54,23 @@ def record_seed(seed: int, epoch: int, url: str | None, key: str | None) -> int:
     name (not the full path) keeps it stable when data moves; keys repeat across shards."""
     name = str(url or "").replace("\\", "/").rsplit("/", 1)[-1]
     return mix_seed("record", seed, epoch, name, key)
+
+
+def exception_text(exc: BaseException) -> str:
+    """``str(exc)``, or its type name when even that fails (a decoder may raise anything)."""
+    try:
+        return str(exc)
+    except Exception:  # noqa: BLE001 - a broken __str__ must not turn a skip into a crash
+        return f"<{type(exc).__name__} with an unprintable message>"
+
+
+def ignore_stop_signals(worker_id: int) -> None:
+    """DataLoader ``worker_init_fn``: workers ignore SIGINT/SIGTERM. Ctrl-C and ``scancel`` signal
+    the whole process group; the main process then finishes its step and writes a checkpoint
+    (it needs the workers' batches for that) and stops them itself. A worker killed by the signal
+    would instead make the main process fail in the middle of that step."""
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, signal.SIG_IGN)
 
 
 def _shard_url_of(exc: BaseException, known: set[str]) -> str | None:
@@ -103,7 +124,7 @@ class _EpochStream(IterableDataset):
                     window.skip(exc.reason, entry.path or p.source.manifest, entry.key, exc.detail)
                 except Exception as exc:  # noqa: BLE001 - unreadable file: count, never crash
                     window.seen += 1
-                    window.skip(f"error:{type(exc).__name__}", entry.path or p.source.manifest, entry.key, str(exc))
+                    window.skip(f"error:{type(exc).__name__}", entry.path or p.source.manifest, entry.key, exception_text(exc))
 
     def _shard_records(self, worker: int, num_workers: int, window: BadRecordStats) -> Iterator[dict]:
         import webdataset as wds
@@ -161,7 +182,7 @@ class _EpochStream(IterableDataset):
         except SkipRecord as exc:
             window.skip(exc.reason, url, key, exc.detail)
         except Exception as exc:  # noqa: BLE001 - a bad record must never stop training
-            window.skip(f"error:{type(exc).__name__}", url, key, str(exc))
+            window.skip(f"error:{type(exc).__name__}", url, key, exception_text(exc))
         return None
 
     def _collate(self, samples: list[dict], window: BadRecordStats) -> dict | None:
@@ -169,7 +190,7 @@ class _EpochStream(IterableDataset):
             batch = self.plan.decoder.collate(samples)
         except Exception as exc:  # noqa: BLE001 - counted like the records it drops
             for _ in samples:
-                window.skip(f"collate_error:{type(exc).__name__}", None, None, str(exc))
+                window.skip(f"collate_error:{type(exc).__name__}", None, None, exception_text(exc))
             return None
         if not isinstance(batch, dict):
             raise TypeError(f"{type(self.plan.decoder).__name__}.collate returned {type(batch).__name__}, expected a dict")
@@ -253,6 +274,7 @@ class TrainLoader:
         self.min_seen = min_seen
         self.pin_memory = pin_memory
         self.stats = BadRecordStats()
+        self._said_limit = False
         if source.is_sharded and not resampled:
             n = len(source.urls)
             if n < world_size:
@@ -290,7 +312,11 @@ class TrainLoader:
         if self.num_workers == 0:
             stream: Any = iter(dataset)
         else:
-            stream = iter(DataLoader(dataset, batch_size=None, num_workers=self.num_workers, pin_memory=self.pin_memory))
+            # an own generator: by default DataLoader draws its workers' base seed from the global
+            # RNG, which shifts dropout's random stream by num_workers and breaks exact resume
+            stream = iter(DataLoader(dataset, batch_size=None, num_workers=self.num_workers, pin_memory=self.pin_memory,
+                                     worker_init_fn=ignore_stop_signals,
+                                     generator=torch.Generator().manual_seed(mix_seed("workers", self.seed, epoch, self.rank))))
         counts0, seen0 = self.stats.snapshot()
         produced = 0
         try:
@@ -298,7 +324,9 @@ class TrainLoader:
                 stats_only = item.pop("_stats_only", False)
                 # counts that arrive with the skipped batches are already in the stats restored
                 # from the checkpoint: leave them out so a resumed run counts like an unbroken one
+                logged = len(self.stats.examples)
                 (self.stats if produced >= skip_batches else BadRecordStats()).update(item)
+                self._log_skips(logged)
                 if self.max_bad_fraction is not None:
                     self.stats.check(self.max_bad_fraction, min_seen=self.min_seen)
                 if stats_only:
@@ -310,8 +338,21 @@ class TrainLoader:
             del stream  # stops DataLoader workers when the caller leaves early
         if produced == 0:
             self._raise_empty(counts0, seen0)
+        if self.stats.bad > sum(counts0.values()):
+            epoch_stats = BadRecordStats()
+            epoch_stats.merge(dict(self.stats.counts - counts0), self.stats.seen - seen0)
+            _log.warning("d2v: epoch %d, rank %d: %s", epoch, self.rank, epoch_stats.summary())
         if self.max_bad_fraction is not None:
             self.stats.check(self.max_bad_fraction, min_seen=1)  # a whole epoch is enough evidence
+
+    def _log_skips(self, logged: int) -> None:
+        """Log each skipped record that :attr:`stats` keeps as an example (the first
+        ``MAX_EXAMPLES``), with its file or shard and key; later ones are only counted."""
+        for url, key, message in self.stats.examples[logged:]:
+            _log.warning("d2v: skipped record %s in %s (%s)", key, url, message)
+        if len(self.stats.examples) >= MAX_EXAMPLES and self.stats.bad > MAX_EXAMPLES and not self._said_limit:
+            self._said_limit = True
+            _log.warning("d2v: more than %d bad records; further ones are counted per reason (summary.json), not logged", MAX_EXAMPLES)
 
     def _raise_empty(self, counts0: Any, seen0: int) -> None:
         epoch = BadRecordStats()

@@ -4,7 +4,9 @@ Layout of ``RUN/checkpoints/step_00000100/``: ``student.safetensors``, ``teacher
 ``trainer_state.pt`` (optimiser, scheduler, RNG and data position; read with
 ``torch.load(weights_only=True)``), ``config.yaml``, ``meta.json`` (versions, step) and
 ``extra/`` (non-tensor state such as a tokenizer). A checkpoint is written under a temporary name
-and renamed when complete, so a crash never leaves a torn checkpoint that looks complete.
+and renamed when complete, so a crash never leaves a torn checkpoint that looks complete;
+old ones are renamed before they are deleted. Leftover ``.tmp-*`` / ``.trash-*`` directories of
+dead processes are removed before the next write (see ``docs/reliability.md``).
 """
 
 from __future__ import annotations
@@ -15,17 +17,24 @@ import os
 import re
 import shutil
 import time
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Mapping
 
 import torch
+from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from d2v_core.errors import CheckpointError
 
 STEP_DIR = re.compile(r"^step_(\d{8})$")
 COMPLETE_MARKER = "meta.json"  # written last
+# A checkpoint being written (``.tmp-step_N-PID``) or being deleted (``.trash-...-PID``); never loaded.
+TEMP_DIR = re.compile(r"^\.(tmp|trash)-.*-(\d+)$")
+# What writers raise when the disk is full or read-only: OSError from Python's own writes,
+# RuntimeError from torch.save's zip writer, SafetensorError from safetensors (checked on a full tmpfs).
+WRITE_ERRORS = (OSError, RuntimeError, SafetensorError)
 
 
 @dataclass
@@ -70,6 +79,55 @@ def latest_checkpoint(run_dir: str | Path) -> Checkpoint | None:
     return found[-1] if found else None
 
 
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:  # exists, owned by someone else
+        return True
+    return True
+
+
+def remove_stale_temporaries(run_dir: str | Path) -> list[Path]:
+    """Delete the half-written (``.tmp-*``) and half-deleted (``.trash-*``) directories that a
+    killed process left in ``RUN/checkpoints``: those of this process and of processes that no
+    longer exist (a live writer's are kept). Returns what was removed."""
+    root = Path(run_dir) / "checkpoints"
+    if not root.is_dir():
+        return []
+    removed = []
+    for p in root.iterdir():
+        m = TEMP_DIR.match(p.name)
+        if m and p.is_dir() and (int(m.group(2)) == os.getpid() or not _pid_alive(int(m.group(2)))):
+            shutil.rmtree(p, ignore_errors=True)
+            removed.append(p)
+    return removed
+
+
+def _delete_dir(path: Path) -> None:
+    """Rename, then delete: a kill during the deletion leaves a ``.trash-`` directory, never a
+    step directory with some of its files gone."""
+    trash = path.with_name(f".trash-{path.name}-{os.getpid()}")
+    try:
+        os.replace(path, trash)
+    except OSError:
+        trash = path
+    shutil.rmtree(trash, ignore_errors=True)
+
+
+def _first_line(exc: BaseException) -> str:
+    text = (exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
+
+
+def _free_space(path: Path) -> str:
+    try:
+        return f"{shutil.disk_usage(path).free / 2**20:.0f} MiB free there"
+    except OSError:
+        return "free space unknown"
+
+
 def save_checkpoint(
     run_dir: str | Path,
     step: int,
@@ -81,14 +139,16 @@ def save_checkpoint(
     extra: Mapping[str, bytes] | None = None,
     keep_last: int = 3,
 ) -> Path:
-    """Write a checkpoint atomically and prune all but the newest ``keep_last`` complete ones."""
+    """Write a checkpoint atomically and prune all but the newest ``keep_last`` complete ones.
+
+    Any failure (disk full, read-only disk, a signal) removes the partial directory and leaves
+    the earlier checkpoints as they were; write failures raise :class:`CheckpointError`."""
     root = Path(run_dir) / "checkpoints"
     final = root / f"step_{step:08d}"
     tmp = root / f".tmp-step_{step:08d}-{os.getpid()}"
     try:
         root.mkdir(parents=True, exist_ok=True)
-        if tmp.exists():
-            shutil.rmtree(tmp)
+        remove_stale_temporaries(run_dir)
         tmp.mkdir()
         save_file(_tensors(student), str(tmp / "student.safetensors"))
         save_file(_tensors(teacher), str(tmp / "teacher.safetensors"))
@@ -104,17 +164,25 @@ def save_checkpoint(
             if f.is_file():
                 with open(f, "rb") as fh:
                     os.fsync(fh.fileno())
-        if final.exists():
-            shutil.rmtree(final)
-        os.replace(tmp, final)
+        if final.exists():  # an earlier write of this step: move it aside, never delete it in place
+            old = final.with_name(f".trash-{final.name}-{os.getpid()}")
+            os.replace(final, old)
+            os.replace(tmp, final)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            os.replace(tmp, final)
         _fsync_dir(root)
-    except OSError as exc:
+    except BaseException as exc:
         shutil.rmtree(tmp, ignore_errors=True)
+        if not isinstance(exc, WRITE_ERRORS):
+            raise  # e.g. KeyboardInterrupt on a second signal: nothing half-written stays behind
         previous = latest_checkpoint(run_dir)
-        kept = f"; the previous checkpoint {previous.path} is intact" if previous else ""
-        raise CheckpointError(f"cannot write checkpoint at step {step} in {root}: {exc.strerror or exc}{kept}") from exc
+        kept = f"; the previous checkpoint {previous.path} is intact" if previous else "; no earlier checkpoint exists"
+        raise CheckpointError(
+            f"cannot write checkpoint at step {step} in {root}: {_first_line(exc)} ({_free_space(root)}){kept}"
+        ) from exc
     for old in list_checkpoints(run_dir)[:-keep_last]:
-        shutil.rmtree(old.path, ignore_errors=True)
+        _delete_dir(old.path)
     return final
 
 
@@ -139,7 +207,25 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
             "extra": {f.name: f.read_bytes() for f in (p / "extra").iterdir()} if (p / "extra").is_dir() else {},
         }
         state_file = p / "trainer_state.pt"
-        out["trainer_state"] = torch.load(state_file, weights_only=True, map_location="cpu") if state_file.exists() else None
-    except (OSError, ValueError, RuntimeError, pickle.UnpicklingError) as exc:
-        raise CheckpointError(f"cannot read checkpoint {p}: {exc}") from exc
+        out["trainer_state"] = _load_trainer_state(state_file) if state_file.exists() else None
+    except CheckpointError:
+        raise
+    except (OSError, ValueError, RuntimeError, EOFError, pickle.UnpicklingError, SafetensorError) as exc:
+        raise CheckpointError(f"cannot read checkpoint {p}: {_first_line(exc)}") from exc
     return out
+
+
+def _load_trainer_state(path: Path) -> Any:
+    """``torch.load(weights_only=True)``: tensors and plain containers only; anything that would
+    run code when unpickled (a ``__reduce__`` calling a function) is refused, not executed."""
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # torch warns about the pickle protocol of foreign files
+            return torch.load(path, weights_only=True, map_location="cpu")
+    except pickle.UnpicklingError as exc:
+        found = re.search(r"WeightsUnpickler error:\s*(.+)", str(exc))
+        detail = found.group(1).split(". ")[0].strip() if found else _first_line(exc)
+        raise CheckpointError(
+            f"refusing to load {path}: it holds more than tensors and plain data ({detail}), and unpickling it "
+            "could run code; use checkpoints written by d2v, from a source you trust"
+        ) from exc

@@ -10,7 +10,7 @@ import torch
 
 from d2v_core.config import RunConfig
 from d2v_core.errors import PreflightError
-from d2v_core.train.checkpoint import latest_checkpoint
+from d2v_core.train.checkpoint import latest_checkpoint, remove_stale_temporaries
 
 
 def resolve_device(cfg: RunConfig) -> torch.device:
@@ -49,6 +49,7 @@ def check_output_dir(run_dir: Path, resume: bool, bytes_needed: int) -> None:
         probe.unlink()
     except OSError as exc:
         raise PreflightError(f"output directory {run_dir} is not writable ({exc.strerror or exc}); choose another with --out") from exc
+    remove_stale_temporaries(run_dir)  # torn writes of a killed run: never loaded, only taking space
     free = shutil.disk_usage(run_dir).free
     if free < bytes_needed:
         raise PreflightError(

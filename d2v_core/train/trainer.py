@@ -35,6 +35,7 @@ class TrainResult:
     checkpoint: Path | None
     last_loss: float | None
     stopped_early: bool = False
+    stop_signal: int | None = None  # SIGINT / SIGTERM that stopped the run (after a checkpoint)
 
 
 def mask_generator(seed: int, step: int, micro: int, rank: int) -> torch.Generator:
@@ -78,6 +79,7 @@ class Trainer:
         self.step, self.epoch, self.batch_in_epoch = 0, 0, 0
         self._batches: Iterator[dict] | None = None
         self._stop = False
+        self._stop_signal: int | None = None
         self.last_checkpoint: Path | None = None
 
     # -- state -------------------------------------------------------------------------------
@@ -186,9 +188,18 @@ class Trainer:
 
     # -- the loop ------------------------------------------------------------------------------
     def _request_stop(self, signum, frame) -> None:  # noqa: ANN001
-        if self._stop:
+        if self._stop:  # a second signal: give up now (a checkpoint being written is discarded)
             raise KeyboardInterrupt
-        self._stop = True
+        self._stop, self._stop_signal = True, signum
+
+    def _should_stop(self) -> bool:
+        """Whether any rank got a stop signal. Ranks must agree, or those that go on would wait
+        forever in the next step's all-reduce for the ones that stopped."""
+        if self.dist.world_size == 1:
+            return self._stop
+        flag = torch.tensor([1.0 if self._stop else 0.0], device=self.device)
+        self._stop = bool(all_reduce_sum(flag).item() > 0)
+        return self._stop
 
     def fit(self) -> TrainResult:
         rt = self.cfg.runtime
@@ -199,7 +210,7 @@ class Trainer:
                 handlers[sig] = signal.signal(sig, self._request_stop)
         last_loss, t_last, samples, saved = None, time.time(), 0.0, self.step if self.step else -1
         try:
-            while self.step < rt.max_steps and not self._stop:
+            while self.step < rt.max_steps and not self._should_stop():
                 m = self.train_step()
                 last_loss, samples = m["loss"], samples + m["samples"]
                 if logger and (self.step % rt.log_every == 0 or self.step == rt.max_steps):
@@ -217,4 +228,5 @@ class Trainer:
                 signal.signal(sig, h)
             if logger:
                 logger.close()
-        return TrainResult(self.run_dir, self.step, self.last_checkpoint, last_loss, stopped_early=self._stop)
+        return TrainResult(self.run_dir, self.step, self.last_checkpoint, last_loss, stopped_early=self._stop,
+                           stop_signal=self._stop_signal)
