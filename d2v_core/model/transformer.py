@@ -76,12 +76,12 @@ class Transformer(nn.Module):
 
     def reset_parameters(self) -> None:
         """``bert``: N(0, 0.02) Linear weights, zero biases (fairseq ``init_bert_params``).
-        ``beit``: truncated normal 0.02, then ``attn.proj`` and ``fc2`` of layer i scaled by
+        ``beit``: normal 0.02 truncated at +/-0.02, then ``attn.proj`` and ``fc2`` of layer i scaled by
         1/sqrt(2i) (BEiT ``fix_init_weight``)."""
         for m in self.modules():
             if isinstance(m, nn.Linear):
-                if self.cfg.init == "beit":
-                    nn.init.trunc_normal_(m.weight, std=0.02)
+                if self.cfg.init == "beit":  # BEiT's trunc_normal_ cuts at one std
+                    nn.init.trunc_normal_(m.weight, std=0.02, a=-0.02, b=0.02)
                 else:
                     nn.init.normal_(m.weight, std=0.02)
                 if m.bias is not None:

@@ -1,0 +1,103 @@
+"""The image FeatureEncoder: BEiT/data2vec_vision patch embedding, CLS, mask token, relative bias.
+
+Parameter names map one to one onto Hugging Face ``Data2VecVisionModel`` (spec section 3.2):
+``patch_embed.proj.*`` -> ``embeddings.patch_embeddings.projection.*``, ``cls_token`` ->
+``embeddings.cls_token``, ``mask_embedding`` (D,) -> ``embeddings.mask_token`` (1, 1, D),
+``rel_pos_bias.relative_position_bias_table`` ->
+``encoder.relative_position_bias.relative_position_bias_table``.
+"""
+
+from __future__ import annotations
+
+import torch
+from timm.layers import PatchEmbed
+from torch import Tensor, nn
+
+from d2v_core.config import RunConfig
+from d2v_core.errors import ConfigError, DataError
+from d2v_core.interfaces import Batch, Context, FeatureEncoder, Features
+from d2v_plugin_image.options import ImageEncoderOptions
+from d2v_plugin_image.relative_position_bias import RelativePositionBias
+
+
+def beit_trunc_normal_(tensor: Tensor, std: float) -> Tensor:
+    """BEiT's init: a normal truncated at +-1 std (its ``trunc_normal_`` wrapper passes a=-std, b=std)."""
+    return nn.init.trunc_normal_(tensor, mean=0.0, std=std, a=-std, b=std)
+
+
+class ImageEncoder(FeatureEncoder):
+    """Patches of a (B, 3, H, W) image batch to tokens, then CLS and the shared relative bias.
+
+    ``embed`` gives (B, N, D) patch embeddings (Conv2d with bias, timm ``PatchEmbed``) on an
+    (H/p, W/p) grid. ``apply_mask`` blends in the mask token as BEiT does,
+    ``x * (1 - w) + mask_token * w``. ``contextualize`` prepends CLS (no absolute position
+    embedding) and returns the (1, heads, N+1, N+1) relative position bias as ``attn_bias``,
+    which the core Transformer adds to every layer's attention logits.
+    """
+
+    num_prefix_tokens = 1
+
+    def __init__(
+        self, dim: int, heads: int, image_size: int = 224, patch_size: int = 16, dropout: float = 0.0,
+        init_std: float = 0.02,
+    ) -> None:
+        super().__init__()
+        self.dim = dim
+        self.image_size = image_size
+        self.patch_embed = PatchEmbed(img_size=image_size, patch_size=patch_size, in_chans=3, embed_dim=dim)
+        self.grid: tuple[int, int] = tuple(self.patch_embed.grid_size)  # type: ignore[assignment]
+        self.cls_token = nn.Parameter(torch.zeros(1, 1, dim))
+        self.mask_embedding = nn.Parameter(torch.zeros(dim))
+        self.rel_pos_bias = RelativePositionBias(self.grid, heads)
+        self.input_dropout = nn.Dropout(dropout)  # BEiT's pos_drop (drop_rate) after the CLS concat
+        self.init_std = init_std
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        """BEiT init: truncated normal (std 0.02) for the patch conv, CLS and mask token, zero
+        conv bias; the relative position table stays zero."""
+        beit_trunc_normal_(self.patch_embed.proj.weight, self.init_std)
+        nn.init.zeros_(self.patch_embed.proj.bias)
+        beit_trunc_normal_(self.cls_token, self.init_std)
+        beit_trunc_normal_(self.mask_embedding, self.init_std)
+
+    def embed(self, batch: Batch) -> Features:
+        images = batch["image"]
+        if images.dim() != 4 or images.shape[1] != 3:
+            raise DataError(f"image batch must be (B, 3, H, W), got {tuple(images.shape)}")
+        if tuple(images.shape[-2:]) != (self.image_size, self.image_size):
+            raise DataError(
+                f"images are {images.shape[-2]}x{images.shape[-1]} but the encoder expects "
+                f"{self.image_size}x{self.image_size} (encoder.image_size)"
+            )
+        x = self.patch_embed(images.to(self.patch_embed.proj.weight.dtype))
+        return Features(x, None, self.grid)
+
+    def apply_mask(self, x: Tensor, mask: Tensor, generator: torch.Generator | None = None) -> Tensor:
+        w = mask.to(device=x.device).unsqueeze(-1).to(x.dtype)
+        return x * (1 - w) + self.mask_embedding.to(x.dtype) * w
+
+    def contextualize(self, x: Tensor, padding_mask: Tensor | None) -> Context:
+        n = self.grid[0] * self.grid[1]
+        if x.shape[1] != n:
+            raise ValueError(f"expected {n} patch tokens for a {self.grid[0]}x{self.grid[1]} grid, got {x.shape[1]}")
+        cls = self.cls_token.to(x.dtype).expand(x.shape[0], -1, -1)
+        x = self.input_dropout(torch.cat([cls, x], dim=1))
+        if padding_mask is not None:
+            padding_mask = torch.cat([padding_mask.new_zeros(padding_mask.shape[0], 1), padding_mask], dim=1)
+        return Context(x, padding_mask, self.rel_pos_bias())
+
+
+def build_encoder(cfg: RunConfig) -> ImageEncoder:
+    """Factory of the image modality: sizes from ``cfg.model``, patches from ``cfg.encoder``."""
+    opts = ImageEncoderOptions.model_validate(cfg.encoder)
+    data_size = cfg.data.options.get("image_size")
+    if data_size is not None and data_size != opts.image_size:
+        raise ConfigError(
+            f"data.options.image_size ({data_size}) differs from encoder.image_size ({opts.image_size}); "
+            "the relative position bias is sized for one grid, so set them equal (or leave data's unset)"
+        )
+    return ImageEncoder(
+        dim=cfg.model.dim, heads=cfg.model.heads, image_size=opts.image_size, patch_size=opts.patch_size,
+        dropout=cfg.model.dropout, init_std=opts.init_std,
+    )

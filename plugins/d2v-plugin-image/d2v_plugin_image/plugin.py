@@ -1,0 +1,47 @@
+"""d2v plugin registration for the image modality (no torch at import time)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from d2v_core import ComponentSpec, ModalitySpec, hookimpl
+
+D2V_PLUGIN_API_VERSION = "1.0"
+
+_PKG = "d2v_plugin_image"
+
+
+def demo_data() -> str:
+    """Folder of the bundled demo images (32 x 32 PNG hand-written digits, UCI optical digits)."""
+    # A plain path (not importlib.resources): the core reads it as a folder of files.
+    return str(Path(__file__).resolve().parent / "demo")
+
+
+IMAGE = ModalitySpec(
+    name="image",
+    encoder=f"{_PKG}.encoder:build_encoder",
+    encoder_options=f"{_PKG}.options:ImageEncoderOptions",
+    record_decoder=f"{_PKG}.data:build_record_decoder",
+    data_options=f"{_PKG}.options:ImageDataOptions",
+    default_masker="block",
+    presets=f"{_PKG}.presets:PRESETS",
+    description="images (JPEG/PNG/WebP): ViT with BEiT blocks, as data2vec_vision",
+    default_preset="tiny",
+    demo_data=f"{_PKG}.plugin:demo_data",
+    extensions=("jpg", "jpeg", "png", "webp"),
+)
+
+BLOCK_MASKER = ComponentSpec(
+    kind="masker",
+    name="block",
+    factory=f"{_PKG}.block_masker:build_block_masker",
+    options=f"{_PKG}.options:BlockMaskOptions",
+    description="BEiT block-wise masking on the patch grid (data2vec_vision: 120 of 196 patches)",
+    modalities=("image",),
+)
+
+
+@hookimpl
+def d2v_register(registry) -> None:  # type: ignore[no-untyped-def]
+    registry.add_modality(IMAGE)
+    registry.add_component(BLOCK_MASKER)
