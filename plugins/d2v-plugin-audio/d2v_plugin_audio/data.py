@@ -1,0 +1,84 @@
+"""Audio records -> samples -> batches (fairseq ``RawAudioDataset`` semantics).
+
+A sample is ``{"source": (L,) float32, "key": str, "crop_offset": float in [0, 1)}``; the
+offset is drawn in :meth:`AudioRecordDecoder.decode` from the caller's generator so that
+:meth:`AudioRecordDecoder.collate` (which gets no generator) is deterministic too.
+A batch is ``{"source": (B, L) float32, "padding_mask": (B, L) bool or None, "keys": [...]}``.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Mapping
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from d2v_core.config import RunConfig
+from d2v_core.data.collate import pad_sequences
+from d2v_core.errors import DataError
+from d2v_core.interfaces import Batch, RecordDecoder, SkipRecord
+
+from d2v_plugin_audio.audio_io import load_waveform
+from d2v_plugin_audio.options import AudioDataOptions
+
+EXTENSIONS = ("flac", "wav", "ogg")
+
+
+def _uniform(generator: torch.Generator | None) -> float:
+    return float(torch.rand((), generator=generator))
+
+
+def crop(wav: Tensor, size: int, offset: float) -> Tensor:
+    """``size`` samples of ``wav`` starting at ``offset`` (a fraction of the possible starts)."""
+    extra = wav.shape[-1] - size
+    if extra <= 0:
+        return wav
+    start = min(int(offset * (extra + 1)), extra)
+    return wav[..., start : start + size]
+
+
+class AudioRecordDecoder(RecordDecoder):
+    """Decodes FLAC/WAV/OGG records (any rate, any channel count) into normalised 16 kHz mono clips."""
+
+    extensions = EXTENSIONS
+
+    def __init__(self, options: AudioDataOptions | None = None) -> None:
+        self.options = options or AudioDataOptions()
+
+    def _payload(self, record: Mapping[str, Any]) -> bytes:
+        by_ext = {str(k).lower().lstrip("."): v for k, v in record.items() if not str(k).startswith("__")}
+        for ext in self.extensions:
+            if ext in by_ext:
+                value = by_ext[ext]
+                return bytes(value) if not isinstance(value, bytes) else value
+        raise SkipRecord("no_audio", f"record has none of the extensions {', '.join(self.extensions)}")
+
+    def decode(self, record: Mapping[str, Any], generator: torch.Generator | None = None) -> dict:
+        opts = self.options
+        wav = load_waveform(self._payload(record), opts.sample_rate)
+        if wav.shape[0] < max(opts.min_sample_size, 1):
+            raise SkipRecord("too_short", f"{wav.shape[0]} samples < min_sample_size {opts.min_sample_size}")
+        if opts.normalize:
+            # fairseq normalises the whole utterance before cropping
+            wav = F.layer_norm(wav, wav.shape)
+        if opts.max_sample_size is not None:
+            wav = crop(wav, opts.max_sample_size, _uniform(generator))
+        return {"source": wav.contiguous(), "key": str(record.get("__key__", "")), "crop_offset": _uniform(generator)}
+
+    def collate(self, samples: list[dict]) -> Batch:
+        if not samples:
+            raise DataError("cannot collate an empty list of audio samples")
+        sources = [s["source"] for s in samples]
+        keys = [s.get("key", "") for s in samples]
+        if self.options.batching == "crop":
+            size = min(int(w.shape[0]) for w in sources)
+            cropped = [crop(w, size, float(s.get("crop_offset", 0.0))) for w, s in zip(sources, samples)]
+            return {"source": torch.stack(cropped), "padding_mask": None, "keys": keys}
+        padded, padding_mask = pad_sequences(sources, 0.0)
+        return {"source": padded, "padding_mask": padding_mask, "keys": keys}
+
+
+def build_record_decoder(cfg: RunConfig) -> AudioRecordDecoder:
+    """Factory named by the audio ModalitySpec (options from ``cfg.data.options``)."""
+    return AudioRecordDecoder(AudioDataOptions.model_validate(cfg.data.options))

@@ -1,0 +1,38 @@
+"""Registers the audio modality and the ``span`` masker with d2v (no torch imported here)."""
+
+from __future__ import annotations
+
+from d2v_core import ComponentSpec, ModalitySpec, hookimpl
+
+D2V_PLUGIN_API_VERSION = "1.0"
+
+_PKG = "d2v_plugin_audio"
+
+AUDIO = ModalitySpec(
+    name="audio",
+    description="speech: raw 16 kHz waveform, wav2vec 2.0 conv features, data2vec v1 audio recipe",
+    encoder=f"{_PKG}.encoder:build_encoder",
+    encoder_options=f"{_PKG}.options:AudioEncoderOptions",
+    record_decoder=f"{_PKG}.data:build_record_decoder",
+    data_options=f"{_PKG}.options:AudioDataOptions",
+    default_masker="span",
+    presets=f"{_PKG}.presets:PRESETS",
+    default_preset="tiny",
+    demo_data=f"{_PKG}.demo_data:demo_data_dir",
+    extensions=("flac", "wav", "ogg"),
+)
+
+SPAN_MASKER = ComponentSpec(
+    kind="masker",
+    name="span",
+    factory=f"{_PKG}.span_masker:build_span_masker",
+    options=f"{_PKG}.options:SpanMaskerOptions",
+    description="fairseq compute_mask_indices spans (65% starts/10, length 10, ~49% masked, same count per row)",
+    modalities=("audio",),
+)
+
+
+@hookimpl
+def d2v_register(registry) -> None:  # type: ignore[no-untyped-def]
+    registry.add_modality(AUDIO)
+    registry.add_component(SPAN_MASKER)

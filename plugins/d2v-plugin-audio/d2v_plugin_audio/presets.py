@@ -1,0 +1,104 @@
+"""Audio presets: partial RunConfig dicts (plain data, no torch).
+
+- ``base``: data2vec v1 audio Base on LibriSpeech as released (fairseq
+  ``config/audio/pretraining/base_librispeech.yaml`` + ``data2vec_audio.py`` defaults).
+- ``large``: the same recipe at the Large size of the released ``audio_large`` checkpoints
+  (24 x 1024, 16 heads, FFN 4096). fairseq ships no v1 large-audio yaml, so every other value
+  is Base's.
+- ``tiny`` (default): a few-minute CPU run on the bundled demo clips that shows the loss
+  falling; not a recipe for useful representations.
+"""
+
+from __future__ import annotations
+
+import copy
+from typing import Any
+
+# The teacher is only the Transformer side (fairseq ema_transformer_only): the conv extractor,
+# the feature projection and the mask embedding are not part of it, and the positional conv is
+# copied from the student every step (ema_layers_only: pos_conv in skip_keys).
+_TEACHER_EXCLUDES = ["encoder.feature_extractor.*", "encoder.feature_projection.*", "encoder.mask_embedding"]
+_TEACHER_COPIES = ["encoder.pos_conv_embed.*"]
+
+BASE: dict[str, Any] = {
+    "model": {
+        "dim": 768,
+        "depth": 12,
+        "heads": 12,
+        "ffn_dim": 3072,
+        "layout": "post_ln",
+        "dropout": 0.1,
+        "attention_dropout": 0.1,
+        "activation_dropout": 0.0,
+        "drop_path": 0.0,
+        "layerdrop": 0.05,
+        "norm_eps": 1e-5,
+        "qkv_bias": "qkv",
+        "final_norm": False,
+        "init": "bert",
+    },
+    "encoder": {
+        "conv_channels": 512,
+        "conv_kernels": [10, 3, 3, 3, 3, 2, 2],
+        "conv_strides": [5, 2, 2, 2, 2, 2, 2],
+        "conv_bias": False,
+        "pos_conv_depth": 5,
+        "pos_conv_kernel": 19,
+        "pos_conv_groups": 16,
+    },
+    "masking": {
+        "name": "span",
+        "options": {"mask_prob": 0.65, "mask_length": 10, "min_masks": 1, "require_same_masks": True, "no_overlap": False},
+    },
+    "targets": {"top_k": 8, "source": "ffn", "layer_norm": "instance", "post_norm": "none"},
+    "loss": {"beta": 0.0, "scale": "inv_sqrt_dim", "head": "linear"},
+    "ema": {
+        "decay": 0.999,
+        "end_decay": 0.9999,
+        "anneal_end_step": 30000,
+        "teacher_input": "features",
+        "copy_params": _TEACHER_COPIES,
+        "exclude_params": _TEACHER_EXCLUDES,
+    },
+    "optim": {
+        "lr": 5e-4,
+        "betas": [0.9, 0.98],
+        "eps": 1e-6,
+        "weight_decay": 0.01,  # fairseq adam: decoupled decay on all parameters
+        "no_decay_1d": False,
+        "no_decay": [],
+        "clip_norm": 0.0,
+        "schedule": {"name": "tri_stage", "phase_ratio": [0.03, 0.9, 0.07], "init_lr_scale": 0.01, "final_lr_scale": 0.01},
+    },
+    "data": {
+        # fairseq batches by 3.8M samples per GPU on 16 GPUs (about 63 min of audio); at
+        # LibriSpeech's mean utterance of ~12.3 s that is ~19 clips per GPU, 304 in all.
+        "batch_size": 304,
+        "options": {"sample_rate": 16000, "min_sample_size": 32000, "max_sample_size": 320000, "normalize": True, "batching": "crop"},
+    },
+    "runtime": {"max_steps": 400000, "health_after_step": 5000, "min_target_var": 0.1, "min_pred_var": 0.01},
+}
+
+
+def _with(base: dict[str, Any], **sections: dict[str, Any]) -> dict[str, Any]:
+    out = copy.deepcopy(base)
+    for name, values in sections.items():
+        out[name] = {**out.get(name, {}), **values}
+    return out
+
+
+LARGE = _with(BASE, model={**BASE["model"], "dim": 1024, "depth": 24, "heads": 16, "ffn_dim": 4096})
+
+TINY = _with(
+    BASE,
+    model={**BASE["model"], "dim": 128, "depth": 4, "heads": 4, "ffn_dim": 512, "layerdrop": 0.0},
+    encoder={"conv_channels": 64, "pos_conv_depth": 2, "pos_conv_kernel": 19, "pos_conv_groups": 16},
+    targets={"top_k": 3},
+    # a 400-step run needs a teacher that moves within it
+    ema={"decay": 0.99, "end_decay": 0.999, "anneal_end_step": 300},
+    optim={"lr": 1e-3, "schedule": {"name": "tri_stage", "phase_ratio": [0.1, 0.6, 0.3], "init_lr_scale": 0.01, "final_lr_scale": 0.05}},
+    data={"batch_size": 8, "options": {**BASE["data"]["options"], "min_sample_size": 16000, "max_sample_size": 32000}},
+    runtime={"max_steps": 400, "log_every": 10, "save_every": 200, "health_after_step": 100000},
+)
+
+PRESETS: dict[str, dict[str, Any]] = {"base": BASE, "large": LARGE, "tiny": TINY}
