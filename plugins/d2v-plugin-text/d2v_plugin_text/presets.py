@@ -13,19 +13,9 @@ only the masked tokens, issue 4881) and copies the embeddings from the student e
 
 from __future__ import annotations
 
-import copy
-from typing import Any, Mapping
+from typing import Any
 
-
-def deep_merge(base: Mapping[str, Any], over: Mapping[str, Any]) -> dict[str, Any]:
-    """``over`` merged into a copy of ``base`` (nested mappings merge, other values replace)."""
-    out = copy.deepcopy(dict(base))
-    for key, value in over.items():
-        if isinstance(value, Mapping) and isinstance(out.get(key), Mapping):
-            out[key] = deep_merge(out[key], value)
-        else:
-            out[key] = copy.deepcopy(value)
-    return out
+from d2v_core.config_resolve import deep_merge
 
 _EMBEDDINGS = ["encoder.embed_tokens.*", "encoder.embed_positions.*", "encoder.layernorm_embedding.*"]
 
