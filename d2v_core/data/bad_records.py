@@ -80,7 +80,8 @@ class BadRecordStats:
                 example = f"; first: {url} [{key}] {msg}"
             raise DataError(
                 f"{100 * self.bad_fraction:.0f}% of records are unusable (limit data.max_bad_fraction="
-                f"{max_bad_fraction}): {self.summary()}{example}"
+                f"{max_bad_fraction}): {self.summary()}{example}; fix the data or the decoder, or raise the "
+                "limit with --max-bad-fraction"
             )
 
     def snapshot(self) -> tuple[Counter, int]:

@@ -179,7 +179,7 @@ def resolve_source(spec: str, extensions: tuple[str, ...] | list[str], allow_pip
         if not allow_pipe_urls:
             raise DataError(
                 f"refusing URL {spec!r}: pipe: and remote URLs make webdataset run shell commands; "
-                "copy the shards locally or enable allow_pipe_urls if you trust this string"
+                "copy the shards locally, or pass --allow-pipe-urls if you trust this string"
             )
         return Source(spec, "shards", urls=tuple(braceexpand.braceexpand(spec)))
     expanded = os.path.expanduser(spec)

@@ -9,13 +9,14 @@ from d2v_core.interfaces import MaskRequest, Masker
 from d2v_plugin_example.options import RandomMaskerOptions
 
 
-def random_mask(lengths: Tensor, total: int, mask_prob: float, generator: torch.Generator) -> Tensor:
-    """(B, total) bool: in row b, round(mask_prob * lengths[b]) (at least 1) of the first
-    lengths[b] steps, chosen uniformly without replacement."""
-    mask = torch.zeros(len(lengths), total, dtype=torch.bool)
-    for b, n in enumerate(lengths.tolist()):
-        k = max(1, round(mask_prob * n))
-        mask[b, torch.randperm(n, generator=generator)[:k]] = True
+def random_mask(valid: Tensor, mask_prob: float, generator: torch.Generator) -> Tensor:
+    """(B, T) bool: in row b, round(mask_prob * n_b) (at least 1) of its n_b valid steps
+    (``valid``: (B, T) bool, True where not padding), chosen uniformly without replacement."""
+    mask = torch.zeros_like(valid)
+    for b in range(valid.shape[0]):
+        steps = valid[b].nonzero().flatten()
+        k = max(1, round(mask_prob * len(steps)))
+        mask[b, steps[torch.randperm(len(steps), generator=generator)[:k]]] = True
     return mask
 
 
@@ -28,4 +29,6 @@ class RandomMasker(Masker):
         return self.mask_prob
 
     def __call__(self, request: MaskRequest, generator: torch.Generator) -> Tensor:
-        return random_mask(request.valid_lengths(), request.length, self.mask_prob, generator)
+        pad = request.padding_mask
+        valid = torch.ones(request.batch_size, request.length, dtype=torch.bool) if pad is None else ~pad.bool()
+        return random_mask(valid, self.mask_prob, generator)

@@ -43,6 +43,9 @@ def test_random_mask_counts_are_exact_per_row():
     m = RandomMasker()(MaskRequest(2, 10, pad), torch.Generator().manual_seed(0))
     assert m.sum(-1).tolist() == [5, 3]  # round(0.5 * 10), round(0.5 * 6)
     assert not (m & pad).any()
+    left = torch.arange(10)[None, :] < 4  # padding at the start of the row
+    m = RandomMasker()(MaskRequest(1, 10, left), torch.Generator().manual_seed(0))
+    assert m.sum() == 3 and not (m & left).any()
 
 
 def _listed(env: dict) -> dict:
