@@ -35,6 +35,8 @@ def pretrain(
                        ("data.max_bad_fraction", max_bad_fraction)):
         if value is not None:
             overrides.append(f"{key}={value}")
+    if init_from is not None and config is None and preset is None:
+        config = str(_checkpoint_config(init_from))  # the architecture of the weights we start from
     cfg = resolve_config(loaded.registry, modality, preset, config, overrides)
     if not cfg.data.train:
         spec = loaded.registry.modality(cfg.modality)
@@ -58,3 +60,18 @@ def pretrain(
         signum = result.stop_signal or signal.SIGTERM
         typer.echo(f"stopped by {signal.Signals(signum).name} before step {cfg.runtime.max_steps}; continue with --resume", err=True)
         raise typer.Exit(128 + int(signum))
+
+
+def _checkpoint_config(path: str):  # noqa: ANN202
+    """The config.yaml of a checkpoint directory, or of the newest checkpoint of a run directory."""
+    from pathlib import Path
+
+    from d2v_core.errors import CheckpointError
+    from d2v_core.train.checkpoint import latest_checkpoint
+
+    p = Path(path)
+    latest = latest_checkpoint(p)
+    found = (latest.path if latest else p) / "config.yaml"
+    if not found.is_file():
+        raise CheckpointError(f"--init-from {path}: no complete checkpoint with a config.yaml there")
+    return found

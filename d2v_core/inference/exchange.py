@@ -3,6 +3,7 @@ such a directory as a d2v checkpoint to continue pretraining from."""
 
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
 
 from pydantic import ValidationError
@@ -43,8 +44,14 @@ def export_checkpoint(path: str | Path, fmt: str, out_dir: str | Path, registry:
     _check_empty(out, overwrite)
     pre = load_pretrained(path, registry)
     exporter = find_exporter(registry, pre.cfg.modality, fmt)
+    created = not out.exists()
     out.mkdir(parents=True, exist_ok=True)
-    exporter.export(pre.model, pre.cfg, pre.extra, out)
+    try:
+        exporter.export(pre.model, pre.cfg, pre.extra, out)
+    except BaseException:
+        if created:  # a refused or failed export leaves nothing behind
+            shutil.rmtree(out, ignore_errors=True)
+        raise
     return out
 
 

@@ -1,4 +1,4 @@
-"""Registers the audio modality and the ``span`` masker with d2v (no torch imported here)."""
+"""Registers the audio modality, the ``span`` masker and the ``hf`` exporter with d2v (no torch imported here)."""
 
 from __future__ import annotations
 
@@ -31,8 +31,17 @@ SPAN_MASKER = ComponentSpec(
     modalities=("audio",),
 )
 
+HF_EXPORTER = ComponentSpec(
+    kind="exporter",
+    name="audio-hf",
+    factory=f"{_PKG}.hf_export:AudioHFExporter",
+    description="transformers Data2VecAudioModel directory + Wav2Vec2FeatureExtractor config (d2v export --format hf, d2v import --from-hf)",
+    modalities=("audio",),
+)
+
 
 @hookimpl
 def d2v_register(registry) -> None:  # type: ignore[no-untyped-def]
     registry.add_modality(AUDIO)
     registry.add_component(SPAN_MASKER)
+    registry.add_component(HF_EXPORTER)
