@@ -121,12 +121,13 @@ def import_(
     modality: str = typer.Option(..., "--modality", "-m"),
     out: str = typer.Option(..., "--out", "-o", help="Run directory to write the checkpoint into."),
     preset: Optional[str] = typer.Option(None, "--preset", help="Preset supplying the training settings."),
+    set_: List[str] = typer.Option([], "--set", help="Override, e.g. --set targets.top_k=2 (repeatable)."),
 ) -> None:
     """Make a d2v checkpoint from a transformers directory (continue with d2v pretrain --init-from)."""
     from d2v_core.inference.exchange import import_checkpoint
     from d2v_core.plugin_loader import get_registry
 
-    path = import_checkpoint(from_hf, modality, out, get_registry(), preset)
+    path = import_checkpoint(from_hf, modality, out, get_registry(), preset, overrides=set_)
     typer.echo(f"imported {from_hf} -> {path}")
 
 

@@ -40,8 +40,17 @@ BLOCK_MASKER = ComponentSpec(
     modalities=("image",),
 )
 
+HF_EXPORTER = ComponentSpec(
+    kind="exporter",
+    name="image-hf",
+    factory=f"{_PKG}.hf_export:ImageHFExporter",
+    description="d2v export --format hf / d2v import --from-hf: transformers Data2VecVisionModel",
+    modalities=("image",),
+)
+
 
 @hookimpl
 def d2v_register(registry) -> None:  # type: ignore[no-untyped-def]
     registry.add_modality(IMAGE)
     registry.add_component(BLOCK_MASKER)
+    registry.add_component(HF_EXPORTER)
