@@ -12,6 +12,7 @@ from d2v_core import __version__
 from d2v_core.config import RunConfig
 from d2v_core.config_resolve import config_to_yaml
 from d2v_core.errors import CheckpointError, ConfigError
+from d2v_core.inference.pretrained import self_contained_config
 from d2v_core.registry import Registry
 from d2v_core.train import checkpoint as ckpt
 from d2v_core.train.build import build_model, build_record_decoder
@@ -47,8 +48,14 @@ def pretrain(
         random.seed(cfg.runtime.seed)
         if cfg.runtime.deterministic:
             torch.use_deterministic_algorithms(True, warn_only=True)
-        model = build_model(cfg, registry)
         run_dir = Path(cfg.runtime.out_dir)
+        latest = ckpt.latest_checkpoint(run_dir) if resume else None
+        start = ckpt.load_checkpoint(init_from) if init_from is not None and latest is None else None
+        if start is not None:  # the weights come with their files (a tokenizer): use the checkpoint's copies
+            cfg = self_contained_config(cfg, Path(start["path"]) / "extra", start["extra"])
+        model = build_model(cfg, registry)
+        if start is not None:
+            model.encoder.load_extra_state(start["extra"])
         if dist.is_main:
             check_output_dir(run_dir, resume, checkpoint_bytes(sum(p.numel() for p in model.parameters())))
         loader = TrainLoader(
@@ -57,11 +64,16 @@ def pretrain(
             seed=cfg.runtime.seed, resampled=cfg.data.resampled, max_bad_fraction=cfg.data.max_bad_fraction,
         )
         trainer = Trainer(cfg, model, loader, device, dist, versions)
-        latest = ckpt.latest_checkpoint(run_dir) if resume else None
-        if init_from is not None and latest is None:
-            start = ckpt.load_checkpoint(init_from)
-            model.load_state_dict(start["student"])
-            trainer.teacher.load_state_dict(start["teacher"])
+        if start is not None:
+            try:
+                model.load_state_dict(start["student"])
+                trainer.teacher.load_state_dict(start["teacher"])
+            except (RuntimeError, KeyError) as exc:
+                problem = next((line.strip() for line in str(exc).splitlines()[1:] if line.strip()), str(exc))
+                raise CheckpointError(
+                    f"--init-from {init_from}: its weights do not fit this config ({problem}); "
+                    f"pass its config: --config {Path(start['path']) / 'config.yaml'}"
+                ) from None
         if latest is not None:
             trainer.restore(ckpt.load_checkpoint(latest.path))
             trainer.last_checkpoint = latest.path
@@ -89,14 +101,3 @@ def _write_report(run_dir: Path) -> None:
         write_report(run_dir)
     except ImportError:
         pass
-
-
-def load_run_config(path: str | Path) -> RunConfig:
-    """The config stored with a run or checkpoint directory."""
-    p = Path(path)
-    f = p / "config.yaml"
-    if not f.is_file():
-        raise CheckpointError(f"{p} has no config.yaml: not a d2v run or checkpoint directory")
-    import yaml
-
-    return RunConfig.model_validate(yaml.safe_load(f.read_text(encoding="utf-8")))

@@ -23,8 +23,19 @@ from d2v_plugin_text.tokenizer import PAD_ID, Tokenizer, load_tokenizer
 
 log = logging.getLogger(__name__)
 
-#: Key of the tokenizer model in :meth:`TextFeatureEncoder.extra_state`.
+#: Key of the tokenizer model in :meth:`TextFeatureEncoder.extra_state` when it has no file name.
 TOKENIZER_STATE_KEY = "tokenizer.model"
+
+
+def tokenizer_state_key(tokenizer: Tokenizer) -> str:
+    """The tokenizer's file name (``spm.model`` for ``encoder.tokenizer: runs/tok/spm.model``).
+
+    The core saves ``extra_state`` as ``extra/<key>`` in a checkpoint and points encoder options
+    whose file name equals a key at that copy (``self_contained_config``), so a checkpoint keeps
+    working after the original file is gone. Tokenizers made from bytes use
+    :data:`TOKENIZER_STATE_KEY`."""
+    name = Path(tokenizer.source).name
+    return name if tokenizer.source != "<bytes>" and name else TOKENIZER_STATE_KEY
 
 
 def make_positions(padding_mask: Tensor, pad_id: int = PAD_ID) -> Tensor:
@@ -59,6 +70,7 @@ class TextFeatureEncoder(FeatureEncoder):
     ) -> None:
         super().__init__()
         self.tokenizer = tokenizer
+        self.tokenizer_state_key = tokenizer_state_key(tokenizer)
         self.dim = dim
         self.vocab_size = tokenizer.vocab_size
         self.pad_id = tokenizer.pad_id
@@ -133,14 +145,23 @@ class TextFeatureEncoder(FeatureEncoder):
         return Context(x, padding_mask)
 
     def extra_state(self) -> Mapping[str, Any]:
-        """The tokenizer model, so that a checkpoint is usable without the original file."""
-        return {TOKENIZER_STATE_KEY: self.tokenizer.model_bytes}
+        """The tokenizer model under its file name (:func:`tokenizer_state_key`), so that a
+        checkpoint is usable without the original file."""
+        return {self.tokenizer_state_key: self.tokenizer.model_bytes}
 
     def load_extra_state(self, state: Mapping[str, Any]) -> None:
-        """Take the tokenizer back from a checkpoint's :meth:`extra_state` (the table sizes must match)."""
-        if TOKENIZER_STATE_KEY not in state:
+        """Take the tokenizer back from a checkpoint's :meth:`extra_state` (the table sizes must
+        match): the entry under this encoder's key, else the state's only entry (the key is the
+        file name the checkpoint's tokenizer had)."""
+        if not state:
             return
-        tok = Tokenizer.from_bytes(state[TOKENIZER_STATE_KEY])
+        if self.tokenizer_state_key in state:
+            key = self.tokenizer_state_key
+        elif len(state) == 1:
+            key = next(iter(state))
+        else:
+            raise CheckpointError(f"checkpoint extra state {sorted(state)} has no {self.tokenizer_state_key!r} and several files")
+        tok = Tokenizer.from_bytes(state[key])
         if tok.vocab_size != self.vocab_size:
             raise CheckpointError(
                 f"checkpoint tokenizer has {tok.vocab_size} ids but the encoder was built for {self.vocab_size}"

@@ -57,6 +57,15 @@ def d2v_register(registry) -> None:  # type: ignore[no-untyped-def]
             modalities=(MODALITY,),
         )
     )
+    registry.add_component(
+        ComponentSpec(
+            kind="exporter",
+            name="text-hf",
+            factory=f"{_PKG}.hf_export:TextHFExporter",
+            description="transformers Data2VecTextModel + fast tokenizer (d2v export --format hf / d2v import --from-hf)",
+            modalities=(MODALITY,),
+        )
+    )
 
 
 @hookimpl
