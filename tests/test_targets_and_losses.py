@@ -90,3 +90,37 @@ def test_feature_std_is_fairseq_compute_var():
     y = np.random.default_rng(4).normal(0, 3.0, size=(50, 8))
     expected = np.sqrt(y.var(axis=0, ddof=1) + 1e-6).mean()
     assert float(feature_std(torch.tensor(y))) == pytest.approx(expected, rel=1e-6)
+
+
+def test_step_reports_the_mean_target_baseline():
+    """rel_loss's denominator: the loss of predicting the batch's mean target at every masked step."""
+    from d2v_core.config import RunConfig
+    from d2v_core.interfaces import Context, FeatureEncoder, Features
+    from d2v_core.model.data2vec import Data2Vec
+    from d2v_core.model.normalizers import IdentityNorm, InstanceNorm
+
+    class Enc(FeatureEncoder):
+        def __init__(self):
+            super().__init__()
+            self.dim = 8
+            self.proj = torch.nn.Linear(3, 8)
+            self.mask_embedding = torch.nn.Parameter(torch.zeros(8))
+
+        def embed(self, batch):
+            return Features(self.proj(batch["x"]))
+
+    class Every2nd:
+        def __call__(self, request, generator):
+            return (torch.arange(request.length) % 2 == 0).expand(request.batch_size, -1).clone()
+
+    cfg = RunConfig.model_validate({"modality": "t", "model": {"dim": 8, "depth": 2, "heads": 2, "ffn_dim": 16, "dropout": 0.0, "attention_dropout": 0.0},
+                                    "targets": {"top_k": 2}})
+    torch.manual_seed(0)
+    model = Data2Vec(Enc(), cfg, Every2nd(), InstanceNorm(), IdentityNorm())
+    teacher = torch.nn.ModuleDict({"encoder": model.encoder, "transformer": model.transformer})
+    batch = {"x": torch.randn(2, 6, 3), "keys": ["a", "b"]}
+    out = model(batch, torch.Generator(), teacher)
+    y = model.targets(teacher, batch, model.encoder.embed(batch))[:, ::2].reshape(-1, 8).numpy()
+    expected = ((y - y.mean(0)) ** 2).sum() / math.sqrt(8)
+    assert float(out.baseline_sum) == pytest.approx(expected, rel=1e-5)
+    assert int(out.sample_size) == 6

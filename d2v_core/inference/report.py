@@ -9,7 +9,7 @@ from pathlib import Path
 from d2v_core.errors import DataError
 from d2v_core.train.metrics import read_metrics
 
-PANELS = [("loss", ["loss"]), ("learning rate", ["lr"]), ("EMA tau", ["tau"]),
+PANELS = [("loss", ["loss"]), ("loss / loss of predicting the mean target", ["rel_loss"]), ("learning rate", ["lr"]), ("EMA tau", ["tau"]),
           ("variance (fairseq compute_var)", ["target_var", "pred_var"]), ("samples / s", ["samples_per_s"])]
 
 

@@ -19,12 +19,15 @@ from d2v_core.model.transformer import Transformer
 @dataclass
 class StepOutput:
     """``loss_sum``: summed over masked steps (fp32, differentiable); ``sample_size``: number of
-    masked steps; ``pred_var`` / ``target_var``: fairseq's collapse statistics (detached)."""
+    masked steps; ``pred_var`` / ``target_var``: fairseq's collapse statistics (detached);
+    ``baseline_sum``: the loss of predicting the batch's mean target everywhere (detached), so
+    that ``loss_sum / baseline_sum`` shows learning even while the targets' variance changes."""
 
     loss_sum: Tensor
     sample_size: Tensor
     pred_var: Tensor
     target_var: Tensor
+    baseline_sum: Tensor
 
 
 class Data2Vec(nn.Module):
@@ -89,4 +92,5 @@ class Data2Vec(nn.Module):
         pred = self.head(student[mask])
         y = self.targets(teacher, batch, feats)[mask]
         loss = regression_loss(pred, y, self.cfg.loss.beta, self.scale).sum()
-        return StepOutput(loss, mask.sum(), feature_std(pred.detach()), feature_std(y))
+        baseline = regression_loss(y.mean(0, keepdim=True).expand_as(y), y, self.cfg.loss.beta, self.scale).sum()
+        return StepOutput(loss, mask.sum(), feature_std(pred.detach()), feature_std(y), baseline)

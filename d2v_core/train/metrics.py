@@ -47,7 +47,7 @@ class MetricsLogger:
                     self._tb.add_scalar(f"train/{k}", v, step)
         if self._progress is not None:
             info = " ".join(
-                f"{k}={values[k]:.4g}" for k in ("loss", "lr", "tau", "target_var", "samples_per_s") if k in values
+                f"{k}={values[k]:.4g}" for k in ("loss", "rel_loss", "lr", "tau", "target_var", "samples_per_s") if k in values
             )
             self._progress.update(self._task, completed=step, info=info)
 

@@ -137,7 +137,7 @@ class Trainer:
     def train_step(self) -> dict[str, float]:
         cfg, accum = self.cfg, self.cfg.optim.accum_steps
         self.model.train()
-        sums = torch.zeros(5, dtype=torch.float64, device=self.device)  # loss, size, pred_var, target_var, samples
+        sums = torch.zeros(6, dtype=torch.float64, device=self.device)  # loss, size, pred_var, target_var, samples, baseline
         for micro in range(accum):
             batch = to_device(self._next_batch(), self.device)
             sync = micro == accum - 1 or not isinstance(self.ddp, DDP)
@@ -145,7 +145,8 @@ class Trainer:
                 out = self.ddp(batch, mask_generator(cfg.runtime.seed, self.step, micro, self.dist.rank), self.teacher.model)
             (self.scaler.scale(out.loss_sum) if self.scaler else out.loss_sum).backward()
             sums += torch.stack([out.loss_sum.detach().double(), out.sample_size.double(), out.pred_var.double(),
-                                 out.target_var.double(), torch.tensor(float(len(batch["keys"])), device=self.device, dtype=torch.float64)])
+                                 out.target_var.double(), torch.tensor(float(len(batch["keys"])), device=self.device, dtype=torch.float64),
+                                 out.baseline_sum.double()])
         totals = all_reduce_sum(sums.clone())
         loss_sum, sample_size = totals[0].item(), max(totals[1].item(), 1.0)
         if not math.isfinite(loss_sum):
@@ -170,7 +171,7 @@ class Trainer:
         tau = self.teacher.update(self.model.teacher_scope(), self.step)
         metrics = {"loss": loss_sum / sample_size, "lr": lr, "tau": tau, "sample_size": sample_size,
                    "pred_var": totals[2].item() / accum / self.dist.world_size, "target_var": totals[3].item() / accum / self.dist.world_size,
-                   "samples": totals[4].item()}
+                   "samples": totals[4].item(), "rel_loss": loss_sum / max(totals[5].item(), 1e-12)}
         if grad_norm is not None:
             metrics["grad_norm"] = grad_norm
         self._check_health(metrics)
