@@ -149,6 +149,11 @@ class RecordDecoder(ABC):
         The default calls :meth:`decode` without a generator; override where that is random."""
         return self.decode(record, None)
 
+    def collate_for_inference(self, samples: list[dict]) -> Batch:
+        """Batch for embedding and probing: every step of every sample must survive (pad, never
+        crop). The default is :meth:`collate`."""
+        return self.collate(samples)
+
 
 class Exporter(ABC):
     """Converts a trained model to another framework's format and back (a plugin component of

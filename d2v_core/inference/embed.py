@@ -96,7 +96,7 @@ def embed_source(model: Data2Vec, decoder, source: Source, *, layer: int | None 
     result = Embeddings()
     device = next(model.parameters()).device
     for group in _batches(source, decoder, batch_size, result.stats):
-        batch = decoder.collate([g["sample"] for g in group])
+        batch = decoder.collate_for_inference([g["sample"] for g in group])
         batch = {k: v.to(device) if isinstance(v, Tensor) else v for k, v in batch.items()}
         states, pad = encoder_states(model, batch, layer, top_k)
         result.vectors += pool_states(states, pad, model.encoder.num_prefix_tokens, pool)

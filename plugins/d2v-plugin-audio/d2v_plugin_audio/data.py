@@ -23,6 +23,8 @@ from d2v_plugin_audio.audio_io import load_waveform
 from d2v_plugin_audio.options import AudioDataOptions
 
 EXTENSIONS = ("flac", "wav", "ogg")
+#: The shortest clip the conv feature extractor turns into one frame (its receptive field, 25 ms).
+MIN_INFERENCE_SAMPLES = 400
 
 
 def _uniform(generator: torch.Generator | None) -> float:
@@ -65,6 +67,21 @@ class AudioRecordDecoder(RecordDecoder):
         if opts.max_sample_size is not None:
             wav = crop(wav, opts.max_sample_size, _uniform(generator))
         return {"source": wav.contiguous(), "key": str(record.get("__key__", "")), "crop_offset": _uniform(generator)}
+
+    def decode_for_inference(self, record: Mapping[str, Any]) -> dict:
+        """The whole clip, normalised: no random crop and no ``min_sample_size`` (that is a
+        training filter); only clips too short for one frame are skipped."""
+        wav = load_waveform(self._payload(record), self.options.sample_rate)
+        if wav.shape[0] < MIN_INFERENCE_SAMPLES:
+            raise SkipRecord("too_short", f"{wav.shape[0]} samples < {MIN_INFERENCE_SAMPLES} (one frame)")
+        if self.options.normalize:
+            wav = F.layer_norm(wav, wav.shape)
+        return {"source": wav.contiguous(), "key": str(record.get("__key__", ""))}
+
+    def collate_for_inference(self, samples: list[dict]) -> Batch:
+        """Pad (with a padding mask) whatever ``batching`` says: embeddings need every frame."""
+        padded, padding_mask = pad_sequences([s["source"] for s in samples], 0.0)
+        return {"source": padded, "padding_mask": padding_mask, "keys": [s.get("key", "") for s in samples]}
 
     def collate(self, samples: list[dict]) -> Batch:
         if not samples:

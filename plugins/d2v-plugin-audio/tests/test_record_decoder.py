@@ -158,3 +158,29 @@ def test_conformance_kit(clip_bytes):
     assert batch["keys"] == ["mono16", "stereo44", "ogg8"]
     assert batch["source"].shape == (3, 12000)
     assert batch["padding_mask"].sum(-1).tolist() == [12000 - 8000, 12000 - 9600, 0]
+
+
+def test_inference_decoding_keeps_whole_short_clips_and_pads():
+    """Embedding and probing need every clip whole: no min_sample_size filter, no crop, padding."""
+    import io
+
+    import numpy as np
+    import soundfile as sf
+
+    from d2v_plugin_audio.data import AudioRecordDecoder
+    from d2v_plugin_audio.options import AudioDataOptions
+
+    def flac(n):
+        buf = io.BytesIO()
+        sf.write(buf, np.sin(np.arange(n) / 7.0).astype(np.float32), 16000, format="FLAC")
+        return {"__key__": f"c{n}", "flac": buf.getvalue()}
+
+    dec = AudioRecordDecoder(AudioDataOptions(min_sample_size=16000, max_sample_size=16000, batching="crop"))
+    a, b = dec.decode_for_inference(flac(20000)), dec.decode_for_inference(flac(9000))
+    assert a["source"].shape == (20000,) and b["source"].shape == (9000,)  # neither dropped nor cropped
+    assert abs(float(a["source"].mean())) < 1e-5 and abs(float(a["source"].std()) - 1) < 1e-3
+    batch = dec.collate_for_inference([a, b])
+    assert batch["source"].shape == (2, 20000)
+    assert batch["padding_mask"][1, 9000:].all() and not batch["padding_mask"][1, :9000].any()
+    with pytest.raises(SkipRecord, match="too_short"):
+        dec.decode_for_inference(flac(300))
