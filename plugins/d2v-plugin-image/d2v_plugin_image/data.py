@@ -34,6 +34,7 @@ class ImageRecordDecoder(RecordDecoder):
             )
         else:
             self.transform = EvalTransform(image_size, self.options.interpolation)
+        self.eval_transform = EvalTransform(image_size, self.options.interpolation)
 
     def _payload(self, record: Mapping[str, Any]) -> tuple[str, Any]:
         lowered = {str(k).lower().rsplit(".", 1)[-1]: k for k in record if not str(k).startswith("__")}
@@ -48,6 +49,13 @@ class ImageRecordDecoder(RecordDecoder):
         ext, data = self._payload(record)
         img = decode_image(data, what=f"{key or 'record'}.{ext}")
         return {"image": self.transform(img, generator), "key": key}
+
+    def decode_for_inference(self, record: Mapping[str, Any]) -> dict:
+        """The deterministic eval transform (resize, centre crop, normalise), never augmentation."""
+        key = str(record.get("__key__", ""))
+        ext, data = self._payload(record)
+        img = decode_image(data, what=f"{key or 'record'}.{ext}")
+        return {"image": self.eval_transform(img, None), "key": key}
 
     def collate(self, samples: list[dict]) -> Batch:
         return {"image": torch.stack([s["image"] for s in samples]), "keys": [s["key"] for s in samples]}

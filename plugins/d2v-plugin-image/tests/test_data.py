@@ -114,3 +114,22 @@ def test_data_option_validation():
         ImageDataOptions(crop_scale=(0.5, 0.2))
     with pytest.raises(Exception, match="hflip"):
         ImageDataOptions(hflip=1.5)
+
+
+def test_inference_decoding_is_the_eval_transform_whatever_the_augmentation():
+    import io
+
+    from PIL import Image
+
+    from d2v_plugin_image.data import ImageRecordDecoder
+    from d2v_plugin_image.options import ImageDataOptions
+    from d2v_plugin_image.transforms import EvalTransform
+
+    buf = io.BytesIO()
+    Image.new("RGB", (40, 30), (200, 10, 90)).save(buf, format="PNG")
+    rec = {"__key__": "x", "png": buf.getvalue()}
+    dec = ImageRecordDecoder(32, ImageDataOptions(augment=True))
+    a, b = dec.decode_for_inference(rec), dec.decode_for_inference(rec)
+    assert torch.equal(a["image"], b["image"])
+    expected = EvalTransform(32, ImageDataOptions().interpolation)(Image.open(io.BytesIO(rec["png"])).convert("RGB"), None)
+    assert torch.allclose(a["image"], expected)
