@@ -44,6 +44,10 @@ def barrier() -> None:
         dist.barrier()
 
 
-def shutdown() -> None:
+def shutdown(barrier_first: bool = False) -> None:
+    """Leave the process group. ``barrier_first`` (only when every rank got here normally) lets
+    pending collectives finish before the group's worker threads are joined."""
     if dist.is_available() and dist.is_initialized():
+        if barrier_first:
+            dist.barrier()
         dist.destroy_process_group()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import json
 import random
 from pathlib import Path
@@ -40,6 +41,8 @@ def pretrain(
     check_distributed(cfg)
     device = resolve_device(cfg)
     dist = init_distributed(device.type)
+    trainer = None
+    clean = False
     try:
         micro_batch = check_batch(cfg, dist.world_size)
         spec = registry.modality(cfg.modality)
@@ -88,9 +91,15 @@ def pretrain(
                        "stopped_early": result.stopped_early, "bad_records": loader.stats.state_dict()}
             (run_dir / "summary.json").write_text(json.dumps(summary, indent=2, default=str))
             _write_report(run_dir)
+        clean = True
         return result
     finally:
-        shutdown()
+        # Drop DDP (its Reducer holds the process group) while the group is still registered, so
+        # that the group is not destroyed from a Reducer destructor that holds the GIL while gloo's
+        # worker threads wait for it (a deadlock seen under load).
+        trainer = None
+        gc.collect()
+        shutdown(barrier_first=clean)
 
 
 def _write_report(run_dir: Path) -> None:
