@@ -90,6 +90,7 @@ def probe(
 
             split = ProbeSplit(np.stack(tr.vectors), labels_of(tr, label_column), np.stack(te.vectors), labels_of(te, label_column))
         report[name] = fit_and_score(split, seed)
+        report[name]["skipped"] = tr.stats.summary()
         report["majority_class_accuracy"] = majority_accuracy(split.y_train, split.y_test)
         report["classes"] = len(set(split.y_train))
     typer.echo(json.dumps(report, indent=2))

@@ -14,7 +14,7 @@ from torch import Tensor
 
 from d2v_core.data.bad_records import BadRecordStats
 from d2v_core.data.sources import Source
-from d2v_core.errors import ConfigError
+from d2v_core.errors import ConfigError, DataError
 from d2v_core.interfaces import SkipRecord
 from d2v_core.model.data2vec import Data2Vec
 
@@ -99,7 +99,11 @@ def embed_source(model: Data2Vec, decoder, source: Source, *, layer: int | None 
         batch = decoder.collate_for_inference([g["sample"] for g in group])
         batch = {k: v.to(device) if isinstance(v, Tensor) else v for k, v in batch.items()}
         states, pad = encoder_states(model, batch, layer, top_k)
-        result.vectors += pool_states(states, pad, model.encoder.num_prefix_tokens, pool)
+        pooled = pool_states(states, pad, model.encoder.num_prefix_tokens, pool)
+        if len(pooled) != len(group):  # a collate that packs or splits records cannot be embedded per record
+            raise DataError(f"{type(decoder).__name__}.collate_for_inference made {len(pooled)} rows from "
+                            f"{len(group)} records; it must make one row per record")
+        result.vectors += pooled
         result.keys += [g["key"] for g in group]
         result.meta += [g["meta"] for g in group]
         if progress is not None:

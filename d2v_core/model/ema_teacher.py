@@ -45,21 +45,33 @@ class EMATeacher:
     def decay_at(self, step: int) -> float:
         return ema_decay_at(step, self.cfg.decay, self.cfg.end_decay, self.cfg.anneal_end_step)
 
+    def _pairs(self, student: nn.Module) -> tuple:
+        """(teacher, student) tensor lists for averaging, copying and buffers, built once per
+        student module (the lookups by name cost more than the update itself on small models)."""
+        if getattr(self, "_pairs_for", None) is not student:
+            src = dict(student.named_parameters())
+            t_bufs = dict(self.model.named_buffers())
+            bufs = [(t_bufs[n], b) for n, b in student.named_buffers() if n in t_bufs]
+            self._cached_pairs = (
+                [self._param(n) for n in self.averaged], [src[n] for n in self.averaged],
+                [self._param(n) for n in self.copied], [src[n] for n in self.copied],
+                [t for t, _ in bufs], [b for _, b in bufs],
+            )
+            self._pairs_for = student
+        return self._cached_pairs
+
     @torch.no_grad()
     def update(self, student: nn.Module, step: int) -> float:
-        """One EMA step after update ``step`` (1-based): ``t = tau * t + (1 - tau) * s``. Returns tau."""
+        """One EMA step after update ``step`` (1-based): ``t = tau * t + (1 - tau) * s``. Returns tau.
+        Pass the same ``student`` module every step (parameters are matched by name once)."""
         self.tau = tau = self.decay_at(step)
-        src = dict(student.named_parameters())
-        if tau < 1.0 and self.averaged:
-            t = [self._param(n) for n in self.averaged]
-            s = [src[n].detach().to(torch.float32) for n in self.averaged]
-            torch._foreach_lerp_(t, s, 1.0 - tau)
-        if self.copied:
-            torch._foreach_copy_([self._param(n) for n in self.copied], [src[n].detach() for n in self.copied])
-        t_bufs = dict(self.model.named_buffers())
-        for n, b in student.named_buffers():
-            if n in t_bufs:
-                t_bufs[n].copy_(b)
+        t_avg, s_avg, t_copy, s_copy, t_buf, s_buf = self._pairs(student)
+        if tau < 1.0 and t_avg:
+            torch._foreach_lerp_(t_avg, [p.detach().to(torch.float32) for p in s_avg], 1.0 - tau)
+        if t_copy:
+            torch._foreach_copy_(t_copy, [p.detach() for p in s_copy])
+        if t_buf:
+            torch._foreach_copy_(t_buf, s_buf)
         return tau
 
     def state_dict(self) -> dict[str, torch.Tensor]:

@@ -12,7 +12,7 @@ import torch
 from d2v_core import __version__
 from d2v_core.config import RunConfig
 from d2v_core.config_resolve import config_to_yaml
-from d2v_core.errors import CheckpointError, ConfigError
+from d2v_core.errors import CheckpointError, ConfigError, DataError
 from d2v_core.inference.pretrained import self_contained_config
 from d2v_core.registry import Registry
 from d2v_core.train import checkpoint as ckpt
@@ -108,5 +108,5 @@ def _write_report(run_dir: Path) -> None:
         from d2v_core.inference.report import write_report
 
         write_report(run_dir)
-    except ImportError:
+    except (ImportError, DataError):  # no matplotlib, or stopped before the first logged step
         pass

@@ -70,7 +70,8 @@ class Trainer:
         self.cfg, self.model, self.loader, self.device, self.dist = cfg, model.to(device), loader, device, dist
         self.run_dir = Path(cfg.runtime.out_dir)
         self.versions = {"d2v": __version__, **(versions or {})}
-        self.teacher = EMATeacher(model.teacher_scope(), cfg.ema)
+        self.student_scope = model.teacher_scope()  # one object, so the EMA matches parameters once
+        self.teacher = EMATeacher(self.student_scope, cfg.ema)
         self.ddp = model if dist.world_size == 1 else DDP(model, find_unused_parameters=cfg.model.layerdrop > 0)
         self.optimizer = build_optimizer(model, cfg.optim)
         peak, total = cfg.optim.lr, cfg.runtime.max_steps
@@ -168,7 +169,7 @@ class Trainer:
         self.scheduler.step()
         self.optimizer.zero_grad(set_to_none=True)
         self.step += 1
-        tau = self.teacher.update(self.model.teacher_scope(), self.step)
+        tau = self.teacher.update(self.student_scope, self.step)
         metrics = {"loss": loss_sum / sample_size, "lr": lr, "tau": tau, "sample_size": sample_size,
                    "pred_var": totals[2].item() / accum / self.dist.world_size, "target_var": totals[3].item() / accum / self.dist.world_size,
                    "samples": totals[4].item(), "rel_loss": loss_sum / max(totals[5].item(), 1e-12)}

@@ -64,6 +64,15 @@ class TextRecordDecoder(RecordDecoder):
         keys = ["+".join(samples[j]["key"] for j in r.sources) for r in rows]
         return {"tokens": tokens, "padding_mask": tokens.eq(self.tokenizer.pad_id), "keys": keys}
 
+    def collate_for_inference(self, samples: list[dict]) -> Batch:
+        """One row per document (``<s>`` + its tokens, truncated to ``block_size``), never packed,
+        so that embeddings line up with records."""
+        rows = [[self.tokenizer.bos_id, *s["tokens"]][: self.block_size] for s in samples]
+        tokens = torch.full((len(rows), max(len(r) for r in rows)), self.tokenizer.pad_id, dtype=torch.long)
+        for i, r in enumerate(rows):
+            tokens[i, : len(r)] = torch.tensor(r, dtype=torch.long)
+        return {"tokens": tokens, "padding_mask": tokens.eq(self.tokenizer.pad_id), "keys": [s["key"] for s in samples]}
+
 
 def build_record_decoder(cfg: RunConfig) -> TextRecordDecoder:
     """The record decoder for a resolved config: tokenizer from ``cfg.encoder``, packing from

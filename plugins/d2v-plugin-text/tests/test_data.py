@@ -75,3 +75,20 @@ def test_decoder_pickles_for_worker_processes(decoder):
 
     clone = pickle.loads(pickle.dumps(decoder))
     assert clone.decode({"txt": b"the day"}) == decoder.decode({"txt": b"the day"})
+
+
+def test_inference_collate_makes_one_row_per_document():
+    from d2v_plugin_text.data import TextRecordDecoder
+    from d2v_plugin_text.tokenizer import load_tokenizer
+
+    tok = load_tokenizer(None)
+    dec = TextRecordDecoder(tok, block_size=8, break_mode="complete_doc")
+    docs = ["a short one", "another short one", "a much longer document " * 5]
+    samples = [dec.decode_for_inference({"__key__": f"d{i}", "txt": t.encode()}) for i, t in enumerate(docs)]
+    batch = dec.collate_for_inference(samples)
+    assert batch["keys"] == ["d0", "d1", "d2"]
+    assert batch["tokens"].shape[0] == 3 and batch["tokens"].shape[1] <= 8
+    assert (batch["tokens"][:, 0] == tok.bos_id).all()
+    first = [tok.bos_id, *tok.encode(docs[0]), tok.eos_id]
+    assert batch["tokens"][0, : len(first)].tolist() == first
+    assert batch["padding_mask"][0, len(first):].all()
