@@ -1,0 +1,98 @@
+"""Smoke tests: every benchmark script runs on a tiny setting and writes its JSON, so the scripts
+do not rot. They measure nothing. ``train_step.py --check`` is a real test: with dropout off and
+d2v's weights copied into the transformers reference, both steps must give the same losses.
+
+Run: .venv/bin/python -m pytest -q benchmarks/tests    (about 2 minutes on 2 cores; all marked slow)
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+# every test starts the scripts as subprocesses (10-40 s each): end-to-end, hence slow
+pytestmark = pytest.mark.slow
+
+BENCH = Path(__file__).resolve().parent.parent
+ENV = {**os.environ, "HF_HUB_OFFLINE": "1"}
+
+
+def run_script(name: str, *args: str, timeout: int = 600) -> subprocess.CompletedProcess:
+    proc = subprocess.run([sys.executable, str(BENCH / name), *args], capture_output=True, text=True, env=ENV, timeout=timeout)
+    assert proc.returncode == 0, f"{name} {' '.join(args)} failed:\n{proc.stdout[-2000:]}\n{proc.stderr[-4000:]}"
+    return proc
+
+
+@pytest.mark.parametrize("modality", ["audio", "image", "text"])
+def test_reference_step_does_the_same_math(modality: str, tmp_path: Path) -> None:
+    run_script("train_step.py", "--modality", modality, "--preset", "tiny", "--check", "--batch", "2", "--length",
+               "8000" if modality == "audio" else "32", "--out", str(tmp_path))
+    result = json.loads(next(tmp_path.glob("train_step_*_check.json")).read_text())
+    assert result["check_passed"]
+    assert all(row["rel_diff"] < 1e-4 for row in result["check"])
+
+
+def test_train_step_writes_timings_and_memory(tmp_path: Path) -> None:
+    run_script("train_step.py", "--modality", "text", "--preset", "tiny", "--quick", "--batch", "2", "--length", "32",
+               "--repeats", "2", "--out", str(tmp_path))
+    result = json.loads((tmp_path / "train_step_text_tiny_fp32_quick.json").read_text())
+    for side in ("d2v", "reference"):
+        assert result["seconds_per_step"][side]["n"] == 2
+        assert result["flops_per_step"][side] > 0
+        assert result["peak_memory"][side]["peak_bytes"] > 0
+    assert result["summary"]["time_ratio_d2v_over_reference"] > 0
+
+
+def _write_wav(path: Path, seconds: float, freq: float, seed: int) -> None:
+    import soundfile as sf
+
+    t = np.arange(int(16000 * seconds)) / 16000
+    noise = np.random.default_rng(seed).normal(0, 0.05, t.shape)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    sf.write(str(path), (0.3 * np.sin(2 * np.pi * freq * t) + noise).astype(np.float32), 16000)
+
+
+def _make_datasets(root: Path) -> None:
+    from PIL import Image
+
+    for i in range(10):
+        _write_wav(root / "audio" / "speech" / f"utt{i}.flac", 1.2, 200 + 40 * i, i)
+    rows = ["path,label,speaker"]
+    for i in range(12):
+        label, speaker = i % 2, f"s{i % 3}"
+        _write_wav(root / "audio" / "digits" / f"d{i}.flac", 0.6, 300 if label else 600, 100 + i)
+        rows.append(f"d{i}.flac,{label},{speaker}")
+    (root / "audio" / "digits" / "labels.csv").write_text("\n".join(rows) + "\n")
+    rng = np.random.default_rng(0)
+    (root / "image" / "digits").mkdir(parents=True)
+    for i in range(12):
+        Image.fromarray(rng.integers(0, 255, (32, 32), dtype=np.uint8)).convert("RGB").save(root / "image" / "digits" / f"digit_{i}.png")
+    (root / "text").mkdir()
+    (root / "text" / "corpus.txt").write_text("".join(f"the cat number {i} sat on a mat and looked around.\n" for i in range(24)))
+
+
+def test_data_pipeline_runs(tmp_path: Path) -> None:
+    _make_datasets(tmp_path / "data")
+    run_script("data_pipeline.py", "--quick", "--root", str(tmp_path / "data"), "--set", "data.batch_size=2", "--out", str(tmp_path))
+    result = json.loads((tmp_path / "data_pipeline_quick.json").read_text())
+    for modality in ("audio", "image", "text"):
+        row = result["modalities"][modality]
+        assert row["per_worker"]["samples_per_s"]["median"] > 0
+        assert row["training"]["samples_per_s"] > 0
+
+
+def test_pretrain_probe_runs(tmp_path: Path) -> None:
+    _make_datasets(tmp_path / "data")
+    run_script("pretrain_probe.py", "--modality", "audio", "--minutes", "2", "--steps", "2", "--root", str(tmp_path / "data"),
+               "--work", str(tmp_path / "runs"), "--set", "data.batch_size=2", "--out", str(tmp_path))
+    result = json.loads((tmp_path / "pretrain_probe_audio_2min.json").read_text())
+    assert result["pretrain"]["steps_done"] == 2
+    probe = result["probes"][0]
+    assert 0.0 <= probe["pretrained"]["accuracy"] <= 1.0 and 0.0 <= probe["random-init"]["accuracy"] <= 1.0
+    assert 0.0 <= result["classical"]["accuracy"] <= 1.0

@@ -1,0 +1,340 @@
+"""d2v's full training step against a transformers reference doing the same math (issue 9, item 1-2).
+
+Run (one modality and precision per call; results in benchmarks/results/train_step_<modality>_<preset>_<dtype>.json):
+
+    .venv/bin/python benchmarks/train_step.py --modality audio --dtype fp32
+    .venv/bin/python benchmarks/train_step.py --modality audio --dtype bf16
+    (same for image and text; --quick for a fast smoke run, --check for the equivalence check)
+
+d2v side: ``build_model`` + the core ``Trainer.train_step`` (student forward on the masked input,
+teacher forward, targets, loss, backward, gradient normalisation, clipping, AdamW, schedule, EMA
+update), fed a fixed batch. Reference side: ``hf_reference.py``. Same synthetic batch, same masks
+(same masker and generator), same sizes (the preset's model; batch and length from the flags).
+Time: both sides in one process, interleaved (alternating which goes first), after warm-up
+steps; median and spread. Peak memory: each side in its own fresh processes (``--memory-child``, ``--memory-repeats``),
+peak RSS (CPU; ``VmHWM`` reset after imports; large blocks mmap-ed so that freed tensors leave the
+RSS, see ``MMAP_THRESHOLD``) or ``torch.cuda.max_memory_allocated`` (GPU), minus the level before
+the model was built. FLOPs: ``FlopCounterMode`` over one step of each side;
+"MFU" is the step's model FLOP/s divided by a large same-dtype matmul's FLOP/s on the same threads.
+EMA: the teacher updates alone, interleaved, as a fraction of the median step.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+import torch  # noqa: E402
+
+from bench_common import (  # noqa: E402
+    flop_counter, machine_info, matmul_flops_per_s, peak_rss_bytes, reset_peak_rss, rss_bytes, summarize, timed, write_result,
+)
+
+CPU_DEFAULTS = {"audio": {"batch": 4, "length": 32000}, "image": {"batch": 4}, "text": {"batch": 1}}
+GPU_DEFAULTS = {"audio": {"batch": 16, "length": 250000}, "image": {"batch": 64}, "text": {"batch": 16}}
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--modality", required=True, choices=["audio", "image", "text"])
+    p.add_argument("--preset", default="base")
+    p.add_argument("--dtype", default="fp32", choices=["fp32", "bf16"])
+    p.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
+    p.add_argument("--batch", type=int, help="samples per step (default: a ~1-5 s step on 2 CPU cores)")
+    p.add_argument("--length", type=int,
+                   help="audio samples per clip (default 32000 = 2 s) or text tokens per row (default: the preset's block_size)")
+    p.add_argument("--repeats", type=int, help="timed repeats per side (default 10; --quick 3)")
+    p.add_argument("--warmup", type=int, help="untimed steps per side first (default 2; --quick 1)")
+    p.add_argument("--memory-steps", type=int, help="steps each memory child runs after one warm-up (default 3; --quick 1)")
+    p.add_argument("--memory-repeats", type=int, help="fresh processes per side for peak memory (default 2; --quick 1)")
+    p.add_argument("--malloc-default", action="store_true", help="measure CPU memory with glibc's default mmap threshold")
+    p.add_argument("--threads", type=int, help="torch threads (default: torch's choice)")
+    p.add_argument("--quick", action="store_true", help="3 repeats, 1 warm-up, 1 memory step: a smoke run, not a measurement")
+    p.add_argument("--no-memory", action="store_true", help="skip the peak-memory children")
+    p.add_argument("--check", action="store_true", help="dropout off, d2v weights copied into the reference: losses must agree")
+    p.add_argument("--out", type=Path, help="results folder (default benchmarks/results)")
+    p.add_argument("--memory-child", choices=["d2v", "reference"], help=argparse.SUPPRESS)
+    a = p.parse_args(argv)
+    for name, full, quick in (("repeats", 10, 3), ("warmup", 2, 1), ("memory_steps", 3, 1), ("memory_repeats", 2, 1)):
+        if getattr(a, name) is None:
+            setattr(a, name, quick if a.quick else full)
+    defaults = (GPU_DEFAULTS if a.device == "cuda" else CPU_DEFAULTS)[a.modality]
+    a.batch = a.batch or defaults["batch"]
+    a.length = a.length or defaults.get("length")
+    return a
+
+
+# -- building --------------------------------------------------------------------------------
+
+def build_config(a: argparse.Namespace, extra: list[str] = ()):  # noqa: ANN201
+    from d2v_core.config_resolve import resolve_config
+    from d2v_core.plugin_loader import get_registry
+
+    overrides = [f"runtime.precision={a.dtype}", f"runtime.device={a.device}", f"data.batch_size={a.batch}",
+                 "runtime.out_dir=/nonexistent-d2v-benchmark", *extra]
+    if a.check:
+        overrides += ["model.dropout=0.0", "model.attention_dropout=0.0", "model.activation_dropout=0.0",
+                      "model.layerdrop=0.0", "model.drop_path=0.0"]
+    return resolve_config(get_registry(), a.modality, a.preset, None, overrides)
+
+
+def make_batch(cfg, a: argparse.Namespace, tokenizer=None) -> dict:  # noqa: ANN001
+    """A synthetic batch shaped like the modality's collated batches (values do not change the cost)."""
+    g = torch.Generator().manual_seed(1234)
+    B = a.batch
+    if a.modality == "audio":
+        wav = torch.randn(B, a.length, generator=g)
+        return {"source": torch.nn.functional.layer_norm(wav, wav.shape[-1:]), "padding_mask": None, "keys": [str(i) for i in range(B)]}
+    if a.modality == "image":
+        s = cfg.encoder.get("image_size", 224)
+        return {"image": torch.randn(B, 3, s, s, generator=g), "keys": [str(i) for i in range(B)]}
+    T = a.length or cfg.data.options.get("block_size", 512)
+    special = set(tokenizer.special_ids)
+    normal = torch.tensor([i for i in range(tokenizer.vocab_size) if i not in special])
+    tokens = normal[torch.randint(normal.numel(), (B, T), generator=g)]
+    tokens[:, 0], tokens[:, -1] = tokenizer.bos_id, tokenizer.eos_id
+    tail = max(1, T // 10)  # packed rows: the last row of a batch is usually not full
+    tokens[-1, T - tail - 1] = tokenizer.eos_id
+    tokens[-1, T - tail:] = tokenizer.pad_id
+    return {"tokens": tokens, "padding_mask": tokens.eq(tokenizer.pad_id), "keys": [str(i) for i in range(B)]}
+
+
+class FixedBatches:
+    """A stand-in for ``TrainLoader``: the same batch every step (data loading is benchmarked
+    separately by data_pipeline.py)."""
+
+    def __init__(self, batch: dict) -> None:
+        from d2v_core.data.bad_records import BadRecordStats
+
+        self.batch, self.stats = batch, BadRecordStats()
+
+    def iter_epoch(self, epoch: int, skip_batches: int = 0):  # noqa: ANN201, ARG002
+        while True:
+            yield dict(self.batch)
+
+
+def build_d2v(cfg, batch: dict, device: torch.device):  # noqa: ANN001, ANN201
+    from d2v_core.plugin_loader import get_registry
+    from d2v_core.train.build import build_model
+    from d2v_core.train.distributed import DistInfo
+    from d2v_core.train.trainer import Trainer
+
+    torch.manual_seed(0)
+    model = build_model(cfg, get_registry())
+    return Trainer(cfg, model, FixedBatches(batch), device, DistInfo())
+
+
+def build_reference(cfg, device: torch.device, tokenizer=None):  # noqa: ANN001, ANN201
+    from d2v_core.plugin_loader import get_registry
+    from d2v_core.train.build import build_masker
+    from hf_reference import build_reference as build
+
+    torch.manual_seed(0)
+    return build(cfg, build_masker(cfg, get_registry()), device, tokenizer)
+
+
+def text_tokenizer(cfg):  # noqa: ANN001, ANN201
+    if cfg.modality != "text":
+        return None
+    from d2v_core.plugin_loader import get_registry
+    from d2v_core.train.build import build_record_decoder
+
+    return build_record_decoder(cfg, get_registry()).tokenizer
+
+
+# -- measuring --------------------------------------------------------------------------------
+
+def memory_child(a: argparse.Namespace) -> dict:
+    """Peak memory of one side, in this (fresh) process; printed as JSON for the parent."""
+    import transformers.models.data2vec.modeling_data2vec_audio  # noqa: F401 - both sides import the same code
+    import transformers.models.data2vec.modeling_data2vec_text  # noqa: F401
+    import transformers.models.data2vec.modeling_data2vec_vision  # noqa: F401
+
+    device = torch.device(a.device)
+    cfg = build_config(a)
+    tok = text_tokenizer(cfg)
+    batch = make_batch(cfg, a, tok)
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats()
+        base = torch.cuda.memory_allocated()
+    else:
+        base = rss_bytes()
+        reset = reset_peak_rss()
+    if a.memory_child == "d2v":
+        trainer = build_d2v(cfg, batch, device)
+        step = trainer.train_step
+    else:
+        ref = build_reference(cfg, device, tok)
+        step = lambda: ref.step(batch)  # noqa: E731
+    for _ in range(a.memory_steps + 1):
+        step()
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+        return {"peak_bytes": torch.cuda.max_memory_allocated() - base, "how": "cuda max_memory_allocated - allocated before build"}
+    return {"peak_bytes": peak_rss_bytes() - base, "baseline_rss_bytes": base, "peak_reset": reset,
+            "how": "peak RSS (VmHWM, reset after imports) - RSS before build"}
+
+
+#: glibc serves allocations of at least this size with mmap and unmaps them when freed, so RSS
+#: follows the live tensors instead of keeping freed heap memory (the default threshold adapts
+#: up to 32 MiB, and then the peak depends on fragmentation as much as on what is alive)
+MMAP_THRESHOLD = "65536"
+
+
+def run_memory(a: argparse.Namespace) -> dict:
+    """Peak memory of each side, each in fresh processes, ``--memory-repeats`` times in
+    alternating order; the median per side."""
+    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
+    if a.device == "cpu" and not a.malloc_default:
+        env["MALLOC_MMAP_THRESHOLD_"] = MMAP_THRESHOLD
+    runs: dict[str, list[dict]] = {"d2v": [], "reference": []}
+    for r in range(a.memory_repeats):
+        for side in (("d2v", "reference") if r % 2 == 0 else ("reference", "d2v")):
+            args = [sys.executable, __file__, f"--modality={a.modality}", f"--preset={a.preset}", f"--dtype={a.dtype}",
+                    f"--device={a.device}", f"--batch={a.batch}", f"--memory-steps={a.memory_steps}", f"--memory-child={side}"]
+            if a.length:
+                args.append(f"--length={a.length}")
+            if a.threads:
+                args.append(f"--threads={a.threads}")
+            proc = subprocess.run(args, capture_output=True, text=True, env=env)
+            if proc.returncode != 0:
+                raise RuntimeError(f"memory child {side} failed:\n{proc.stderr[-3000:]}")
+            runs[side].append(json.loads(proc.stdout.strip().splitlines()[-1]))
+    out: dict = {"allocator": "default glibc" if "MALLOC_MMAP_THRESHOLD_" not in env else f"glibc, MALLOC_MMAP_THRESHOLD_={MMAP_THRESHOLD}"}
+    for side, rows in runs.items():
+        peaks = [row["peak_bytes"] for row in rows]
+        out[side] = {**rows[0], "peak_bytes": statistics.median(peaks), "peak_bytes_runs": peaks}
+    out["ratio_d2v_over_reference"] = out["d2v"]["peak_bytes"] / max(out["reference"]["peak_bytes"], 1)
+    return out
+
+
+def check_equivalence(trainer, ref, batch: dict, steps: int = 3) -> list[dict]:  # noqa: ANN001
+    from reference_weights import load_d2v_weights
+
+    load_d2v_weights(ref, trainer.model)
+    rows = []
+    for _ in range(steps):
+        d = trainer.train_step()["loss"]
+        r = ref.step(batch)
+        rows.append({"d2v_loss": d, "reference_loss": r, "rel_diff": abs(d - r) / max(abs(r), 1e-12)})
+    return rows
+
+
+def main(argv: list[str] | None = None) -> None:
+    a = parse_args(argv)
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    if a.threads:
+        torch.set_num_threads(a.threads)
+    if a.memory_child:
+        print(json.dumps(memory_child(a)))
+        return
+    device = torch.device(a.device)
+    cfg = build_config(a)
+    tok = text_tokenizer(cfg)
+    batch = make_batch(cfg, a, tok)
+    trainer = build_d2v(cfg, batch, device)
+    ref = build_reference(cfg, device, tok)
+    suffix = ("_cuda" if a.device == "cuda" else "") + ("_check" if a.check else "") + ("_quick" if a.quick else "")
+    name = f"train_step_{a.modality}_{a.preset}_{a.dtype}{suffix}"
+    result: dict = {"benchmark": "train_step", "modality": a.modality, "preset": a.preset, "dtype": a.dtype, "device": a.device,
+                    "batch": a.batch, "length": a.length, "quick": a.quick, "machine": machine_info(),
+                    "model": cfg.model.model_dump(), "reference_ema": "per-parameter loop: t.lerp_(s, 1 - tau)"}
+    result["params"] = {"d2v_student": sum(p.numel() for p in trainer.model.parameters()),
+                        "reference_student": sum(p.numel() for p in ref.model.parameters()) + sum(p.numel() for p in ref.head.parameters())}
+    if a.check:
+        rows = check_equivalence(trainer, ref, batch)
+        result["check"] = rows
+        tol = 1e-4 if a.dtype == "fp32" else 3e-2
+        result["check_passed"] = all(r["rel_diff"] < tol for r in rows)
+        for r in rows:
+            print(f"loss d2v {r['d2v_loss']:.6f}  reference {r['reference_loss']:.6f}  rel diff {r['rel_diff']:.2e}")
+        print(f"check {'passed' if result['check_passed'] else 'FAILED'} (tolerance {tol})")
+        print(f"wrote {write_result(name, result, a.out)}")
+        sys.exit(0 if result["check_passed"] else 1)
+    measure_speed(a, trainer, ref, batch, result)
+    if not a.no_memory:
+        result["peak_memory"] = run_memory(a)
+        result["summary"]["peak_memory_ratio_d2v_over_reference"] = result["peak_memory"]["ratio_d2v_over_reference"]
+    path = write_result(name, result, a.out)
+    print_summary(a, result)
+    print(f"wrote {path}")
+
+
+def count_flops(trainer, ref, sides: dict) -> dict[str, int]:  # noqa: ANN001
+    """FLOPs of one step of each side, with LayerDrop off while counting (it skips a random
+    number of layers per step, differently on the two sides): the work of the full model."""
+    model_cfg = trainer.model.transformer.cfg
+    saved = (model_cfg.layerdrop, getattr(ref.model.config, "layerdrop", None))
+    model_cfg.layerdrop = 0.0
+    if saved[1] is not None:
+        ref.model.config.layerdrop = 0.0
+    try:
+        flops = {}
+        for side, fn in sides.items():
+            with flop_counter() as fc:
+                fn()
+            flops[side] = fc.get_total_flops()
+        return flops
+    finally:
+        model_cfg.layerdrop = saved[0]
+        if saved[1] is not None:
+            ref.model.config.layerdrop = saved[1]
+
+
+def measure_speed(a: argparse.Namespace, trainer, ref, batch: dict, result: dict) -> None:  # noqa: ANN001
+    """Warm-up, FLOP count, interleaved timing of steps and EMA updates, matmul ceiling."""
+    sides = {"d2v": trainer.train_step, "reference": lambda: ref.step(batch)}
+    for _ in range(a.warmup):
+        for fn in sides.values():
+            fn()
+    flops = count_flops(trainer, ref, sides)
+    times: dict[str, list[float]] = {s: [] for s in sides}
+    ema: dict[str, list[float]] = {s: [] for s in sides}
+    scope = trainer.model.teacher_scope()
+    ema_fns = {"d2v": lambda: trainer.teacher.update(scope, trainer.step), "reference": lambda: ref.ema_update(ref.step_count)}
+    for r in range(a.repeats):
+        order = list(sides) if r % 2 == 0 else list(reversed(sides))
+        for side in order:
+            times[side].append(timed(sides[side], a.device))
+        for side in order:
+            ema[side].append(timed(ema_fns[side], a.device))
+    mm = matmul_flops_per_s(a.dtype, a.device)
+    result["seconds_per_step"] = {s: summarize(v) for s, v in times.items()}
+    result["ema_seconds"] = {s: summarize(v) for s, v in ema.items()}
+    result["flops_per_step"] = flops
+    result["matmul"] = mm
+    med = {s: result["seconds_per_step"][s]["median"] for s in sides}
+    result["summary"] = {
+        "time_ratio_d2v_over_reference": med["d2v"] / med["reference"],
+        "speedup_d2v_vs_reference": med["reference"] / med["d2v"],
+        "samples_per_s": {s: a.batch / med[s] for s in sides},
+        "model_flops_per_s": {s: flops[s] / med[s] for s in sides},
+        "fraction_of_matmul_peak": {s: flops[s] / med[s] / mm["flops_per_s"] for s in sides},
+        "ema_fraction_of_step": {s: result["ema_seconds"][s]["median"] / med[s] for s in sides},
+    }
+
+
+def print_summary(a: argparse.Namespace, result: dict) -> None:
+    s, flops, sides = result["summary"], result["flops_per_step"], ("d2v", "reference")
+    print(f"{a.modality}/{a.preset} {a.dtype} batch {a.batch} on {a.device}  (load avg {result['machine']['load_average'][0]:.1f})")
+    for side in sides:
+        st = result["seconds_per_step"][side]
+        print(f"  {side:<9} step median {st['median']:.3f} s (min {st['min']:.3f}, max {st['max']:.3f}), "
+              f"{flops[side] / 1e9:.1f} GFLOP, {s['fraction_of_matmul_peak'][side]:.0%} of matmul, "
+              f"EMA {s['ema_fraction_of_step'][side]:.1%} of step")
+    print(f"  d2v/reference time {s['time_ratio_d2v_over_reference']:.3f} (speed-up {s['speedup_d2v_vs_reference']:.2f}x)")
+    if "peak_memory" in result:
+        pm = result["peak_memory"]
+        print(f"  peak memory d2v {pm['d2v']['peak_bytes'] / 2**20:.0f} MiB, reference {pm['reference']['peak_bytes'] / 2**20:.0f} MiB, "
+              f"ratio {pm['ratio_d2v_over_reference']:.3f}")
+
+
+if __name__ == "__main__":
+    main()
