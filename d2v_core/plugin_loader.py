@@ -9,7 +9,6 @@ Environment:
 from __future__ import annotations
 
 import contextlib
-import importlib
 import importlib.metadata as md
 import os
 from dataclasses import dataclass, field
@@ -213,10 +212,3 @@ def add_cli_commands(loaded: LoadedPlugins, app: object) -> None:
             row = rows.get(impl.plugin_name)
             if row is not None:
                 row.status, row.error = "error", f"d2v_cli_commands: {type(exc).__name__}: {exc}"
-
-
-def reload_plugins() -> LoadedPlugins:
-    global _current
-    _current = None
-    importlib.invalidate_caches()
-    return get_plugins()

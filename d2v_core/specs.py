@@ -8,7 +8,7 @@ fast and lets a broken component fail only when it is asked for.
 from __future__ import annotations
 
 import importlib
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Callable, Mapping, Union
 
 from d2v_core.errors import PluginError
@@ -97,7 +97,6 @@ class ModalitySpec:
     extensions: tuple[str, ...] = ()
     plugin: str = ""
     distribution: str = ""
-    extra: Mapping[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         if not isinstance(self.name, str) or not self.name or "/" in self.name:

@@ -15,7 +15,7 @@ import re
 import tarfile
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterator
+from typing import Any, Iterator
 
 from d2v_core.errors import ConfigError, DataError
 
@@ -203,15 +203,6 @@ def pack_shards(
     return result
 
 
-def make_shards(
-    src_spec: str,
-    out_dir: str | Path,
-    prefix: str,
-    extensions: tuple[str, ...],
-    max_size_bytes: int = 256 * 1000**2,
-    max_count: int | None = None,
-    overwrite: bool = False,
-    shuffle_seed: int | None = None,
-) -> list[Path]:
-    """Pack ``src_spec`` into tar shards; returns the shard paths (see :func:`pack_shards`)."""
-    return pack_shards(src_spec, out_dir, prefix, extensions, max_size_bytes, max_count, overwrite, shuffle_seed).paths
+def make_shards(src_spec: str, out_dir: str | Path, prefix: str, extensions: tuple[str, ...], **options: Any) -> list[Path]:
+    """Pack ``src_spec`` into tar shards; returns the shard paths (options: see :func:`pack_shards`)."""
+    return pack_shards(src_spec, out_dir, prefix, extensions, **options).paths

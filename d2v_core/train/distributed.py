@@ -39,11 +39,6 @@ def all_reduce_sum(t: torch.Tensor) -> torch.Tensor:
     return t
 
 
-def barrier() -> None:
-    if dist.is_available() and dist.is_initialized():
-        dist.barrier()
-
-
 def shutdown(barrier_first: bool = False) -> None:
     """Leave the process group. ``barrier_first`` (only when every rank got here normally) lets
     pending collectives finish before the group's worker threads are joined."""
