@@ -1,4 +1,5 @@
-"""Components the core itself provides, registered like any plugin's (as plugin ``core``)."""
+"""Components the core itself provides, registered like any plugin's (as plugin ``core``): the
+target normalisers and data2vec 2.0's 1-D convolutional decoder."""
 
 from __future__ import annotations
 
@@ -20,4 +21,9 @@ def d2v_register(registry) -> None:  # type: ignore[no-untyped-def]
     registry.add_component(
         ComponentSpec("normalizer", "layer", f"{_NORM}:LayerNormNoAffine",
                       description="each step over channels, no affine (image and text targets)")
+    )
+    registry.add_component(
+        ComponentSpec("decoder", "conv1d", "d2v_core.model.conv_decoder:build_conv_decoder_1d",
+                      options="d2v_core.decoder_options:ConvDecoderOptions",
+                      description="data2vec 2.0 1-D conv decoder (audio, text): conv -> LN -> GELU blocks + projection")
     )

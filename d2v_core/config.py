@@ -50,10 +50,25 @@ class TransformerConfig(StrictModel):
 
 
 class MaskingConfig(StrictModel):
-    """Which masker (``None``: the modality's default) and its options."""
+    """Which masker (``None``: the modality's default) and its options. ``clone_batch`` (M,
+    data2vec 2.0): the student sees every sample M times, each with its own mask, while the
+    teacher runs once per sample and its targets are repeated."""
 
     name: Optional[str] = None
     options: dict[str, Any] = Field(default_factory=dict)
+    clone_batch: PositiveInt = 1
+
+
+class DecoderConfig(StrictModel):
+    """data2vec 2.0's student. With a decoder ``name`` (a ``decoder`` component), the student
+    Transformer encodes only the unmasked steps (the masker must give every row the same count),
+    and the decoder predicts every step from the encoded ones, with N(0, ``mask_noise_std``)
+    noise at the masked steps; the regression head is not used. ``None``: data2vec 1.0 (the
+    masked steps get the mask embedding and a head predicts)."""
+
+    name: Optional[str] = None
+    options: dict[str, Any] = Field(default_factory=dict)
+    mask_noise_std: NonNegativeFloat = 0.01
 
 
 class TargetsConfig(StrictModel):
@@ -69,12 +84,15 @@ class TargetsConfig(StrictModel):
 class LossConfig(StrictModel):
     """Regression loss: MSE (``beta`` 0) or SmoothL1(beta), summed over features and multiplied
     by ``scale`` (a number, ``inv_sqrt_dim`` = 1/sqrt(D), or ``inv_dim`` = 1/D, the mean over
-    features); averaged over masked steps of all ranks."""
+    features); averaged over masked steps of all ranks. ``cls_weight`` > 0 (data2vec 2.0 images)
+    adds the loss of the student's first prefix token (CLS) against the teacher's mean target
+    over all steps, weighted per sample (fairseq's ``cls_loss * sample_size``)."""
 
     beta: NonNegativeFloat = 0.0
     scale: Union[Literal["inv_sqrt_dim", "inv_dim"], float] = "inv_sqrt_dim"
     head: Literal["linear", "mlp"] = "linear"
     head_hidden_mult: PositiveInt = 2
+    cls_weight: NonNegativeFloat = 0.0
 
 
 class EMAConfig(StrictModel):
@@ -173,6 +191,7 @@ class RunConfig(StrictModel):
     model: TransformerConfig = Field(default_factory=TransformerConfig)
     encoder: dict[str, Any] = Field(default_factory=dict)
     masking: MaskingConfig = Field(default_factory=MaskingConfig)
+    decoder: DecoderConfig = Field(default_factory=DecoderConfig)
     targets: TargetsConfig = Field(default_factory=TargetsConfig)
     loss: LossConfig = Field(default_factory=LossConfig)
     ema: EMAConfig = Field(default_factory=EMAConfig)

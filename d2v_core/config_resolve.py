@@ -142,12 +142,21 @@ def resolve_config(
     masker = registry.component("masker", masker_name, modality=spec.name)
     for field in ("layer_norm", "post_norm"):
         registry.component("normalizer", getattr(cfg.targets, field))
+    decoder = cfg.decoder
+    if decoder.name is not None:
+        decoder_spec = registry.component("decoder", decoder.name, modality=spec.name)
+        decoder = decoder.model_copy(
+            update={"options": _validate_options(decoder_spec.options, decoder.options, "decoder.options")}
+        )
+    elif decoder.options:
+        raise ConfigError("config: decoder.options are set but decoder.name is not; name a decoder or drop the options")
     updates = {
         "encoder": _validate_options(spec.encoder_options, cfg.encoder, "encoder"),
         "masking": cfg.masking.model_copy(
             update={"name": masker_name, "options": _validate_options(masker.options, cfg.masking.options, "masking.options")}
         ),
         "data": cfg.data.model_copy(update={"options": _validate_options(spec.data_options, cfg.data.options, "data.options")}),
+        "decoder": decoder,
     }
     return cfg.model_copy(update=updates)
 

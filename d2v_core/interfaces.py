@@ -117,7 +117,12 @@ class FeatureEncoder(nn.Module):
 
     def contextualize(self, x: Tensor, padding_mask: Tensor | None) -> Context:
         """Everything between (masked) local features and the Transformer layers: positional
-        encoding, prefix tokens, input LayerNorm and dropout, attention bias. Default: none."""
+        encoding, prefix tokens, input LayerNorm and dropout, attention bias. Default: none.
+
+        With a data2vec 2.0 decoder the core calls it on the local features with masked steps
+        set to zero, then keeps only the prefix tokens and the unmasked steps (and the matching
+        rows and columns of ``attn_bias``): so apart from positional encodings, which may see
+        the whole zeroed sequence, it must treat each step on its own."""
         return Context(x, padding_mask)
 
     def extra_state(self) -> Mapping[str, bytes]:
@@ -126,6 +131,22 @@ class FeatureEncoder(nn.Module):
 
     def load_extra_state(self, extra: Mapping[str, bytes]) -> None:
         """Restore what :meth:`extra_state` saved (called when a checkpoint is loaded)."""
+
+
+class Decoder(nn.Module):
+    """data2vec 2.0's light decoder: predicts targets at every step from the sparse student's
+    output put back in order, with noise at the masked steps.
+
+    ``forward(x, padding_mask, grid)``: ``x`` (B, T, D) -> (B, T, D); ``grid`` is the
+    :class:`Features` grid (a 2-D decoder reshapes T to it). Built by a ``decoder`` component's
+    factory as ``factory(options, dim)``. ``input_dropout`` is applied by the core to the
+    encoded steps before the masked steps are filled with noise (fairseq ``decoder_input``).
+    """
+
+    input_dropout: float = 0.0
+
+    @abstractmethod
+    def forward(self, x: Tensor, padding_mask: Tensor | None, grid: tuple[int, ...] | None) -> Tensor: ...
 
 
 class RecordDecoder(ABC):

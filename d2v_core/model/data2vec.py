@@ -1,48 +1,76 @@
-"""The data2vec model: a modality's FeatureEncoder, the core Transformer and a regression head,
-trained against an EMA teacher's averaged top-K layer targets."""
+"""The data2vec model: a modality's FeatureEncoder, the core Transformer and a regression head
+(1.0) or a decoder on a sparse student (2.0), trained against an EMA teacher's averaged top-K
+layer targets."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 from d2v_core.config import RunConfig
-from d2v_core.interfaces import Batch, FeatureEncoder, Features, MaskRequest, Masker, Normalizer
+from d2v_core.errors import ConfigError
+from d2v_core.interfaces import Batch, Decoder, FeatureEncoder, Features, MaskRequest, Masker, Normalizer
 from d2v_core.model.losses import feature_std, loss_scale, regression_loss
 from d2v_core.model.regression_head import build_regression_head
+from d2v_core.model.sparse_student import keep_context, keep_index, restore_order
 from d2v_core.model.targets import build_targets
 from d2v_core.model.transformer import Transformer
 
 
 @dataclass
 class StepOutput:
-    """``loss_sum``: summed over masked steps (fp32, differentiable); ``sample_size``: number of
-    masked steps; ``pred_var`` / ``target_var``: fairseq's collapse statistics (detached);
-    ``baseline_sum``: the loss of predicting the batch's mean target everywhere (detached), so
-    that ``loss_sum / baseline_sum`` shows learning even while the targets' variance changes."""
+    """``loss_sum``: summed over masked steps (fp32, differentiable; the CLS loss included);
+    ``sample_size``: number of masked steps (over all clones); ``pred_var`` / ``target_var``:
+    fairseq's collapse statistics (detached); ``baseline_sum``: the loss of predicting the
+    batch's mean target everywhere (detached), so that ``loss_sum / baseline_sum`` shows
+    learning even while the targets' variance changes; ``cls_sum``: the CLS part (detached)."""
 
     loss_sum: Tensor
     sample_size: Tensor
     pred_var: Tensor
     target_var: Tensor
     baseline_sum: Tensor
+    cls_sum: Tensor | None = None
+
+
+def masked_mean(y: Tensor, padding_mask: Tensor | None) -> Tensor:
+    """Mean over the valid steps of (B, T, D) -> (B, D)."""
+    if padding_mask is None:
+        return y.mean(1)
+    valid = (~padding_mask).unsqueeze(-1).to(y.dtype)
+    return (y * valid).sum(1) / valid.sum(1).clamp_min(1.0)
 
 
 class Data2Vec(nn.Module):
-    """Student = ``encoder`` + ``transformer`` + ``head``. The teacher is passed to
-    :meth:`forward` (it is not a submodule, so it is neither in the student's state dict nor
-    synchronised by DDP); :meth:`teacher_scope` is what the EMA teacher copies."""
+    """Student = ``encoder`` + ``transformer`` + ``head`` (1.0) or ``decoder`` (2.0). The teacher
+    is passed to :meth:`forward` (it is not a submodule, so it is neither in the student's state
+    dict nor synchronised by DDP); :meth:`teacher_scope` is what the EMA teacher copies.
 
-    def __init__(self, encoder: FeatureEncoder, cfg: RunConfig, masker: Masker, layer_norm: Normalizer, post_norm: Normalizer) -> None:
+    With ``masking.clone_batch`` M > 1 the student sees every sample M times with different
+    masks while the teacher runs once per sample. With a decoder, the student Transformer
+    encodes only the unmasked steps and the decoder predicts the masked ones.
+    """
+
+    def __init__(self, encoder: FeatureEncoder, cfg: RunConfig, masker: Masker, layer_norm: Normalizer,
+                 post_norm: Normalizer, decoder: Decoder | None = None) -> None:
         super().__init__()
         if encoder.dim != cfg.model.dim:
             raise ValueError(f"encoder dim {encoder.dim} != model.dim {cfg.model.dim}")
+        if decoder is not None and not masker.equal_counts:
+            raise ConfigError(
+                f"decoder {cfg.decoder.name!r} needs a masker that masks the same number of steps in every row; "
+                f"masker {cfg.masking.name!r} does not (choose one that declares equal counts, or unset decoder.name)"
+            )
+        if cfg.loss.cls_weight > 0 and encoder.num_prefix_tokens == 0:
+            raise ConfigError(f"loss.cls_weight needs a CLS token, but the {cfg.modality} encoder has no prefix tokens; set it to 0")
         self.cfg = cfg
         self.encoder = encoder
         self.transformer = Transformer(cfg.model)
-        self.head = build_regression_head(cfg.model.dim, cfg.loss.head, cfg.loss.head_hidden_mult)
+        self.decoder = decoder
+        self.head = build_regression_head(cfg.model.dim, cfg.loss.head, cfg.loss.head_hidden_mult) if decoder is None else None
         self.masker = masker
         self.layer_norm = layer_norm
         self.post_norm = post_norm
@@ -52,11 +80,12 @@ class Data2Vec(nn.Module):
         """The modules the teacher copies; their parameter names match the student's."""
         return nn.ModuleDict({"encoder": self.encoder, "transformer": self.transformer})
 
-    def make_mask(self, feats: Features, generator: torch.Generator) -> Tensor:
-        B, T = feats.x.shape[:2]
-        pad = None if feats.padding_mask is None else feats.padding_mask.cpu()
-        mask = self.masker(MaskRequest(B, T, pad, feats.grid), generator)
-        return mask.to(feats.x.device, non_blocking=True)
+    def make_mask(self, x: Tensor, padding_mask: Tensor | None, grid: tuple[int, ...] | None,
+                  generator: torch.Generator) -> Tensor:
+        B, T = x.shape[:2]
+        pad = None if padding_mask is None else padding_mask.cpu()
+        mask = self.masker(MaskRequest(B, T, pad, grid), generator)
+        return mask.to(x.device, non_blocking=True)
 
     def encode(self, batch: Batch, mask: Tensor | None = None) -> tuple[Tensor, Tensor | None]:
         """Student features (B, T, D) without prefix tokens, and the padding mask."""
@@ -82,15 +111,47 @@ class Data2Vec(nn.Module):
         p = enc.num_prefix_tokens
         return build_targets([layer[:, p:] for layer in out.layers], self.layer_norm, self.post_norm, pad)
 
+    def _dense_student(self, x: Tensor, pad: Tensor | None, mask: Tensor, generator: torch.Generator) -> tuple[Tensor, Tensor]:
+        """data2vec 1.0: mask embedding at the masked steps, all steps encoded; (states, predictions)."""
+        ctx = self.encoder.contextualize(self.encoder.apply_mask(x, mask, generator), pad)
+        states = self.transformer(ctx.x, ctx.padding_mask, ctx.attn_bias).x
+        return states, self.head(states[:, self.encoder.num_prefix_tokens :][mask])
+
+    def _sparse_student(self, x: Tensor, pad: Tensor | None, mask: Tensor, grid: tuple[int, ...] | None) -> tuple[Tensor, Tensor]:
+        """data2vec 2.0: only the prefix and the unmasked steps are encoded (masked steps are zero
+        for positional encoders that look at neighbours); the decoder fills in the rest."""
+        index = keep_index(mask)
+        p = self.encoder.num_prefix_tokens
+        ctx = self.encoder.contextualize(x.masked_fill(mask.unsqueeze(-1), 0.0), pad)
+        ctx = keep_context(ctx, index.keep, p)
+        states = self.transformer(ctx.x, ctx.padding_mask, ctx.attn_bias).x
+        kept = F.dropout(states[:, p:], self.decoder.input_dropout, self.training)
+        pred = self.decoder(restore_order(kept, index.restore, self.cfg.decoder.mask_noise_std), pad, grid)
+        return states, pred[mask]
+
     def forward(self, batch: Batch, generator: torch.Generator, teacher: nn.ModuleDict) -> StepOutput:
         feats = self.encoder.embed(batch)
-        mask = self.make_mask(feats, generator)
-        x = self.encoder.apply_mask(feats.x, mask, generator)
-        ctx = self.encoder.contextualize(x, feats.padding_mask)
-        out = self.transformer(ctx.x, ctx.padding_mask, ctx.attn_bias)
-        student = out.x[:, self.encoder.num_prefix_tokens :]
-        pred = self.head(student[mask])
-        y = self.targets(teacher, batch, feats)[mask]
-        loss = regression_loss(pred, y, self.cfg.loss.beta, self.scale).sum()
-        baseline = regression_loss(y.mean(0, keepdim=True).expand_as(y), y, self.cfg.loss.beta, self.scale).sum()
-        return StepOutput(loss, mask.sum(), feature_std(pred.detach()), feature_std(y), baseline)
+        y_full = self.targets(teacher, batch, feats)  # once per sample, before cloning
+        x, pad, y, m = feats.x, feats.padding_mask, y_full, self.cfg.masking.clone_batch
+        if m > 1:
+            x, y = x.repeat_interleave(m, 0), y.repeat_interleave(m, 0)
+            pad = None if pad is None else pad.repeat_interleave(m, 0)
+        mask = self.make_mask(x, pad, feats.grid, generator)
+        if self.decoder is None:
+            states, pred = self._dense_student(x, pad, mask, generator)
+        else:
+            states, pred = self._sparse_student(x, pad, mask, feats.grid)
+        y = y[mask]
+        beta = self.cfg.loss.beta
+        loss = regression_loss(pred, y, beta, self.scale).sum()
+        baseline = regression_loss(y.mean(0, keepdim=True).expand_as(y), y, beta, self.scale).sum()
+        cls = None
+        if self.cfg.loss.cls_weight > 0:
+            # fairseq weights the CLS loss by the number of masked steps, so that after the
+            # trainer's division by that number it counts once per sample
+            cls_y = masked_mean(y_full, feats.padding_mask)
+            cls_y = cls_y.repeat_interleave(m, 0) if m > 1 else cls_y
+            cls = regression_loss(states[:, 0], cls_y, beta, self.scale).sum() * (self.cfg.loss.cls_weight * mask.sum())
+            loss = loss + cls
+        return StepOutput(loss, mask.sum(), feature_std(pred.detach()), feature_std(y), baseline,
+                          None if cls is None else cls.detach())

@@ -72,7 +72,9 @@ class Trainer:
         self.versions = {"d2v": __version__, **(versions or {})}
         self.student_scope = model.teacher_scope()  # one object, so the EMA matches parameters once
         self.teacher = EMATeacher(self.student_scope, cfg.ema)
-        self.ddp = model if dist.world_size == 1 else DDP(model, find_unused_parameters=cfg.model.layerdrop > 0)
+        # LayerDrop skips layers; the sparse student (2.0) never uses the mask embedding
+        unused = cfg.model.layerdrop > 0 or cfg.decoder.name is not None
+        self.ddp = model if dist.world_size == 1 else DDP(model, find_unused_parameters=unused)
         self.optimizer = build_optimizer(model, cfg.optim)
         peak, total = cfg.optim.lr, cfg.runtime.max_steps
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, lambda s: lr_at(s, peak, total, cfg.optim.schedule) / peak)
@@ -138,7 +140,7 @@ class Trainer:
     def train_step(self) -> dict[str, float]:
         cfg, accum = self.cfg, self.cfg.optim.accum_steps
         self.model.train()
-        sums = torch.zeros(6, dtype=torch.float64, device=self.device)  # loss, size, pred_var, target_var, samples, baseline
+        sums = torch.zeros(7, dtype=torch.float64, device=self.device)  # loss, size, pred_var, target_var, samples, baseline, cls
         for micro in range(accum):
             batch = to_device(self._next_batch(), self.device)
             sync = micro == accum - 1 or not isinstance(self.ddp, DDP)
@@ -147,7 +149,7 @@ class Trainer:
             (self.scaler.scale(out.loss_sum) if self.scaler else out.loss_sum).backward()
             sums += torch.stack([out.loss_sum.detach().double(), out.sample_size.double(), out.pred_var.double(),
                                  out.target_var.double(), torch.tensor(float(len(batch["keys"])), device=self.device, dtype=torch.float64),
-                                 out.baseline_sum.double()])
+                                 out.baseline_sum.double(), out.cls_sum.double() if out.cls_sum is not None else sums.new_zeros(())])
         totals = all_reduce_sum(sums.clone())
         loss_sum, sample_size = totals[0].item(), max(totals[1].item(), 1.0)
         if not math.isfinite(loss_sum):
@@ -172,9 +174,11 @@ class Trainer:
         tau = self.teacher.update(self.student_scope, self.step)
         metrics = {"loss": loss_sum / sample_size, "lr": lr, "tau": tau, "sample_size": sample_size,
                    "pred_var": totals[2].item() / accum / self.dist.world_size, "target_var": totals[3].item() / accum / self.dist.world_size,
-                   "samples": totals[4].item(), "rel_loss": loss_sum / max(totals[5].item(), 1e-12)}
+                   "samples": totals[4].item(), "rel_loss": (loss_sum - totals[6].item()) / max(totals[5].item(), 1e-12)}
         if grad_norm is not None:
             metrics["grad_norm"] = grad_norm
+        if cfg.loss.cls_weight > 0:
+            metrics["cls_loss"] = totals[6].item() / sample_size
         self._check_health(metrics)
         return metrics
 
