@@ -2,7 +2,7 @@
 PYTHON ?= $(shell command -v python3.11 || command -v python3)
 VENV := .venv
 BIN := $(VENV)/bin
-PLUGINS := plugins/d2v-plugin-audio plugins/d2v-plugin-image plugins/d2v-plugin-text
+PLUGINS := plugins/d2v-plugin-audio plugins/d2v-plugin-image plugins/d2v-plugin-text plugins/d2v-plugin-maskers
 STAMP := $(VENV)/.d2v-installed
 
 .PHONY: demo test install clean

@@ -65,11 +65,12 @@ def read_metrics(run: Path) -> list[dict]:
     return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
 
 
-def pretrain(modality: str, data: str, run: Path, steps: int, deadline_s: float | None, extra: list[str]) -> dict:
+def pretrain(modality: str, data: str, run: Path, steps: int, deadline_s: float | None, extra: list[str],
+             preset: str = "tiny") -> dict:
     """``d2v pretrain`` in a subprocess, stopped by SIGINT at the deadline; returns what happened."""
     if run.exists():
         shutil.rmtree(run)
-    cmd = [d2v_exe(), "pretrain", "--modality", modality, "--preset", "tiny", "--data", data, "--out", str(run),
+    cmd = [d2v_exe(), "pretrain", "--modality", modality, "--preset", preset, "--data", data, "--out", str(run),
            "--max-steps", str(steps), "--set", "runtime.progress=false", "--set", "runtime.tensorboard=false", *extra]
     log = (run.parent / f"{run.name}.log")
     run.parent.mkdir(parents=True, exist_ok=True)
@@ -141,22 +142,24 @@ def probe(run: Path, manifest: Path, split_by: str, variant: str, out_json: Path
     return report
 
 
-def whole_clip_view(run: Path, work: Path) -> Path:
-    """A copy of the run's latest checkpoint whose stored audio decoding options keep every
-    clip whole: no training ``min_sample_size`` (the tiny preset's 1 s would skip most spoken
-    digits, 0.5-1.1 s) and ``batching: pad`` instead of cropping each embedding batch to its
-    shortest clip at a random offset. The weights are the run's, unchanged."""
+def whole_clip_view(run: Path, work: Path, checkpoint: Path | None = None) -> Path:
+    """A copy of the run's latest checkpoint (or ``checkpoint``) whose stored audio decoding
+    options keep every clip whole: no training ``min_sample_size`` (the tiny preset's 1 s would
+    skip most spoken digits, 0.5-1.1 s) and ``batching: pad`` instead of cropping each embedding
+    batch to its shortest clip at a random offset. The weights are the run's, unchanged."""
     import yaml
 
     from d2v_core.train.checkpoint import latest_checkpoint
 
-    ckpt = latest_checkpoint(run)
-    if ckpt is None:
-        raise RuntimeError(f"{run} has no complete checkpoint")
-    view = work / ckpt.path.name
+    if checkpoint is None:
+        latest = latest_checkpoint(run)
+        if latest is None:
+            raise RuntimeError(f"{run} has no complete checkpoint")
+        checkpoint = latest.path
+    view = work / checkpoint.name
     if work.exists():
         shutil.rmtree(work)
-    shutil.copytree(ckpt.path, view)
+    shutil.copytree(checkpoint, view)
     cfg = yaml.safe_load((view / "config.yaml").read_text(encoding="utf-8"))
     cfg["data"]["options"].update({"min_sample_size": 400, "batching": "pad"})  # 400: the conv stack's receptive field
     (view / "config.yaml").write_text(yaml.safe_dump(cfg, sort_keys=False), encoding="utf-8")

@@ -29,6 +29,22 @@ def deep_merge(base: Mapping[str, Any], over: Mapping[str, Any]) -> dict[str, An
     return out
 
 
+#: Sections that name a component: their options belong to the component named.
+_NAMED_SECTIONS = ("masking", "decoder")
+
+
+def merge_layer(base: Mapping[str, Any], over: Mapping[str, Any]) -> dict[str, Any]:
+    """``over`` merged into ``base``, except that a layer naming another masker or decoder
+    drops the options ``base`` gave the previous one (they would not validate against it)."""
+    base = dict(base)
+    for section in _NAMED_SECTIONS:
+        new = over.get(section)
+        old = base.get(section)
+        if isinstance(new, Mapping) and isinstance(old, Mapping) and "name" in new and new["name"] != old.get("name"):
+            base[section] = {k: v for k, v in old.items() if k != "options"}
+    return deep_merge(base, over)
+
+
 def format_validation_error(err: ValidationError, prefix: str = "") -> str:
     parts = []
     for e in err.errors():
@@ -128,9 +144,8 @@ def resolve_config(
     spec = registry.modality(str(modality))
     preset = preset or file_data.get("preset")
     preset_name, merged = preset_dict(spec, preset)
-    merged = deep_merge(merged, file_data)
-    for o in over:
-        merged = deep_merge(merged, o)
+    for layer in (file_data, *over):
+        merged = merge_layer(merged, layer)
     merged["modality"] = spec.name
     merged["preset"] = preset_name
     try:

@@ -282,3 +282,58 @@ def test_v1_dense_student_with_clones_predicts_through_the_head():
     out = model(_batch(), torch.Generator().manual_seed(0), teacher.model)
     assert seen == [(6, 13, 16)] and int(out.sample_size) == 30
     assert math.isfinite(float(out.loss_sum.detach()))
+
+
+# -- ALiBi -----------------------------------------------------------------------------------------
+
+
+def test_alibi_slopes_are_the_papers_geometric_sequences():
+    from d2v_core.model.alibi import alibi_slopes
+
+    assert alibi_slopes(8) == pytest.approx([2.0 ** -(i + 1) for i in range(8)])  # the paper's 1/2 ... 1/256
+    assert alibi_slopes(4) == pytest.approx([2.0 ** -(2 * (i + 1)) for i in range(4)])
+    # 12 heads: the 8 slopes of 8 heads, then slopes 1, 3, 5, 7 of 16 heads (2^-0.5 * 2^-k)
+    twelve = alibi_slopes(12)
+    assert twelve[:8] == pytest.approx([2.0 ** -(i + 1) for i in range(8)])
+    assert twelve[8:] == pytest.approx([2.0 ** -(0.5 * (i + 1)) for i in (0, 2, 4, 6)])
+
+
+def test_alibi_bias_is_minus_slope_times_distance():
+    from d2v_core.model.alibi import alibi_bias, alibi_slopes
+
+    b = alibi_bias(5, 2)
+    s = alibi_slopes(2)
+    for h in range(2):
+        for i in range(5):
+            for j in range(5):
+                assert b[h, i, j].item() == pytest.approx(-s[h] * abs(i - j))
+
+
+# -- configuration ---------------------------------------------------------------------------------
+
+
+def test_naming_another_masker_drops_the_previous_maskers_options():
+    from d2v_core.config_resolve import merge_layer
+
+    preset = {"masking": {"name": "block", "options": {"mask_ratio": 0.6}, "clone_batch": 4}}
+    assert merge_layer(preset, {"masking": {"name": "inverse-block"}})["masking"] == {"name": "inverse-block", "clone_batch": 4}
+    # same name, or no name: options merge as before
+    assert merge_layer(preset, {"masking": {"name": "block", "options": {"max_attempts": 3}}})["masking"]["options"] == {
+        "mask_ratio": 0.6, "max_attempts": 3}
+    assert merge_layer(preset, {"masking": {"options": {"max_attempts": 3}}})["masking"]["options"] == {
+        "mask_ratio": 0.6, "max_attempts": 3}
+
+
+def test_decoder_config_is_resolved_against_the_component(example_plugins):
+    from d2v_core.config_resolve import resolve_config
+    from d2v_core.errors import UnknownComponentError
+
+    reg = example_plugins.registry
+    cfg = resolve_config(reg, "vectors", "tiny", overrides=["decoder.name=conv1d", "decoder.options.channels=16"])
+    assert cfg.decoder.options["channels"] == 16 and cfg.decoder.options["kernel"] == 5  # the rest: defaults
+    with pytest.raises(ConfigError, match=r"decoder\.options: channels \(20\) must be divisible by groups \(16\)"):
+        resolve_config(reg, "vectors", "tiny", overrides=["decoder.name=conv1d", "decoder.options.channels=20"])
+    with pytest.raises(UnknownComponentError, match="unknown decoder 'conv3d'"):
+        resolve_config(reg, "vectors", "tiny", overrides=["decoder.name=conv3d"])
+    with pytest.raises(ConfigError, match="decoder.name is not"):
+        resolve_config(reg, "vectors", "tiny", overrides=["decoder.options.channels=16"])

@@ -96,3 +96,16 @@ def test_pretrain_probe_runs(tmp_path: Path) -> None:
     probe = result["probes"][0]
     assert 0.0 <= probe["pretrained"]["accuracy"] <= 1.0 and 0.0 <= probe["random-init"]["accuracy"] <= 1.0
     assert 0.0 <= result["classical"]["accuracy"] <= 1.0
+
+
+def test_v1_vs_v2_runs(tmp_path: Path) -> None:
+    _make_datasets(tmp_path / "data")
+    run_script("v1_vs_v2.py", "--modality", "audio", "--minutes", "2", "--steps", "2", "--checkpoints", "1",
+               "--root", str(tmp_path / "data"), "--work", str(tmp_path / "runs"), "--set", "data.batch_size=2",
+               "--out", str(tmp_path))
+    result = json.loads((tmp_path / "v1_vs_v2_audio_2min.json").read_text())
+    v1, v2 = result["runs"]
+    assert (v1["preset"], v2["preset"]) == ("tiny", "v2-tiny")
+    assert v2["throughput"]["clone_batch"] == 8 and v1["throughput"]["clone_batch"] == 1
+    assert all(0.0 <= r["checkpoints"][-1]["accuracy"] <= 1.0 for r in (v1, v2))
+    assert result["summary"]["samples_per_s_ratio_v2_over_v1"] > 0

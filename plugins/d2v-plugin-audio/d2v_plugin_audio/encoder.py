@@ -14,6 +14,9 @@ this encoder                           ``Data2VecAudioModel``
 ``layer_norm.*``                       ``encoder.layer_norm.*``
 ``mask_embedding``                     ``masked_spec_embed``
 =====================================  ===========================================
+
+With ``alibi`` (data2vec 2.0 audio), ``contextualize`` also returns an ALiBi attention bias
+scaled per head by the learned ``alibi_scale`` (no transformers counterpart).
 """
 
 from __future__ import annotations
@@ -24,6 +27,7 @@ from torch import Tensor, nn
 from d2v_core.config import RunConfig
 from d2v_core.errors import ConfigError, DataError
 from d2v_core.interfaces import Batch, Context, FeatureEncoder, Features
+from d2v_core.model.alibi import alibi_bias
 
 from d2v_plugin_audio.conv_feature_extractor import ConvFeatureExtractor, FeatureProjection, frame_padding_mask
 from d2v_plugin_audio.options import AudioEncoderOptions
@@ -43,7 +47,8 @@ class AudioFeatureEncoder(FeatureEncoder):
     num_prefix_tokens = 0
 
     def __init__(
-        self, dim: int, options: AudioEncoderOptions | None = None, dropout: float = 0.1, norm_eps: float = 1e-5
+        self, dim: int, options: AudioEncoderOptions | None = None, dropout: float = 0.1, norm_eps: float = 1e-5,
+        heads: int = 12,
     ) -> None:
         super().__init__()
         opts = options or AudioEncoderOptions()
@@ -61,6 +66,18 @@ class AudioFeatureEncoder(FeatureEncoder):
         self.pos_conv_embed = PositionalConvEmbedding(dim, opts.pos_conv_depth, opts.pos_conv_kernel, opts.pos_conv_groups)
         self.layer_norm = nn.LayerNorm(dim, eps=norm_eps)
         self.dropout = nn.Dropout(dropout)
+        self.heads = heads
+        if opts.alibi:  # fairseq learned_alibi_scale_per_head: shape (1, heads, 1, 1)
+            self.alibi_scale = nn.Parameter(torch.full((1, heads, 1, 1), opts.alibi_scale_init))
+        else:
+            self.alibi_scale = None
+        self._alibi_cache: dict[tuple[int, str], Tensor] = {}
+
+    def _alibi(self, length: int, device: torch.device) -> Tensor:
+        key = (length, str(device))
+        if key not in self._alibi_cache:  # the unscaled bias depends only on the length
+            self._alibi_cache = {key: alibi_bias(length, self.heads, device).unsqueeze(0)}
+        return self._alibi_cache[key] * self.alibi_scale.clamp_min(0).to(torch.float32)
 
     def output_lengths(self, num_samples: int | Tensor) -> int | Tensor:
         """Frames produced from ``num_samples`` samples."""
@@ -79,11 +96,13 @@ class AudioFeatureEncoder(FeatureEncoder):
             x = x.masked_fill(padding_mask.unsqueeze(-1), 0.0)  # pads must not leak into the pos conv
         x = x + self.pos_conv_embed(x)
         x = self.dropout(self.layer_norm(x))
-        return Context(x, padding_mask)
+        bias = None if self.alibi_scale is None else self._alibi(x.shape[1], x.device)
+        return Context(x, padding_mask, bias)
 
 
 def build_encoder(cfg: RunConfig) -> AudioFeatureEncoder:
     """Factory named by the audio ModalitySpec: options from ``cfg.encoder``, width, dropout and
     LayerNorm eps from ``cfg.model``."""
     opts = AudioEncoderOptions.model_validate(cfg.encoder)
-    return AudioFeatureEncoder(cfg.model.dim, opts, dropout=cfg.model.dropout, norm_eps=cfg.model.norm_eps)
+    return AudioFeatureEncoder(cfg.model.dim, opts, dropout=cfg.model.dropout, norm_eps=cfg.model.norm_eps,
+                               heads=cfg.model.heads)

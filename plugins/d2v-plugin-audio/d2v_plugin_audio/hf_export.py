@@ -107,6 +107,9 @@ def check_exportable(cfg: RunConfig) -> None:
         reasons.append(f"model.qkv_bias is {m.qkv_bias!r} (Data2VecAudioModel has biases on q, k and v)")
     if m.final_norm:
         reasons.append("model.final_norm is true (Data2VecAudioModel has no LayerNorm after its layers)")
+    if cfg.encoder.get("alibi"):
+        reasons.append("encoder.alibi is true (Data2VecAudioModel has no ALiBi attention bias; data2vec 2.0 audio "
+                       "models have no transformers counterpart)")
     if reasons:
         raise ExportError(f"cannot export to hf: {'; '.join(reasons)}")
 
@@ -257,6 +260,7 @@ class AudioHFExporter(Exporter):
                 "conv_kernels": list(c.conv_kernel), "conv_strides": list(c.conv_stride), "conv_bias": bool(c.conv_bias),
                 "pos_conv_depth": c.num_conv_pos_embeddings, "pos_conv_kernel": c.conv_pos_kernel_size,
                 "pos_conv_groups": c.num_conv_pos_embedding_groups,
+                "alibi": False, "alibi_scale_init": 1.0,  # Data2VecAudioModel has no ALiBi
             },
         }
         pre_file = src / "preprocessor_config.json"

@@ -1,4 +1,4 @@
-"""Option models of the audio modality (pydantic, no torch): encoder, span masker, data.
+"""Option models of the audio modality (pydantic, no torch): encoder, maskers, data.
 
 Defaults are the data2vec v1 audio Base values (fairseq ``data2vec_audio`` +
 ``config/audio/pretraining/base_librispeech.yaml``); presets override them.
@@ -25,6 +25,8 @@ class AudioEncoderOptions(StrictModel):
     - ``conv_kernels`` / ``conv_strides``: one entry per conv layer.
     - ``pos_conv_depth``/``pos_conv_kernel``/``pos_conv_groups``: the positional conv stack
       (fairseq ``pos_conv_depth 5``, ``conv_pos 95`` -> kernel ``max(3, 95 // 5) = 19``, groups 16).
+    - ``alibi`` (data2vec 2.0 audio): add a symmetric ALiBi bias to every layer's attention logits,
+      times a learned per-head scale that starts at ``alibi_scale_init`` (clamped at 0 in use).
     """
 
     conv_channels: Union[PositiveInt, list[PositiveInt]] = 512
@@ -34,6 +36,8 @@ class AudioEncoderOptions(StrictModel):
     pos_conv_depth: PositiveInt = 5
     pos_conv_kernel: PositiveInt = 19
     pos_conv_groups: PositiveInt = 16
+    alibi: bool = False
+    alibi_scale_init: float = Field(1.0, ge=0.0)
 
     @model_validator(mode="after")
     def _layers_agree(self) -> "AudioEncoderOptions":
@@ -66,6 +70,20 @@ class SpanMaskerOptions(StrictModel):
     require_same_masks: bool = True
     no_overlap: bool = False
     mask_min_space: NonNegativeInt = 1
+
+
+class Block1dMaskerOptions(StrictModel):
+    """data2vec 2.0 audio masking (fairseq ``compute_block_mask_1d``, ``require_same_masks``).
+
+    ``int(T * (mask_prob + mask_prob_adjust) / mask_length)`` random centres per row, each a span
+    of ``mask_length`` frames, then exactly ``int(mask_prob * T)`` masked frames in every row
+    (``T``: the batch's shortest unpadded row). ``mask_prob_adjust`` over-provisions the spans,
+    whose overlaps would otherwise leave fewer than ``mask_prob * T`` frames to trim from.
+    """
+
+    mask_prob: float = Field(0.5, gt=0.0, lt=1.0)
+    mask_length: PositiveInt = 5
+    mask_prob_adjust: float = Field(0.05, ge=0.0, le=1.0)
 
 
 class AudioDataOptions(StrictModel):

@@ -1,4 +1,4 @@
-"""Registers the audio modality, the ``span`` masker and the ``hf`` exporter with d2v (no torch imported here)."""
+"""Registers the audio modality, the ``span`` and ``block-1d`` maskers and the ``hf`` exporter with d2v (no torch imported here)."""
 
 from __future__ import annotations
 
@@ -31,6 +31,15 @@ SPAN_MASKER = ComponentSpec(
     modalities=("audio",),
 )
 
+BLOCK1D_MASKER = ComponentSpec(
+    kind="masker",
+    name="block-1d",
+    factory=f"{_PKG}.block1d_masker:build_block1d_masker",
+    options=f"{_PKG}.options:Block1dMaskerOptions",
+    description="data2vec 2.0 fairseq compute_block_mask_1d: 5-frame spans, exactly int(0.5*T) masked in every row",
+    modalities=("audio",),
+)
+
 HF_EXPORTER = ComponentSpec(
     kind="exporter",
     name="audio-hf",
@@ -44,4 +53,5 @@ HF_EXPORTER = ComponentSpec(
 def d2v_register(registry) -> None:  # type: ignore[no-untyped-def]
     registry.add_modality(AUDIO)
     registry.add_component(SPAN_MASKER)
+    registry.add_component(BLOCK1D_MASKER)
     registry.add_component(HF_EXPORTER)

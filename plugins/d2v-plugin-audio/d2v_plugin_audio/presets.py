@@ -7,6 +7,9 @@
   is Base's.
 - ``tiny`` (default): a few-minute CPU run on the bundled demo clips that shows the loss
   falling; not a recipe for useful representations.
+- ``v2-base``: data2vec 2.0 audio Base (fairseq ``config/v2/base_audio_only_task.yaml``, spec
+  section 2.5): 8 masks per clip, exact-count block masking, a sparse student with ALiBi and a
+  1-D conv decoder, cosine schedule. ``v2-tiny``: the same recipe at ``tiny``'s encoder size.
 """
 
 from __future__ import annotations
@@ -101,4 +104,33 @@ TINY = _with(
     runtime={"max_steps": 400, "log_every": 10, "save_every": 200, "health_after_step": 100000},
 )
 
-PRESETS: dict[str, dict[str, Any]] = {"base": BASE, "large": LARGE, "tiny": TINY}
+# data2vec 2.0: the teacher EMA-averages everything the student has but the local encoder (conv
+# stack and projection) and the decoder; the positional conv, input LayerNorm and ALiBi scales
+# are averaged, not copied (fairseq make_target_model with ema_local_encoder false).
+V2_BASE = _with(
+    BASE,
+    encoder={"alibi": True, "alibi_scale_init": 1.0},
+    masking={"name": "block-1d", "options": {"mask_prob": 0.5, "mask_length": 5, "mask_prob_adjust": 0.05}, "clone_batch": 8},
+    decoder={"name": "conv1d", "options": {"channels": 384, "kernel": 7, "groups": 16, "layers": 4, "residual": True,
+                                           "projection_layers": 1, "input_dropout": 0.1}, "mask_noise_std": 0.01},
+    ema={"decay": 0.999, "end_decay": 0.99999, "anneal_end_step": 75000, "teacher_input": "features",
+         "copy_params": [], "exclude_params": _TEACHER_EXCLUDES},
+    optim={"lr": 7.5e-4, "no_decay_1d": True, "no_decay": ["encoder.alibi_scale"], "clip_norm": 0.0,
+           "schedule": {"name": "cosine", "warmup_steps": 8000, "warmup_init_lr": 0.0, "min_lr": 0.0}},
+    # fairseq: 1.0M samples per GPU on 8 GPUs; at LibriSpeech's ~12.3 s mean that is ~40 clips
+    data={"batch_size": 40},
+)
+
+V2_TINY = _with(
+    V2_BASE,
+    model=TINY["model"],
+    encoder={**TINY["encoder"], "alibi": True, "alibi_scale_init": 1.0},
+    targets=TINY["targets"],
+    decoder={**V2_BASE["decoder"], "options": {**V2_BASE["decoder"]["options"], "channels": 64}},
+    ema={**V2_BASE["ema"], "decay": 0.99, "end_decay": 0.999, "anneal_end_step": 300},
+    optim={"lr": 1e-3, "schedule": {"name": "cosine", "warmup_steps": 40, "warmup_init_lr": 0.0, "min_lr": 1e-5}},
+    data=TINY["data"],
+    runtime=TINY["runtime"],
+)
+
+PRESETS: dict[str, dict[str, Any]] = {"base": BASE, "large": LARGE, "tiny": TINY, "v2-base": V2_BASE, "v2-tiny": V2_TINY}

@@ -5,12 +5,18 @@ Parameter names map one to one onto Hugging Face ``Data2VecVisionModel`` (spec s
 ``embeddings.cls_token``, ``mask_embedding`` (D,) -> ``embeddings.mask_token`` (1, 1, D),
 ``rel_pos_bias.relative_position_bias_table`` ->
 ``encoder.relative_position_bias.relative_position_bias_table``.
+
+With ``position: sincos``, ``input_norm`` and ``init: mae`` it is data2vec 2.0's image encoder:
+a fixed 2-D sine-cosine embedding (timm's ``build_sincos2d_pos_embed``: MAE's up to a fixed
+order of the channels, which the learned patch projection absorbs) added before masking, CLS
+drawn from N(0, 1), a LayerNorm over CLS + patches, no attention bias.
 """
 
 from __future__ import annotations
 
 import torch
 from timm.layers import PatchEmbed
+from timm.layers.pos_embed_sincos import build_sincos2d_pos_embed
 from torch import Tensor, nn
 
 from d2v_core.config import RunConfig
@@ -39,7 +45,8 @@ class ImageEncoder(FeatureEncoder):
 
     def __init__(
         self, dim: int, heads: int, image_size: int = 224, patch_size: int = 16, dropout: float = 0.0,
-        init_std: float = 0.02,
+        init_std: float = 0.02, position: str = "relative", input_norm: bool = False, init: str = "beit",
+        norm_eps: float = 1e-6,
     ) -> None:
         super().__init__()
         self.dim = dim
@@ -48,17 +55,29 @@ class ImageEncoder(FeatureEncoder):
         self.grid: tuple[int, int] = tuple(self.patch_embed.grid_size)  # type: ignore[assignment]
         self.cls_token = nn.Parameter(torch.zeros(1, 1, dim))
         self.mask_embedding = nn.Parameter(torch.zeros(dim))
-        self.rel_pos_bias = RelativePositionBias(self.grid, heads)
+        if position == "relative":
+            self.rel_pos_bias = RelativePositionBias(self.grid, heads)
+        else:  # fixed, derived from the grid: not saved
+            self.rel_pos_bias = None
+            self.register_buffer("pos_embed", build_sincos2d_pos_embed(list(self.grid), dim).unsqueeze(0), persistent=False)
+        self.input_norm = nn.LayerNorm(dim, eps=norm_eps) if input_norm else None
         self.input_dropout = nn.Dropout(dropout)  # BEiT's pos_drop (drop_rate) after the CLS concat
         self.init_std = init_std
+        self.init = init
         self.reset_parameters()
 
     def reset_parameters(self) -> None:
-        """BEiT init: truncated normal (std 0.02) for the patch conv, CLS and mask token, zero
-        conv bias; the relative position table stays zero."""
-        beit_trunc_normal_(self.patch_embed.proj.weight, self.init_std)
+        """``beit``: truncated normal (std 0.02) for the patch conv, CLS and mask token, zero conv
+        bias; the relative position table stays zero. ``mae``: Xavier-uniform patch conv on its
+        flattened weight, zero bias, CLS N(0, 1) (fairseq ``init_extra_token_zero: false``)."""
         nn.init.zeros_(self.patch_embed.proj.bias)
-        beit_trunc_normal_(self.cls_token, self.init_std)
+        if self.init == "mae":
+            w = self.patch_embed.proj.weight
+            nn.init.xavier_uniform_(w.view(w.shape[0], -1))
+            nn.init.normal_(self.cls_token)
+        else:
+            beit_trunc_normal_(self.patch_embed.proj.weight, self.init_std)
+            beit_trunc_normal_(self.cls_token, self.init_std)
         beit_trunc_normal_(self.mask_embedding, self.init_std)
 
     def embed(self, batch: Batch) -> Features:
@@ -71,6 +90,8 @@ class ImageEncoder(FeatureEncoder):
                 f"{self.image_size}x{self.image_size} (encoder.image_size)"
             )
         x = self.patch_embed(images.to(self.patch_embed.proj.weight.dtype))
+        if self.rel_pos_bias is None:
+            x = x + self.pos_embed.to(x.dtype)
         return Features(x, None, self.grid)
 
     def apply_mask(self, x: Tensor, mask: Tensor, generator: torch.Generator | None = None) -> Tensor:
@@ -82,10 +103,13 @@ class ImageEncoder(FeatureEncoder):
         if x.shape[1] != n:
             raise ValueError(f"expected {n} patch tokens for a {self.grid[0]}x{self.grid[1]} grid, got {x.shape[1]}")
         cls = self.cls_token.to(x.dtype).expand(x.shape[0], -1, -1)
-        x = self.input_dropout(torch.cat([cls, x], dim=1))
+        x = torch.cat([cls, x], dim=1)
+        if self.input_norm is not None:
+            x = self.input_norm(x)
+        x = self.input_dropout(x)
         if padding_mask is not None:
             padding_mask = torch.cat([padding_mask.new_zeros(padding_mask.shape[0], 1), padding_mask], dim=1)
-        return Context(x, padding_mask, self.rel_pos_bias())
+        return Context(x, padding_mask, None if self.rel_pos_bias is None else self.rel_pos_bias())
 
 
 def build_encoder(cfg: RunConfig) -> ImageEncoder:
@@ -99,5 +123,6 @@ def build_encoder(cfg: RunConfig) -> ImageEncoder:
         )
     return ImageEncoder(
         dim=cfg.model.dim, heads=cfg.model.heads, image_size=opts.image_size, patch_size=opts.patch_size,
-        dropout=cfg.model.dropout, init_std=opts.init_std,
+        dropout=cfg.model.dropout, init_std=opts.init_std, position=opts.position, input_norm=opts.input_norm,
+        init=opts.init, norm_eps=cfg.model.norm_eps,
     )

@@ -157,12 +157,15 @@ def check_exportable(model: nn.Module, cfg: RunConfig) -> None:
     """Raise :class:`ExportError` (one line) for what ``Data2VecVisionModel`` cannot represent."""
     m = cfg.model
     if m.layout != "pre_ln":
-        raise ExportError(f"Data2VecVisionModel has pre-LN BEiT layers; this model has model.layout={m.layout}, "
-                          "which the hf format cannot represent")
+        raise ExportError(f"Data2VecVisionModel has pre-LN BEiT layers; this model has model.layout={m.layout} "
+                          "(a data2vec 2.0 ViT is post-LN), which the hf format cannot represent")
     if not m.final_norm:
         raise ExportError("Data2VecVisionModel ends with a LayerNorm (use_mean_pooling=false); this model has "
                           "model.final_norm=false, which the hf format cannot represent")
     enc = model.encoder
+    if getattr(enc, "rel_pos_bias", True) is None or getattr(enc, "input_norm", None) is not None:
+        raise ExportError("Data2VecVisionModel has BEiT's relative position bias and no input LayerNorm; this is a data2vec 2.0 "
+                          "image encoder (encoder.position=sincos or encoder.input_norm=true), which the hf format cannot represent")
     missing = [a for a in ("patch_embed", "cls_token", "mask_embedding", "rel_pos_bias", "grid") if not hasattr(enc, a)]
     if missing:
         raise ExportError(f"{type(enc).__name__} is not the d2v-plugin-image encoder (no {', '.join(missing)})")

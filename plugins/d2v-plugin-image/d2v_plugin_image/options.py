@@ -17,11 +17,22 @@ class ImageEncoderOptions(StrictModel):
 
     The relative position bias table is sized for this grid, so the data must produce images of
     exactly ``image_size``.
+
+    - ``position``: ``relative`` (BEiT / data2vec: a learned relative position bias shared by all
+      layers) or ``sincos`` (data2vec 2.0 / MAE: a fixed 2-D sine-cosine embedding added to the
+      patches before masking).
+    - ``input_norm``: a LayerNorm after the CLS token is prepended (data2vec 2.0's context encoder).
+    - ``init``: ``beit`` (truncated normal, std ``init_std``, for the patch conv, CLS and mask
+      token) or ``mae`` (data2vec 2.0: Xavier-uniform patch conv on its flattened weight, CLS
+      N(0, 1)).
     """
 
     image_size: PositiveInt = 224
     patch_size: PositiveInt = 16
     init_std: float = Field(0.02, gt=0.0)
+    position: Literal["relative", "sincos"] = "relative"
+    input_norm: bool = False
+    init: Literal["beit", "mae"] = "beit"
 
     @model_validator(mode="after")
     def _patches_tile_image(self) -> "ImageEncoderOptions":

@@ -1,4 +1,5 @@
-"""d2v plugin registration for the image modality (no torch at import time)."""
+"""d2v plugin registration for the image modality: the modality, the BEiT ``block`` masker, the
+data2vec 2.0 ``conv2d`` decoder and the ``hf`` exporter (no torch at import time)."""
 
 from __future__ import annotations
 
@@ -49,8 +50,19 @@ HF_EXPORTER = ComponentSpec(
 )
 
 
+CONV2D_DECODER = ComponentSpec(
+    kind="decoder",
+    name="conv2d",
+    factory=f"{_PKG}.conv_decoder_2d:build_conv_decoder_2d",
+    options="d2v_core.decoder_options:ConvDecoderOptions",
+    description="data2vec 2.0 2-D conv decoder on the patch grid (conv -> LN -> GELU blocks + projection)",
+    modalities=("image",),
+)
+
+
 @hookimpl
 def d2v_register(registry) -> None:  # type: ignore[no-untyped-def]
     registry.add_modality(IMAGE)
     registry.add_component(BLOCK_MASKER)
+    registry.add_component(CONV2D_DECODER)
     registry.add_component(HF_EXPORTER)

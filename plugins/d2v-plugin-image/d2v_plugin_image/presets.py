@@ -7,6 +7,14 @@ layer-normalised, then layer-normalised again; SmoothL1(beta 2) averaged over fe
 whole-model EMA 0.9998 fed the raw (augmented) image; AdamW with warm-up and per-step cosine.
 Step counts assume ImageNet-1k (1,281,167 images) and BEiT's ``len(dataset) // batch`` steps per
 epoch. ``tiny`` is a small model on 32 px images that trains in minutes on a CPU.
+
+``v2-base`` is data2vec 2.0 ViT-B/16 (fairseq ``config/v2/base_images_only_task.yaml``, spec
+sections 2.1-2.5): post-LN blocks (10 + a 2-block prenet = 12 here, one stack), fixed sin-cos
+positions, a LayerNorm before the blocks, 16 inverse-block masks per image (80% masked; the
+``inverse-block`` masker comes from the separate ``d2v-plugin-maskers`` distribution), a sparse
+student, the 2-D conv decoder, targets = mean of the top 10 FFN outputs instance-normed then
+layer-normed, MSE / sqrt(D), CLS loss 0.01, EMA 0.9998 -> 0.99999. ``v2-tiny`` is the same
+recipe at ``tiny``'s size.
 """
 
 from __future__ import annotations
@@ -86,4 +94,53 @@ TINY: dict[str, Any] = {
     "runtime": {"max_steps": 1000, "log_every": 20, "save_every": 500},
 }
 
-PRESETS: dict[str, dict[str, Any]] = {"tiny": TINY, "base": BASE, "large": LARGE}
+
+def _v2_vit(dim: int, depth: int, heads: int) -> dict:
+    return {
+        "dim": dim, "depth": depth, "heads": heads, "ffn_dim": 4 * dim, "layout": "post_ln",
+        "dropout": 0.0, "attention_dropout": 0.0, "activation_dropout": 0.0, "drop_path": 0.0, "layerdrop": 0.0,
+        "layer_scale_init": None, "norm_eps": 1e-6, "qkv_bias": "qkv", "final_norm": False, "init": "bert",
+    }
+
+
+_V2_ENCODER = {"position": "sincos", "input_norm": True, "init": "mae"}
+_V2_DECODER = {"name": "conv2d", "mask_noise_std": 0.01,
+               "options": {"channels": 768, "kernel": 3, "groups": 16, "layers": 6, "residual": True,
+                           "projection_layers": 1, "input_dropout": 0.0}}
+_V2_AUGMENT = {"augment": True, "color_jitter": 0.0, "hflip": 0.5, "crop_scale": [0.2, 1.0], "interpolation": "bicubic"}
+
+#: data2vec 2.0 ViT-B/16: 16 x 16 GPUs x batch 16, lr 1e-3, 375,300 steps with 50,040 of warm-up.
+V2_BASE: dict[str, Any] = {
+    "model": _v2_vit(768, 12, 12),
+    "encoder": {"image_size": 224, "patch_size": 16, **_V2_ENCODER},
+    "masking": {"name": "inverse-block", "options": {"mask_prob": 0.8, "mask_length": 3, "mask_prob_adjust": 0.07},
+                "clone_batch": 16},
+    "decoder": copy.deepcopy(_V2_DECODER),
+    "targets": {"top_k": 10, "source": "ffn", "layer_norm": "instance", "post_norm": "layer"},
+    "loss": {"beta": 0.0, "scale": "inv_sqrt_dim", "head": "linear", "cls_weight": 0.01},
+    "ema": {"decay": 0.9998, "end_decay": 0.99999, "anneal_end_step": 100_000, "teacher_input": "raw",
+            "exclude_params": ["encoder.mask_embedding"]},
+    "optim": {
+        "lr": 1e-3, "betas": [0.9, 0.95], "eps": 1e-6, "weight_decay": 0.05, "no_decay_1d": True, "no_decay": [],
+        "clip_norm": 4.0,
+        "schedule": {"name": "cosine", "warmup_steps": 50_040, "warmup_init_lr": 0.0, "min_lr": 0.0},
+    },
+    "data": {"batch_size": 256, "num_workers": 8, "options": dict(_V2_AUGMENT)},
+    "runtime": {"max_steps": 375_300, "health_after_step": 5000, "min_target_var": 0.0, "min_pred_var": 0.0},
+}
+
+V2_TINY: dict[str, Any] = {
+    **copy.deepcopy(V2_BASE),
+    "model": _v2_vit(128, 4, 4),
+    "encoder": {"image_size": 32, "patch_size": 4, **_V2_ENCODER},
+    "decoder": {**copy.deepcopy(_V2_DECODER), "options": {**_V2_DECODER["options"], "channels": 128}},
+    "targets": {"top_k": 3, "source": "ffn", "layer_norm": "instance", "post_norm": "layer"},
+    "ema": {"decay": 0.996, "end_decay": 0.999, "anneal_end_step": 500, "teacher_input": "raw",
+            "exclude_params": ["encoder.mask_embedding"]},
+    "optim": {**copy.deepcopy(V2_BASE["optim"]),
+              "schedule": {"name": "cosine", "warmup_steps": 100, "warmup_init_lr": 0.0, "min_lr": 1e-5}},
+    "data": {"batch_size": 32, "options": {**_V2_AUGMENT, "hflip": 0.0, "crop_scale": [0.5, 1.0]}},
+    "runtime": {"max_steps": 1000, "log_every": 20, "save_every": 500, "min_target_var": 0.0, "min_pred_var": 0.0},
+}
+
+PRESETS: dict[str, dict[str, Any]] = {"tiny": TINY, "base": BASE, "large": LARGE, "v2-base": V2_BASE, "v2-tiny": V2_TINY}

@@ -33,8 +33,13 @@ def test_registers_image_modality_and_block_masker(registry):
     assert plugin_module.D2V_PLUGIN_API_VERSION == "1.0"
 
 
-def test_check_modality(registry):
-    testing.check_modality(registry.modality("image"), registry)
+def test_check_modality():
+    """Every preset resolves; the data2vec 2.0 presets name ``inverse-block`` from d2v-plugin-maskers."""
+    from d2v_core.plugin_loader import module_source
+
+    maskers = pytest.importorskip("d2v_plugin_maskers.plugin")
+    with testing.plugin_context(module_source(plugin_module, name="image"), module_source(maskers, name="maskers")) as loaded:
+        testing.check_modality(loaded.registry.modality("image"), loaded.registry)
 
 
 def test_base_preset_is_the_data2vec_vision_recipe(registry):
@@ -43,7 +48,8 @@ def test_base_preset_is_the_data2vec_vision_recipe(registry):
     assert (m.dim, m.depth, m.heads, m.ffn_dim) == (768, 12, 12, 3072)
     assert (m.layout, m.layer_scale_init, m.qkv_bias, m.final_norm, m.norm_eps, m.init) == ("pre_ln", 1e-4, "qv", True, 1e-6, "beit")
     assert (m.drop_path, m.attention_dropout, m.dropout) == (0.25, 0.05, 0.0)
-    assert cfg.encoder == {"image_size": 224, "patch_size": 16, "init_std": 0.02}
+    assert cfg.encoder == {"image_size": 224, "patch_size": 16, "init_std": 0.02, "position": "relative",
+                           "input_norm": False, "init": "beit"}
     assert cfg.masking.name == "block" and cfg.masking.options["mask_ratio"] * 196 == pytest.approx(120)
     assert cfg.masking.options["min_num_patches"] == 16 and cfg.masking.options["max_aspect"] == pytest.approx(1 / 0.3)
     t = cfg.targets

@@ -32,10 +32,12 @@ class TextRecordDecoder(RecordDecoder):
 
     extensions = ("txt",)
 
-    def __init__(self, tokenizer: Tokenizer, block_size: int = 512, break_mode: str = "complete_doc") -> None:
+    def __init__(self, tokenizer: Tokenizer, block_size: int = 512, break_mode: str = "complete_doc",
+                 drop_partial_row: bool = False) -> None:
         self.tokenizer = tokenizer
         self.block_size = block_size
         self.break_mode = break_mode
+        self.drop_partial_row = drop_partial_row
 
     def decode(self, record: Mapping[str, Any], generator: torch.Generator | None = None) -> dict:
         payload = next((record[e] for e in self.extensions if e in record), None)
@@ -57,6 +59,8 @@ class TextRecordDecoder(RecordDecoder):
 
     def collate(self, samples: list[dict]) -> Batch:
         rows = pack_rows([s["tokens"] for s in samples], self.block_size, self.break_mode, self.tokenizer.bos_id)
+        if self.drop_partial_row and len(rows) > 1 and len(rows[-1].ids) < self.block_size:
+            rows = rows[:-1]
         length = max((len(r.ids) for r in rows), default=0)
         tokens = torch.full((len(rows), length), self.tokenizer.pad_id, dtype=torch.long)
         for i, r in enumerate(rows):
@@ -83,4 +87,4 @@ def build_record_decoder(cfg: RunConfig) -> TextRecordDecoder:
         raise ConfigError(
             f"data.options.block_size ({data.block_size}) exceeds encoder.max_positions ({enc.max_positions})"
         )
-    return TextRecordDecoder(load_tokenizer(enc.tokenizer), data.block_size, data.break_mode)
+    return TextRecordDecoder(load_tokenizer(enc.tokenizer), data.block_size, data.break_mode, data.drop_partial_row)

@@ -44,10 +44,14 @@ class TextDataOptions(StrictModel):
     - ``break_mode``: ``complete_doc`` packs whole documents into a row and never starts a row in
       the middle of a document, except to split a document longer than a row; ``none`` cuts the
       batch's documents, concatenated, every ``block_size - 1`` tokens.
+    - ``drop_partial_row``: drop a batch's last row when it is shorter than ``block_size`` and
+      other rows are full (data2vec 2.0 presets with ``break_mode: none``: masks with the same
+      count in every row would otherwise be sized by that short row).
     """
 
     block_size: PositiveInt = Field(512, ge=2)
     break_mode: Literal["complete_doc", "none"] = "complete_doc"
+    drop_partial_row: bool = False
 
 
 class BertMaskOptions(StrictModel):
@@ -64,3 +68,11 @@ class SpanMaskOptions(StrictModel):
 
     mask_prob: float = Field(0.35, gt=0.0, lt=1.0)
     span_length: PositiveInt = 4
+
+
+class RandomMaskOptions(StrictModel):
+    """``masking.options`` of ``text-random`` (data2vec 2.0 text, MAE ``random_masking``): each
+    row keeps ``int(n * (1 - mask_prob))`` of ``n`` tokens and masks the rest, uniformly without
+    replacement; ``n`` is the batch's shortest unpadded row, so every row masks as many."""
+
+    mask_prob: float = Field(0.48, gt=0.0, lt=1.0)

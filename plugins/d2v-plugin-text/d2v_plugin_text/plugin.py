@@ -12,6 +12,7 @@ _PKG = "d2v_plugin_text"
 MODALITY = "text"
 BERT_MASKER = "bert"
 SPAN_MASKER = "text-span"  # "span" is taken by the audio plugin (masker names are global)
+RANDOM_MASKER = "text-random"  # "random" is taken by the example plugin (d2v-plugin-example)
 
 
 def demo_data() -> str:
@@ -54,6 +55,16 @@ def d2v_register(registry) -> None:  # type: ignore[no-untyped-def]
             factory=f"{_PKG}.span_masker:build_span_masker",
             options=f"{_PKG}.options:SpanMaskOptions",
             description="4-token spans from 35%/4 of the tokens, about 31% masked (fairseq's released config)",
+            modalities=(MODALITY,),
+        )
+    )
+    registry.add_component(
+        ComponentSpec(
+            kind="masker",
+            name=RANDOM_MASKER,
+            factory=f"{_PKG}.random_masker:build_random_masker",
+            options=f"{_PKG}.options:RandomMaskOptions",
+            description="data2vec 2.0 (MAE random_masking): exactly L - int(0.52 L) tokens of every row, uniformly",
             modalities=(MODALITY,),
         )
     )

@@ -5,6 +5,11 @@
 - ``base-span``: fairseq's *released* config instead: 35%/4-token spans, all ``<mask>``.
 - ``tiny``: a CPU-sized model on the demo corpus and tokenizer; learns within minutes.
 - ``tiny-span``: ``tiny`` with the span masker.
+- ``v2-base``: data2vec 2.0 text Base (fairseq ``config/v2/base_text_only_task.yaml``, spec
+  section 2.5): 8 random masks (48%) per 512-token block, a sparse student (masked tokens are
+  dropped, no ``<mask>``), the 1-D conv decoder with a 2-layer projection, targets = mean of all
+  12 FFN outputs instance-normed, MSE, the teacher = the Transformer on the student's embeddings.
+  ``v2-tiny``: the same recipe at ``tiny``'s size.
 
 Every preset lets the teacher see the raw, unmasked sequence (the paper; fairseq's code gives it
 only the masked tokens, issue 4881) and copies the embeddings from the student each step
@@ -75,7 +80,45 @@ TINY: dict[str, Any] = deep_merge(
     },
 )
 
+_V2: dict[str, Any] = {
+    "masking": {"name": "text-random", "options": {"mask_prob": 0.48}, "clone_batch": 8},
+    "decoder": {"name": "conv1d", "mask_noise_std": 0.01,
+                "options": {"channels": 768, "kernel": 9, "groups": 1, "layers": 5, "residual": False,
+                            "projection_layers": 2, "projection_ratio": 2.0, "input_dropout": 0.1}},
+    "targets": {"top_k": 12, "source": "ffn", "layer_norm": "instance", "post_norm": "none"},
+    "loss": {"beta": 0.0, "scale": 1.0, "head": "linear"},
+    # fairseq ema_encoder_only: the teacher is the Transformer, fed the student's embeddings
+    "ema": {"decay": 0.9999, "end_decay": 0.99999, "anneal_end_step": 100_000, "teacher_input": "features",
+            "copy_params": list(_EMBEDDINGS), "exclude_params": []},
+    "optim": {
+        "lr": 2e-4, "betas": (0.9, 0.98), "eps": 1e-6, "weight_decay": 0.01, "no_decay_1d": True, "clip_norm": 1.0,
+        "schedule": {"name": "cosine", "warmup_steps": 4000, "warmup_init_lr": 0.0, "min_lr": 0.0},
+    },
+}
+
+V2_BASE: dict[str, Any] = deep_merge(
+    BASE,
+    deep_merge(_V2, {
+        "model": {"layerdrop": 0.0},
+        # fairseq: 4 blocks of 512 tokens (sample_break_mode none) on each of 16 GPUs
+        "data": {"batch_size": 64, "options": {"block_size": 512, "break_mode": "none", "drop_partial_row": True}},
+    }),
+)
+
+V2_TINY: dict[str, Any] = deep_merge(
+    TINY,
+    deep_merge(_V2, {
+        "decoder": {"options": {"channels": 128}},
+        "targets": {"top_k": 4},
+        "ema": {"decay": 0.99, "end_decay": 0.999, "anneal_end_step": 1000},
+        "optim": {"lr": 1e-3, "schedule": {"name": "cosine", "warmup_steps": 100, "warmup_init_lr": 0.0, "min_lr": 0.0}},
+        "data": {"options": {"block_size": 128, "break_mode": "none", "drop_partial_row": True}},
+    }),
+)
+
 PRESETS: dict[str, dict[str, Any]] = {
+    "v2-base": V2_BASE,
+    "v2-tiny": V2_TINY,
     "base": BASE,
     "base-span": deep_merge(BASE, _SPAN),
     "tiny": TINY,

@@ -280,3 +280,25 @@ def test_export_refusal_through_the_cli(registry, small_tokenizer, tmp_path, cap
     save(random_model(registry, cfg), cfg, tmp_path / "run")
     code, _, err = run_cli(["export", str(tmp_path / "run"), "--format", "hf", "--out", str(tmp_path / "hf")], capsys)
     assert code == 1 and "pre_ln" in err and "final_norm" in err and err.count("\n") == 1
+
+
+def test_v2_model_exports_to_data2vec_text_model(registry, small_tokenizer, corpus_lines, tmp_path, capsys):
+    """The decoder is training-only; the encoder of a v2 text model is RoBERTa-shaped, so the hf
+    export holds it exactly."""
+    tok_file = tmp_path / "spm.model"
+    tok_file.write_bytes(small_tokenizer.model_bytes)
+    cfg = resolve_config(registry, "text", "v2-tiny", None, [
+        "model.dim=32", "model.depth=3", "model.heads=4", "model.ffn_dim=64", "targets.top_k=3",
+        f"encoder.tokenizer={tok_file}", "encoder.max_positions=48", "data.options.block_size=48",
+        "decoder.options.channels=16"])
+    model = random_model(registry, cfg)
+    assert any(k.startswith("decoder.") for k in model.state_dict())
+    save(model, cfg, tmp_path / "run")
+    texts = [corpus_lines[0], "Hi.", corpus_lines[1]]
+    batch = padded_batch(small_tokenizer, texts)
+    ours, _ = encoder_states(model, batch)
+    code, _, err = run_cli(["export", str(tmp_path / "run"), "--format", "hf", "--out", str(tmp_path / "hf")], capsys)
+    assert code == 0, err
+    _, theirs = hf_states(tmp_path / "hf", texts)
+    valid = ~batch["padding_mask"]
+    assert (ours - theirs).abs()[valid].max().item() <= 1e-4

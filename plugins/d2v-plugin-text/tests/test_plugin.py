@@ -25,13 +25,13 @@ def test_check_modality_and_registrations(registry):
     spec = registry.modality("text")
     testing.check_modality(spec, registry)
     assert spec.default_masker == "bert" and spec.default_preset == "tiny" and spec.extensions == ("txt",)
-    assert registry.names("masker", modality="text") == ["bert", "text-span"]
+    assert registry.names("masker", modality="text") == ["bert", "text-random", "text-span"]
     assert registry.component("masker", "text-span").modalities == ("text",)
     assert plugin.D2V_PLUGIN_API_VERSION == "1.0"
 
 
 def test_masker_specs_pass_the_conformance_kit(registry):
-    for name in ("bert", "text-span"):
+    for name in ("bert", "text-random", "text-span"):
         comp = registry.component("masker", name, modality="text")
         masker = comp.load_factory()(comp.load_options()())
         testing.check_masker(masker, length=200)
@@ -45,7 +45,7 @@ def test_base_preset_follows_the_spec(registry):
     assert cfg.masking.name == "bert" and cfg.masking.options == {"mask_prob": 0.15}
     assert (cfg.encoder["random_token_prob"], cfg.encoder["leave_unmasked_prob"], cfg.encoder["max_positions"]) == (0.1, 0.1, 512)
     assert cfg.targets.model_dump() == {"top_k": 10, "source": "ffn", "layer_norm": "layer", "post_norm": "none"}
-    assert cfg.loss.model_dump() == {"beta": 4.0, "scale": 1.0, "head": "mlp", "head_hidden_mult": 2}
+    assert cfg.loss.model_dump() == {"beta": 4.0, "scale": 1.0, "head": "mlp", "head_hidden_mult": 2, "cls_weight": 0.0}
     e = cfg.ema
     assert (e.decay, e.end_decay, e.anneal_end_step, e.teacher_input) == (0.999, 0.9999, 300_000, "raw")
     assert e.copy_params == ["encoder.embed_tokens.*", "encoder.embed_positions.*", "encoder.layernorm_embedding.*"]
@@ -53,7 +53,7 @@ def test_base_preset_follows_the_spec(registry):
     assert (o.lr, o.betas, o.eps, o.weight_decay, o.clip_norm) == (2e-4, (0.9, 0.98), 1e-6, 0.01, 5.0)
     assert (o.schedule.name, o.schedule.warmup_steps, o.schedule.warmup_init_lr, o.schedule.min_lr) == ("cosine", 10_000, 0.0, 0.0)
     assert cfg.runtime.max_steps == 1_000_000
-    assert cfg.data.options == {"block_size": 512, "break_mode": "complete_doc"}
+    assert cfg.data.options == {"block_size": 512, "break_mode": "complete_doc", "drop_partial_row": False}
 
 
 def test_span_presets_use_fairseq_released_masking(registry):

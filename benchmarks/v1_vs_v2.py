@@ -1,0 +1,122 @@
+"""data2vec 1.0 against 2.0 at the same encoder size, side by side in one run (issue 11).
+
+Run:  .venv/bin/python benchmarks/v1_vs_v2.py --modality audio --minutes 10
+      -> benchmarks/results/v1_vs_v2_<modality>_<minutes>min.json (runs under runs/bench/v1_vs_v2/)
+
+For each preset (default ``tiny`` and ``v2-tiny``: the same Transformer, the same data) the
+script calibrates the step time, pretrains for ``--minutes`` of wall clock with checkpoints at
+``--checkpoints`` evenly spaced steps, and linear-probes every checkpoint (``d2v probe``, as in
+``pretrain_probe.py``). It reports
+
+- throughput: original samples per second (the teacher sees each once) and student sequences
+  per second (samples x ``masking.clone_batch``), the median over the logged intervals;
+- the probe accuracy of every checkpoint against its training wall time (time inside the
+  training loop, from ``metrics.jsonl``);
+- time to accuracy: for a target (``--target``, default the lower of the two final accuracies),
+  the first checkpoint of each preset that reaches it, and the ratio of those times.
+
+The two runs run one after the other on the same machine, so a busy machine distorts both.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from bench_common import ROOT, SHARED, machine_info, write_result  # noqa: E402
+from pretrain_probe import TASKS, calibrate, probe, probe_manifest, pretrain, read_metrics, whole_clip_view  # noqa: E402
+
+
+def clone_batch(run: Path) -> int:
+    import yaml
+
+    cfg = yaml.safe_load((run / "config.yaml").read_text(encoding="utf-8"))
+    return int(cfg["masking"].get("clone_batch", 1))
+
+
+def throughput(metrics: list[dict], clones: int) -> dict:
+    """Median samples/s over the logged intervals (the first one includes warm-up)."""
+    rates = [m["samples_per_s"] for m in metrics[1:] if "samples_per_s" in m] or [m["samples_per_s"] for m in metrics]
+    med = statistics.median(rates) if rates else 0.0
+    return {"samples_per_s": med, "student_sequences_per_s": med * clones, "clone_batch": clones, "intervals": len(rates)}
+
+
+def run_preset(modality: str, preset: str, a: argparse.Namespace, manifest: Path) -> dict:
+    from d2v_core.train.checkpoint import list_checkpoints
+
+    task = TASKS[modality]
+    data = str(a.root / task["data"])
+    tag = f"{modality}-{preset}-{a.minutes:g}min"
+    extra = [x for s in a.sets for x in ("--set", s)]
+    out: dict = {"preset": preset}
+    steps = a.steps
+    if steps is None:
+        cal = pretrain(modality, data, a.work / f"{tag}-calibration", task["calibrate"], None, extra, preset=preset)
+        sps, overhead = calibrate(read_metrics(a.work / f"{tag}-calibration"), cal["wall_seconds"])
+        steps = max(1, int((a.minutes * 60.0 - overhead) / sps * 0.95))
+        out["calibration"] = {"seconds_per_step": sps, "overhead_seconds": overhead}
+    every = max(1, steps // a.checkpoints)
+    run = a.work / tag
+    extra += ["--set", f"runtime.save_every={every}", "--set", f"runtime.keep_last={a.checkpoints + 2}",
+              "--set", f"runtime.log_every={max(1, min(every, 10))}"]
+    out["pretrain"] = pretrain(modality, data, run, steps, a.minutes * 60.0, extra, preset=preset)
+    metrics = read_metrics(run)
+    out["throughput"] = throughput(metrics, clone_batch(run))
+    times = {m["step"]: m["time"] for m in metrics}
+    out["checkpoints"] = []
+    for ck in list_checkpoints(run):
+        target = whole_clip_view(run, a.work / f"{tag}-view", ck.path) if modality == "audio" else ck.path
+        rep = probe(target, manifest, task["split_by"], "", a.work / f"{tag}-probe.json")
+        row = {"step": ck.step, "train_seconds": times.get(ck.step), "accuracy": rep["pretrained"]["accuracy"],
+               "random_init_accuracy": rep["random-init"]["accuracy"]}
+        out["checkpoints"].append(row)
+        print(f"{preset} step {ck.step} ({row['train_seconds']:.0f} s): probe {row['accuracy']:.4f} "
+              f"(random init {row['random_init_accuracy']:.4f})")
+    return out
+
+
+def time_to(rows: list[dict], target: float) -> float | None:
+    return next((r["train_seconds"] for r in rows if r["accuracy"] >= target and r["train_seconds"] is not None), None)
+
+
+def main(argv: list[str] | None = None) -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--modality", default="audio", choices=list(TASKS))
+    p.add_argument("--presets", nargs=2, default=["tiny", "v2-tiny"], metavar=("V1", "V2"))
+    p.add_argument("--minutes", type=float, default=10.0, help="pretraining budget of each preset (wall clock)")
+    p.add_argument("--steps", type=int, help="--max-steps of both runs (default: calibrated to the budget)")
+    p.add_argument("--checkpoints", type=int, default=4, help="checkpoints to probe per run")
+    p.add_argument("--target", type=float, help="probe accuracy for the time-to-accuracy comparison")
+    p.add_argument("--set", action="append", default=[], dest="sets", help="override passed to both runs (repeatable)")
+    p.add_argument("--root", type=Path, default=SHARED)
+    p.add_argument("--work", type=Path, default=ROOT / "runs" / "bench" / "v1_vs_v2")
+    p.add_argument("--out", type=Path)
+    a = p.parse_args(argv)
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    manifest = probe_manifest(a.modality, a.root, a.work / f"{a.modality}-manifests")
+    runs = [run_preset(a.modality, preset, a, manifest) for preset in a.presets]
+    finals = [r["checkpoints"][-1]["accuracy"] for r in runs if r["checkpoints"]]
+    target = a.target if a.target is not None else (min(finals) if finals else None)
+    v1, v2 = runs
+    t1, t2 = (time_to(r["checkpoints"], target) if target is not None else None for r in runs)
+    summary = {
+        "target_accuracy": target,
+        "time_to_target_s": {v1["preset"]: t1, v2["preset"]: t2},
+        "time_ratio_v1_over_v2": (t1 / t2) if t1 and t2 else None,
+        "samples_per_s_ratio_v2_over_v1": v2["throughput"]["samples_per_s"] / max(v1["throughput"]["samples_per_s"], 1e-12),
+        "student_sequences_per_s_ratio_v2_over_v1":
+            v2["throughput"]["student_sequences_per_s"] / max(v1["throughput"]["student_sequences_per_s"], 1e-12),
+    }
+    result = {"benchmark": "v1_vs_v2", "modality": a.modality, "minutes": a.minutes, "overrides": a.sets,
+              "machine": machine_info(), "runs": runs, "summary": summary}
+    print(f"summary: {summary}")
+    print(f"wrote {write_result(f'v1_vs_v2_{a.modality}_{a.minutes:g}min', result, a.out)}")
+
+
+if __name__ == "__main__":
+    main()
