@@ -13,7 +13,9 @@ script calibrates the step time, pretrains for ``--minutes`` of wall clock with 
 - the probe accuracy of every checkpoint against its training wall time (time inside the
   training loop, from ``metrics.jsonl``);
 - time to accuracy: for a target (``--target``, default the lower of the two final accuracies),
-  the first checkpoint of each preset that reaches it, and the ratio of those times.
+  the first checkpoint of each preset that reaches it, and the ratio of those times;
+- the same architecture at random init (from each probe) and the classical baseline of
+  ``classical_baselines.py`` on the same split, so the v1 run also answers what pretraining buys.
 
 The two runs run one after the other on the same machine, so a busy machine distorts both.
 """
@@ -95,6 +97,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--set", action="append", default=[], dest="sets", help="override passed to both runs (repeatable)")
     p.add_argument("--root", type=Path, default=SHARED)
     p.add_argument("--work", type=Path, default=ROOT / "runs" / "bench" / "v1_vs_v2")
+    p.add_argument("--no-classical", action="store_true", help="skip the classical baseline (MFCC / pixels / bag of words)")
     p.add_argument("--out", type=Path)
     a = p.parse_args(argv)
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -114,6 +117,11 @@ def main(argv: list[str] | None = None) -> None:
     }
     result = {"benchmark": "v1_vs_v2", "modality": a.modality, "minutes": a.minutes, "overrides": a.sets,
               "machine": machine_info(), "runs": runs, "summary": summary}
+    if not a.no_classical:
+        from classical_baselines import classical_probe
+
+        result["classical"] = classical_probe(a.modality, manifest, "label", TASKS[a.modality]["split_by"])
+        print(f"classical baseline ({result['classical']['features']}): {result['classical']['accuracy']:.4f}")
     print(f"summary: {summary}")
     print(f"wrote {write_result(f'v1_vs_v2_{a.modality}_{a.minutes:g}min', result, a.out)}")
 
