@@ -68,6 +68,12 @@ class MaskRequest:
             return torch.full((self.batch_size,), self.length, dtype=torch.long)
         return (~self.padding_mask.bool()).sum(-1).long().cpu()
 
+    def valid_steps(self) -> Tensor:
+        """(B, T) bool on the CPU, True at the steps that are not padding."""
+        if self.padding_mask is None:
+            return torch.ones(self.batch_size, self.length, dtype=torch.bool)
+        return ~self.padding_mask.bool().cpu()
+
 
 class Masker(ABC):
     """Chooses the steps to mask: a pure function of the request and a ``torch.Generator``.

@@ -19,14 +19,10 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
+from d2v_core import exact_count, uniform_keys
 from d2v_core.interfaces import MaskRequest, Masker
 
 from d2v_plugin_audio.options import Block1dMaskerOptions
-
-
-def _rand(shape: tuple[int, ...], generator: torch.Generator) -> Tensor:
-    # float64: ties between random keys (and bias in floor(u * n)) are negligible
-    return torch.rand(shape, generator=generator, dtype=torch.float64, device=generator.device).cpu()
 
 
 def span_mask_1d(lengths: Tensor, length: int, num_centres: Tensor, mask_length: int, generator: torch.Generator) -> Tensor:
@@ -39,26 +35,13 @@ def span_mask_1d(lengths: Tensor, length: int, num_centres: Tensor, mask_length:
     if k == 0:
         return mask
     last = (lengths - 1).clamp(min=0)[:, None]
-    centres = torch.minimum((_rand((batch, k), generator) * lengths[:, None]).long(), last)
+    centres = torch.minimum((uniform_keys((batch, k), generator) * lengths[:, None]).long(), last)
     offsets = torch.arange(mask_length) - mask_length // 2
     pos = torch.minimum((centres[:, :, None] + offsets).clamp(min=0), last[:, :, None])
     used = (torch.arange(k)[None, :] < num_centres[:, None])[:, :, None].expand_as(pos)
     rows = torch.arange(batch)[:, None, None].expand_as(pos)
     mask[rows[used], pos[used]] = True
     return mask
-
-
-def exact_count(mask: Tensor, valid: Tensor, n: int, generator: torch.Generator) -> Tensor:
-    """Exactly ``n`` True per row, all within ``valid``: a row with more masked steps keeps a
-    uniform random ``n`` of them, a row with fewer gets uniform random valid steps added
-    (fairseq's multinomial trim / top-up). Needs ``n <= valid.sum(-1).min()``."""
-    out = torch.zeros_like(mask)
-    if n == 0 or mask.shape[0] == 0:
-        return out
-    # masked steps rank above unmasked ones, padding below both; the random keys make the
-    # cut inside the group that straddles rank n a uniform choice without replacement
-    score = torch.where(valid, mask.double() + _rand(tuple(mask.shape), generator), torch.tensor(-1.0, dtype=torch.float64))
-    return out.scatter_(1, score.topk(n, dim=1).indices, True)
 
 
 def block_mask_1d(
@@ -100,7 +83,7 @@ class Block1dMasker(Masker):
 
     def __call__(self, request: MaskRequest, generator: torch.Generator) -> Tensor:
         pad = request.padding_mask
-        valid = torch.ones(request.batch_size, request.length, dtype=torch.bool) if pad is None else ~pad.bool().cpu()
+        valid = request.valid_steps()
         o = self.options
         compact = block_mask_1d(valid.sum(-1), request.length, o.mask_prob, o.mask_length, o.mask_prob_adjust, generator)
         return compact if pad is None else to_valid_steps(compact, valid)

@@ -11,7 +11,7 @@ from d2v_core.interfaces import MaskRequest
 from d2v_core.testing import check_masker, plugin_context
 
 import d2v_plugin_audio.plugin as audio_plugin
-from d2v_plugin_audio.block1d_masker import Block1dMasker, exact_count, span_mask_1d
+from d2v_plugin_audio.block1d_masker import Block1dMasker, span_mask_1d
 from d2v_plugin_audio.options import Block1dMaskerOptions
 
 
@@ -146,24 +146,6 @@ def test_span_coverage_matches_the_expected_value():
     gen = torch.Generator().manual_seed(4)
     counts = [span_mask_1d(torch.full((64,), T), T, torch.full((64,), k), 5, gen).sum(-1).double().mean() for _ in range(20)]
     assert abs(float(torch.stack(counts).mean()) - expected) < 1.5
-
-
-def test_exact_count_trims_or_tops_up_uniformly():
-    gen = torch.Generator().manual_seed(5)
-    region = torch.zeros(2, 20, dtype=torch.bool)
-    region[0, :10] = True  # 10 > 4: keep 4 of these
-    region[1, :2] = True  # 2 < 4: keep both, add 2 of the other 18
-    valid = torch.ones(2, 20, dtype=torch.bool)
-    valid[:, 18:] = False
-    hits = torch.zeros(2, 20)
-    for _ in range(3000):
-        out = exact_count(region, valid, 4, gen)
-        assert out.sum(-1).tolist() == [4, 4] and not (out & ~valid).any()
-        assert not (out[0] & ~region[0]).any() and (out[1] | ~region[1]).all()
-        hits += out
-    freq = hits / 3000
-    assert torch.allclose(freq[0, :10], torch.full((10,), 0.4), atol=0.04)  # 4 of 10
-    assert torch.allclose(freq[1, 2:18], torch.full((16,), 2 / 16), atol=0.03)  # 2 of the 16 valid others
 
 
 def test_masked_frames_come_in_runs_unlike_random_masking():

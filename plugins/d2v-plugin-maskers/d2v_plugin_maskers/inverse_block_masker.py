@@ -21,14 +21,10 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
+from d2v_core import exact_count, uniform_keys
 from d2v_core.interfaces import MaskRequest, Masker
 
 from d2v_plugin_maskers.options import InverseBlockMaskOptions
-
-
-def _rand(shape: tuple[int, ...], generator: torch.Generator) -> Tensor:
-    # float64: ties between random keys (and bias in floor(u * n)) are negligible
-    return torch.rand(shape, generator=generator, dtype=torch.float64, device=generator.device).cpu()
 
 
 def block_region_2d(
@@ -40,25 +36,12 @@ def block_region_2d(
     region = torch.zeros(batch_size, total, dtype=torch.bool)
     if num_centres == 0 or batch_size == 0:
         return region
-    centres = (_rand((batch_size, num_centres), generator) * total).long().clamp(max=total - 1)
+    centres = (uniform_keys((batch_size, num_centres), generator) * total).long().clamp(max=total - 1)
     offsets = torch.arange(mask_length) - mask_length // 2
     rows = (centres // width)[:, :, None, None] + offsets[:, None]  # (B, k, m, 1)
     cols = (centres % width)[:, :, None, None] + offsets[None, :]  # (B, k, 1, m)
     flat = rows.clamp(0, height - 1) * width + cols.clamp(0, width - 1)
     return region.scatter_(1, flat.reshape(batch_size, -1), True)
-
-
-def exact_count(region: Tensor, n: int, generator: torch.Generator) -> Tensor:
-    """Exactly ``n`` True per row: a row with more keeps a uniform random ``n`` of its True
-    steps, a row with fewer gets uniform random False steps added (fairseq's multinomial trim /
-    top-up)."""
-    out = torch.zeros_like(region)
-    if n == 0 or region.shape[0] == 0:
-        return out
-    # True steps rank above False ones; the random keys make the cut inside the group that
-    # straddles rank n a uniform choice without replacement
-    score = region.double() + _rand(tuple(region.shape), generator)
-    return out.scatter_(1, score.topk(n, dim=1).indices, True)
 
 
 def inverse_block_mask(
@@ -77,7 +60,7 @@ def inverse_block_mask(
     # Python floats in fairseq's order of operations, so the counts match its int() exactly
     num_centres = int(total * ((keep + mask_prob_adjust) / mask_length**2))
     region = block_region_2d(batch_size, height, width, num_centres, mask_length, generator)
-    return ~exact_count(region, int(total * keep), generator)
+    return ~exact_count(region, None, int(total * keep), generator)
 
 
 def _check_grid(request: MaskRequest) -> tuple[int, int]:

@@ -11,7 +11,7 @@ import torch.nn.functional as F
 from d2v_core.interfaces import MaskRequest
 from d2v_core.testing import check_masker
 
-from d2v_plugin_maskers.inverse_block_masker import InverseBlockMasker, block_region_2d, exact_count
+from d2v_plugin_maskers.inverse_block_masker import InverseBlockMasker, block_region_2d
 from d2v_plugin_maskers.options import InverseBlockMaskOptions
 
 LARGE = {"mask_prob": 0.75, "mask_prob_adjust": 0.1}
@@ -108,22 +108,6 @@ def reference(seed: int, batch: int, h: int, w: int, p: float = 0.8, m: int = 3,
 def test_matches_a_plain_loop_reference(seed, grid):
     got = InverseBlockMasker()(request(8, grid), torch.Generator().manual_seed(seed))
     assert torch.equal(got, reference(seed, 8, *grid))
-
-
-def test_exact_count_trims_or_tops_up_uniformly():
-    gen = torch.Generator().manual_seed(3)
-    region = torch.zeros(2, 20, dtype=torch.bool)
-    region[0, :10] = True
-    region[1, :2] = True
-    hits = torch.zeros(2, 20)
-    for _ in range(3000):
-        out = exact_count(region, 4, gen)
-        assert out.sum(-1).tolist() == [4, 4]
-        assert not (out[0] & ~region[0]).any() and (out[1] | ~region[1]).all()
-        hits += out
-    freq = hits / 3000
-    assert torch.allclose(freq[0, :10], torch.full((10,), 0.4), atol=0.04)
-    assert torch.allclose(freq[1, 2:], torch.full((18,), 2 / 18), atol=0.03)
 
 
 def test_the_generator_state_decides_the_mask():

@@ -12,6 +12,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
+from d2v_core import exact_count
 from d2v_core.interfaces import MaskRequest, Masker
 
 from d2v_plugin_text.options import RandomMaskOptions
@@ -25,15 +26,9 @@ def masked_count(length: int, mask_prob: float) -> int:
 def random_mask(valid: Tensor, mask_prob: float, generator: torch.Generator) -> Tensor:
     """(B, T) bool: in every row the same ``masked_count(shortest valid length, mask_prob)`` of
     its ``valid`` steps, chosen uniformly without replacement."""
-    batch, length = valid.shape
-    out = torch.zeros(batch, length, dtype=torch.bool)
+    batch = valid.shape[0]
     n = masked_count(int(valid.sum(-1).min()), mask_prob) if batch else 0
-    if n == 0:
-        return out
-    # float64 keys: ties are negligible; padding gets -1 so it is never among the top n
-    keys = torch.rand(batch, length, generator=generator, dtype=torch.float64, device=generator.device).cpu()
-    keys = torch.where(valid, keys, torch.tensor(-1.0, dtype=torch.float64))
-    return out.scatter_(1, keys.topk(n, dim=1).indices, True)
+    return exact_count(torch.zeros_like(valid), valid, n, generator)
 
 
 class RandomMasker(Masker):
@@ -50,9 +45,7 @@ class RandomMasker(Masker):
         return self.options.mask_prob
 
     def __call__(self, request: MaskRequest, generator: torch.Generator) -> Tensor:
-        pad = request.padding_mask
-        valid = torch.ones(request.batch_size, request.length, dtype=torch.bool) if pad is None else ~pad.bool().cpu()
-        return random_mask(valid, self.options.mask_prob, generator)
+        return random_mask(request.valid_steps(), self.options.mask_prob, generator)
 
 
 def build_random_masker(options: RandomMaskOptions | None = None) -> RandomMasker:
