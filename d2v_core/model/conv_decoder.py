@@ -1,9 +1,9 @@
-"""data2vec 2.0's 1-D convolutional decoder (audio and text), and the pieces a 2-D one shares.
+"""data2vec 2.0's convolutional decoders: the shared block stack, and the 1-D one (audio, text).
 
-fairseq ``Decoder1d`` (``examples/data2vec/models/modalities/modules.py``): blocks of
-``Conv1d -> SamePad -> LayerNorm (no affine) -> GELU``, a residual around each block whose
-input has the block's width, then a projection to the model width. The input dropout is the
-core's to apply (to the encoded steps only, before the noise goes in).
+fairseq ``Decoder1d`` / ``Decoder2d`` (``examples/data2vec/models/modalities/modules.py``): blocks
+of ``Conv -> SamePad -> LayerNorm over channels (no affine) -> GELU``, a residual around each
+block whose input has the block's width, then a projection to the model width. The input
+dropout is the core's to apply (to the encoded steps only, before the noise goes in).
 """
 
 from __future__ import annotations
@@ -28,30 +28,29 @@ def decoder_projection(channels: int, dim: int, layers: int = 1, ratio: float = 
     return mods[0] if len(mods) == 1 else nn.Sequential(*mods)
 
 
-def channel_layer_norm(x: Tensor, channel_dim: int = 1) -> Tensor:
-    """LayerNorm without affine over the channels of a (B, C, ...) tensor."""
-    moved = x.movedim(channel_dim, -1)
-    return F.layer_norm(moved, moved.shape[-1:]).movedim(-1, channel_dim)
+class ConvBlock(nn.Module):
+    """``Conv{1,2}d(k, groups)`` keeping the size (an even kernel drops the last step of each
+    spatial dim, fairseq ``SamePad``/``SamePad2d``), LayerNorm over channels, GELU; on (B, C, ...)."""
 
-
-class ConvBlock1d(nn.Module):
-    """``Conv1d(k, groups)`` keeping the length (an even kernel drops the last step, fairseq
-    ``SamePad``), LayerNorm over channels, GELU; on (B, C, T)."""
-
-    def __init__(self, in_dim: int, out_dim: int, kernel: int, groups: int) -> None:
+    def __init__(self, in_dim: int, out_dim: int, kernel: int, groups: int, ndim: int = 1) -> None:
         super().__init__()
-        self.conv = nn.Conv1d(in_dim, out_dim, kernel, padding=kernel // 2, groups=groups)
-        self.remove_last = kernel % 2 == 0
+        conv = nn.Conv1d if ndim == 1 else nn.Conv2d
+        self.conv = conv(in_dim, out_dim, kernel, padding=kernel // 2, groups=groups)
+        self.trim = (slice(None), slice(None)) + (slice(None, -1),) * ndim if kernel % 2 == 0 else None
 
     def forward(self, x: Tensor) -> Tensor:
         x = self.conv(x)
-        if self.remove_last:
-            x = x[..., :-1]
-        return F.gelu(channel_layer_norm(x))
+        if self.trim is not None:
+            x = x[self.trim]
+        x = F.layer_norm(x.movedim(1, -1), (x.shape[1],)).movedim(-1, 1)
+        return F.gelu(x)
 
 
-class ConvDecoder1d(Decoder):
-    """(B, T, D) -> (B, T, D) along time."""
+class ConvDecoder(Decoder):
+    """The block stack and projection of a conv decoder; a subclass sets ``ndim`` and lays the
+    (B, T, D) sequence out as (B, D, ...) in :meth:`to_channels`."""
+
+    ndim = 1
 
     def __init__(self, options: ConvDecoderOptions, dim: int) -> None:
         super().__init__()
@@ -61,16 +60,23 @@ class ConvDecoder1d(Decoder):
         self.residual = o.residual
         self.input_dropout = o.input_dropout
         self.blocks = nn.ModuleList(
-            ConvBlock1d(dim if i == 0 else o.channels, o.channels, o.kernel, o.groups) for i in range(o.layers)
+            ConvBlock(dim if i == 0 else o.channels, o.channels, o.kernel, o.groups, self.ndim) for i in range(o.layers)
         )
         self.proj = decoder_projection(o.channels, dim, o.projection_layers, o.projection_ratio)
 
+    def to_channels(self, x: Tensor, grid: tuple[int, ...] | None) -> Tensor:
+        return x.transpose(1, 2)
+
     def forward(self, x: Tensor, padding_mask: Tensor | None = None, grid: tuple[int, ...] | None = None) -> Tensor:
-        x = x.transpose(1, 2)
+        h = self.to_channels(x, grid)
         for block in self.blocks:
-            y = block(x)
-            x = y + x if self.residual and y.shape == x.shape else y
-        return self.proj(x.transpose(1, 2))
+            y = block(h)
+            h = y + h if self.residual and y.shape == h.shape else y
+        return self.proj(h.flatten(2).transpose(1, 2))
+
+
+class ConvDecoder1d(ConvDecoder):
+    """(B, T, D) -> (B, T, D), convolving along time."""
 
 
 def build_conv_decoder_1d(options: ConvDecoderOptions | None, dim: int) -> ConvDecoder1d:
