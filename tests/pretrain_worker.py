@@ -29,6 +29,17 @@ class StripeMasker(Masker):
         return (steps % 3 == 0) & (steps < request.valid_lengths()[:, None])
 
 
+class EqualStripeMasker(StripeMasker):
+    """Every third step up to the batch's shortest row: the same count in every row, as data2vec
+    2.0's sparse student needs (equal-length data gives every rank the masks of one process)."""
+
+    equal_counts = True
+
+    def __call__(self, request: MaskRequest, generator: torch.Generator) -> torch.Tensor:
+        steps = torch.arange(request.length)[None, :]
+        return ((steps % 3 == 0) & (steps < int(request.valid_lengths().min()))).expand(request.batch_size, -1)
+
+
 class TestPlugin:
     D2V_PLUGIN_API_VERSION = "1.0"
     __name__ = "stripes"
@@ -36,6 +47,7 @@ class TestPlugin:
     @hookimpl
     def d2v_register(self, registry) -> None:  # type: ignore[no-untyped-def]
         registry.add_component(ComponentSpec("masker", "stripes", lambda options: StripeMasker()))
+        registry.add_component(ComponentSpec("masker", "equal-stripes", lambda options: EqualStripeMasker()))
 
 
 def main(argv: list[str]) -> None:

@@ -110,6 +110,31 @@ def test_two_process_gloo_matches_one_process(tmp_path):
         assert b[step] == pytest.approx(a[step], abs=1e-5), (step, a[step], b[step])
 
 
+@pytest.mark.slow
+def test_two_process_gloo_matches_one_process_with_the_data2vec2_student(tmp_path):
+    """Multi-mask, sparse student and decoder under DDP (the unused mask embedding included):
+    2 processes with half the batch each reproduce one process (noise and dropout off)."""
+    rng = np.random.default_rng(3)
+    data = tmp_path / "data"
+    data.mkdir()
+    for i in range(16):  # equal lengths: the equal-count masks do not depend on the batch
+        t = np.arange(48)[:, None]
+        x = np.sin(rng.uniform(0.05, 0.4, (1, 16)) * t + rng.uniform(0, 6.3, (1, 16)))
+        np.save(data / f"seq_{i:03d}.npy", x.astype(np.float32))
+    args = [*COMMON, "--data", str(data), "--max-steps", "4", "--masker", "equal-stripes",
+            "--set", "data.batch_size=8", "--set", "runtime.device=cpu", "--set", "masking.clone_batch=3",
+            "--set", "decoder.name=conv1d", "--set", "decoder.options.channels=16",
+            "--set", "decoder.options.input_dropout=0", "--set", "decoder.mask_noise_std=0"]
+    one, two = tmp_path / "one", tmp_path / "two"
+    run_worker([*args, "--out", str(one)])
+    run_worker([*args, "--out", str(two)], nproc=2)
+    a, b = losses(one), losses(two)
+    assert sorted(a) == sorted(b) == list(range(1, 5))
+    for step in a:
+        assert b[step] == pytest.approx(a[step], abs=1e-5), (step, a[step], b[step])
+    assert read_metrics(one)[-1]["sample_size"] == 8 * 3 * 16  # 16 of 48 steps in each of 8 x 3 clones
+
+
 def test_errors_before_training(tmp_path, example_plugins, cli):
     code, _, err = cli(["pretrain", "--modality", "vectors", "--data", str(tmp_path / "shards/x-{000000..000003}.tar"),
                         "--out", str(tmp_path / "o")])
