@@ -77,6 +77,27 @@ def probe_table(rows: list[tuple[str, dict]]) -> str:
     return "\n".join(lines)
 
 
+def v1_vs_v2_table(rows: list[tuple[str, dict]]) -> str:
+    lines = ["| modality | budget | preset | steps | samples/s | student seqs/s | probe at each checkpoint (train s: acc) | "
+             "random init | time to target | classical | file |", "|---|---|---|---|---|---|---|---|---|---|---|"]
+    for name, r in rows:
+        s = r["summary"]
+        cls = r.get("classical", {}).get("accuracy")
+        for run in r["runs"]:
+            ck = [c for c in run["checkpoints"] if "accuracy" in c]
+            if not ck:
+                lines.append(f"| {r['modality']} | {r['minutes']:g} min | {run['preset']} | | | | every probe failed | | | | {name} |")
+                continue
+            curve = ", ".join(f"{c['train_seconds']:.0f}: {c['accuracy']:.3f}" for c in ck)
+            t = s["time_to_target_s"].get(run["preset"])
+            lines.append(
+                f"| {r['modality']} | {r['minutes']:g} min | {run['preset']} | {run['pretrain']['steps_done']} | "
+                f"{run['throughput']['samples_per_s']:.1f} | {run['throughput']['student_sequences_per_s']:.1f} | {curve} | "
+                f"{ck[-1]['random_init_accuracy']:.3f} | {'not reached' if t is None else f'{t:.0f} s'} (target {s['target_accuracy']:.3f}) | "
+                f"{'n/a' if cls is None else f'{cls:.3f}'} | {name} |")
+    return "\n".join(lines)
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--include-quick", action="store_true")
@@ -84,6 +105,7 @@ def main() -> None:
     print("### Training step\n\n" + train_step_table(_load("train_step_*.json", a.include_quick)))
     print("\n### Data pipeline\n\n" + data_table(_load("data_pipeline*.json", a.include_quick)))
     print("\n### What pretraining buys\n\n" + probe_table(_load("pretrain_probe_*.json", a.include_quick)))
+    print("\n### data2vec 1.0 against 2.0\n\n" + v1_vs_v2_table(_load("v1_vs_v2_*.json", a.include_quick)))
     cli = RESULTS / "cli_startup.json"
     if cli.is_file():
         r = json.loads(cli.read_text())

@@ -48,34 +48,60 @@ def throughput(metrics: list[dict], clones: int) -> dict:
     return {"samples_per_s": med, "student_sequences_per_s": med * clones, "clone_batch": clones, "intervals": len(rates)}
 
 
+def time_at(step: int, metrics: list[dict]) -> float:
+    """Training-loop seconds at ``step``, interpolated between the logged rows around it (the
+    checkpoint steps are not always logged ones)."""
+    rows = sorted((m["step"], m["time"]) for m in metrics)
+    if not rows:
+        return float("nan")
+    before = [r for r in rows if r[0] <= step] or rows[:1]
+    after = [r for r in rows if r[0] >= step] or rows[-1:]
+    (s0, t0), (s1, t1) = before[-1], after[0]
+    if s1 == s0:
+        if len(rows) < 2:
+            return t0
+        (sa, ta), (sb, tb) = rows[-2:] if s0 == rows[-1][0] else rows[:2]
+        return t0 + (step - s0) * (tb - ta) / max(sb - sa, 1)
+    return t0 + (step - s0) * (t1 - t0) / (s1 - s0)
+
+
 def run_preset(modality: str, preset: str, a: argparse.Namespace, manifest: Path) -> dict:
     from d2v_core.train.checkpoint import list_checkpoints
 
     task = TASKS[modality]
     data = str(a.root / task["data"])
     tag = f"{modality}-{preset}-{a.minutes:g}min"
+    run = a.work / tag
     extra = [x for s in a.sets for x in ("--set", s)]
     out: dict = {"preset": preset}
-    steps = a.steps
-    if steps is None:
-        cal = pretrain(modality, data, a.work / f"{tag}-calibration", task["calibrate"], None, extra, preset=preset)
-        sps, overhead = calibrate(read_metrics(a.work / f"{tag}-calibration"), cal["wall_seconds"])
-        steps = max(1, int((a.minutes * 60.0 - overhead) / sps * 0.95))
-        out["calibration"] = {"seconds_per_step": sps, "overhead_seconds": overhead}
-    every = max(1, steps // a.checkpoints)
-    run = a.work / tag
-    extra += ["--set", f"runtime.save_every={every}", "--set", f"runtime.keep_last={a.checkpoints + 2}",
-              "--set", f"runtime.log_every={max(1, min(every, 10))}"]
-    out["pretrain"] = pretrain(modality, data, run, steps, a.minutes * 60.0, extra, preset=preset)
-    metrics = read_metrics(run)
+    if a.reuse and list_checkpoints(run) and read_metrics(run):
+        metrics = read_metrics(run)
+        out["pretrain"] = {"reused": str(run), "steps_done": metrics[-1]["step"], "last_metrics": metrics[-1]}
+        print(f"{preset}: reusing {run} ({metrics[-1]['step']} steps)")
+    else:
+        steps = a.steps
+        if steps is None:
+            cal = pretrain(modality, data, a.work / f"{tag}-calibration", task["calibrate"], None, extra, preset=preset)
+            sps, overhead = calibrate(read_metrics(a.work / f"{tag}-calibration"), cal["wall_seconds"])
+            steps = max(1, int((a.minutes * 60.0 - overhead) / sps * 0.95))
+            out["calibration"] = {"seconds_per_step": sps, "overhead_seconds": overhead}
+        every = max(1, steps // a.checkpoints)
+        extra += ["--set", f"runtime.save_every={every}", "--set", f"runtime.keep_last={a.checkpoints + 2}",
+                  "--set", f"runtime.log_every={max(1, min(every, 10))}"]
+        out["pretrain"] = pretrain(modality, data, run, steps, a.minutes * 60.0, extra, preset=preset)
+        metrics = read_metrics(run)
     out["throughput"] = throughput(metrics, clone_batch(run))
-    times = {m["step"]: m["time"] for m in metrics}
     out["checkpoints"] = []
     for ck in list_checkpoints(run):
         target = whole_clip_view(run, a.work / f"{tag}-view", ck.path) if modality == "audio" else ck.path
-        rep = probe(target, manifest, task["split_by"], "", a.work / f"{tag}-probe.json")
-        row = {"step": ck.step, "train_seconds": times.get(ck.step), "accuracy": rep["pretrained"]["accuracy"],
-               "random_init_accuracy": rep["random-init"]["accuracy"]}
+        row = {"step": ck.step, "train_seconds": time_at(ck.step, metrics)}
+        try:
+            rep = probe(target, manifest, task["split_by"], "", a.work / f"{tag}-probe.json")
+        except RuntimeError as exc:  # recorded; the other checkpoints and the summary still come out
+            out["checkpoints"].append({**row, "error": str(exc)[-2000:]})
+            print(f"{preset} step {ck.step}: PROBE FAILED: {exc}")
+            continue
+        row.update(accuracy=rep["pretrained"]["accuracy"], random_init_accuracy=rep["random-init"]["accuracy"])
         out["checkpoints"].append(row)
         print(f"{preset} step {ck.step} ({row['train_seconds']:.0f} s): probe {row['accuracy']:.4f} "
               f"(random init {row['random_init_accuracy']:.4f})")
@@ -83,7 +109,7 @@ def run_preset(modality: str, preset: str, a: argparse.Namespace, manifest: Path
 
 
 def time_to(rows: list[dict], target: float) -> float | None:
-    return next((r["train_seconds"] for r in rows if r["accuracy"] >= target and r["train_seconds"] is not None), None)
+    return next((r["train_seconds"] for r in rows if r.get("accuracy", -1.0) >= target), None)
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -97,13 +123,15 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--set", action="append", default=[], dest="sets", help="override passed to both runs (repeatable)")
     p.add_argument("--root", type=Path, default=SHARED)
     p.add_argument("--work", type=Path, default=ROOT / "runs" / "bench" / "v1_vs_v2")
+    p.add_argument("--reuse", action="store_true", help="probe existing run directories instead of pretraining again")
     p.add_argument("--no-classical", action="store_true", help="skip the classical baseline (MFCC / pixels / bag of words)")
     p.add_argument("--out", type=Path)
     a = p.parse_args(argv)
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     manifest = probe_manifest(a.modality, a.root, a.work / f"{a.modality}-manifests")
     runs = [run_preset(a.modality, preset, a, manifest) for preset in a.presets]
-    finals = [r["checkpoints"][-1]["accuracy"] for r in runs if r["checkpoints"]]
+    finals = [[c for c in r["checkpoints"] if "accuracy" in c][-1]["accuracy"] for r in runs
+              if any("accuracy" in c for c in r["checkpoints"])]
     target = a.target if a.target is not None else (min(finals) if finals else None)
     v1, v2 = runs
     t1, t2 = (time_to(r["checkpoints"], target) if target is not None else None for r in runs)
