@@ -75,6 +75,9 @@ def _make_datasets(root: Path) -> None:
         Image.fromarray(rng.integers(0, 255, (32, 32), dtype=np.uint8)).convert("RGB").save(root / "image" / "digits" / f"digit_{i}.png")
     (root / "text").mkdir()
     (root / "text" / "corpus.txt").write_text("".join(f"the cat number {i} sat on a mat and looked around.\n" for i in range(24)))
+    topics = ["the cat sat on a mat", "stocks fell on the market today"]
+    (root / "text" / "labelled.jsonl").write_text("".join(
+        json.dumps({"text": f"{topics[i % 2]} {i}", "label": i % 2, "category": str(i % 2)}) + "\n" for i in range(24)))
 
 
 def test_data_pipeline_runs(tmp_path: Path) -> None:
@@ -109,3 +112,11 @@ def test_v1_vs_v2_runs(tmp_path: Path) -> None:
     assert v2["throughput"]["clone_batch"] == 8 and v1["throughput"]["clone_batch"] == 1
     assert all(0.0 <= r["checkpoints"][-1]["accuracy"] <= 1.0 for r in (v1, v2))
     assert result["summary"]["samples_per_s_ratio_v2_over_v1"] > 0
+
+
+def test_text_probe_capacity_runs(tmp_path: Path) -> None:
+    _make_datasets(tmp_path / "data")
+    run_script("text_probe_capacity.py", "--root", str(tmp_path / "data"), "--work", str(tmp_path / "w"), "--dims", "8",
+               "--out", str(tmp_path))
+    result = json.loads((tmp_path / "text_probe_capacity.json").read_text())
+    assert 0.0 <= result["tfidf_pieces"] <= 1.0 and set(result["mean_random_embeddings"]) == {"8", "one-hot"}
