@@ -51,6 +51,13 @@ _LAZY = {
     "Transformer": "d2v_core.model.transformer",
     "pad_sequences": "d2v_core.data.collate",
     "lengths_to_padding_mask": "d2v_core.data.collate",
+    # fairseq import (d2v import --from-fairseq): what a plugin's importer needs
+    "FairseqImporter": "d2v_core.interop.fairseq_import",
+    "FairseqCheckpoint": "d2v_core.interop.safe_pickle",
+    "Rename": "d2v_core.interop.key_map",
+    "Fuse": "d2v_core.interop.key_map",
+    "rebase": "d2v_core.interop.fairseq_import",
+    "parse_layer_spec": "d2v_core.interop.layer_spec",
 }
 
 __all__ = [
