@@ -162,16 +162,15 @@ class FairseqCheckpoint:
 
 def _refusal(path: Path, exc: Exception) -> CheckpointError:
     text = str(exc)
-    m = re.search(r"GLOBAL (\S+) was not an allowed global", text) or re.search(r"unsupported GLOBAL (\S+)", text)
-    name = m.group(1) if m else None
-    if name is None:
-        m = re.search(r"WeightsUnpickler error:\s*(.+?)(?:\n\n|$)", text, re.S)
-        detail = " ".join((m.group(1) if m else text).split()) or type(exc).__name__
-        m = re.search(r"unrecognized function (\S+)", detail)
-        name = m.group(1) if m else detail
+    m = re.search(r"WeightsUnpickler error:\s*(.+?)(?:\n\n|$)", text, re.S)
+    detail = " ".join((m.group(1) if m else text).split()) or type(exc).__name__
+    found = (re.search(r"GLOBAL (\S+) was not an allowed global", detail) or re.search(r"unsupported GLOBAL (\S+)", detail)
+             or re.search(r"unrecognized function (\S+)", detail) or re.search(r"but got <class '([^']+)'>", detail))
+    if found is None:
+        return CheckpointError(f"cannot read {path} as a torch checkpoint: {detail}")
     return CheckpointError(
-        f"refusing to read {path}: its pickle names {name}, which d2v does not rebuild (unpickling it could run "
-        "code); d2v reads tensors, plain data and fairseq's omegaconf/argparse configs only"
+        f"refusing to read {path}: its pickle names {found.group(1)}, which d2v does not rebuild (unpickling it could "
+        "run code); d2v reads tensors, plain data and fairseq's omegaconf/argparse configs only"
     )
 
 

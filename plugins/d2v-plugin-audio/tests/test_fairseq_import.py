@@ -1,4 +1,6 @@
-"""Import of fairseq data2vec 1.0 audio checkpoints, against a transcription of fairseq's forward.
+"""Import of fairseq data2vec 1.0 audio checkpoints, against a transcription of fairseq's forward;
+through the CLI, the imported run embeds, probes, continues pretraining and exports to
+transformers' Data2VecAudioModel with fairseq's outputs.
 
 The fixture holds the tensors of fairseq's ``Data2VecAudioModel`` at a small size, named and
 shaped as its modules create them:
@@ -17,8 +19,9 @@ shaped as its modules create them:
 
 from __future__ import annotations
 
-import math
-import os
+import csv
+import json
+from pathlib import Path
 
 import pytest
 import torch
@@ -262,3 +265,105 @@ def test_variants_d2v_cannot_compute_are_refused(tmp_path, registry, change, wor
     with pytest.raises(CheckpointError, match=words):
         import_fairseq(ckpt, tmp_path / "run", registry)
     assert not (tmp_path / "run").exists()
+
+
+# ---- through the CLI -------------------------------------------------------------------------
+
+DEMO = Path(__import__("d2v_plugin_audio").__file__).parent / "demo"
+QUIET = ["--set", "runtime.progress=false", "--set", "runtime.tensorboard=false"]
+
+
+def cli(args: list[str], capsys) -> tuple[int, str, str]:
+    from d2v_cli.app import main
+
+    try:
+        main(args)
+        code = 0
+    except SystemExit as exc:
+        code = int(exc.code or 0)
+    got = capsys.readouterr()
+    return code, got.out, got.err
+
+
+@pytest.fixture(scope="module")
+def fixture_ckpt(tmp_path_factory):
+    root = tmp_path_factory.mktemp("fairseq_audio")
+    s = fairseq_state()
+    s["quantizer.vars"] = torch.zeros(3)  # a key d2v does not use
+    return root, s, save_fairseq_checkpoint(root / "audio_base_ls.pt", s, MODEL_CFG, form="dict")
+
+
+@pytest.fixture(scope="module")
+def imported(fixture_ckpt):
+    root, _, ckpt = fixture_ckpt
+    from d2v_cli.app import main
+
+    try:  # modality read from the checkpoint (no --modality); the tiny preset's training settings
+        main(["import", "--from-fairseq", str(ckpt), "--out", str(root / "run"), "--preset", "tiny"])
+    except SystemExit as exc:
+        assert not exc.code
+    return root / "run"
+
+
+def test_import_reports_unused_keys_in_one_line(fixture_ckpt, capsys):
+    root, _, ckpt = fixture_ckpt
+    code, out, err = cli(["import", "--from-fairseq", str(ckpt), "--out", str(root / "run_b")], capsys)
+    assert code == 0, err
+    lines = [line for line in out.splitlines() if line.strip()]
+    assert len(lines) == 1
+    assert "data2vec 1.0 audio" in lines[0] and "1 unused key(s): quantizer.vars" in lines[0]
+    assert "teacher from its EMA" in lines[0]
+    code, _, err = cli(["import", "--from-fairseq", str(ckpt), "--out", str(root / "run_b")], capsys)
+    assert code != 0 and "already holds checkpoints" in err  # never overwrites a run
+
+
+def test_wrong_modality_is_refused(fixture_ckpt, capsys, tmp_path):
+    _, _, ckpt = fixture_ckpt
+    code, _, err = cli(["import", "--from-fairseq", str(ckpt), "--modality", "image", "--out", str(tmp_path / "r")], capsys)
+    assert code != 0 and "no installed importer for modality 'image'" in err and "data2vec_audio" in err
+    assert not (tmp_path / "r").exists()
+
+
+def test_export_to_transformers_gives_fairseq_outputs(fixture_ckpt, imported, capsys, tmp_path):
+    transformers = pytest.importorskip("transformers")
+    _, s, _ = fixture_ckpt
+    code, _, err = cli(["export", str(imported), "--format", "hf", "--out", str(tmp_path / "hf")], capsys)
+    assert code == 0, err
+    hf = transformers.Data2VecAudioModel.from_pretrained(str(tmp_path / "hf")).eval()
+    lengths = torch.tensor([4000, 3100])
+    wav = torch.randn(2, 4000, generator=torch.Generator().manual_seed(5))
+    pad = torch.arange(4000)[None, :] >= lengths[:, None]
+    wav = wav.masked_fill(pad, 0.0)
+    with torch.no_grad():
+        theirs = hf(wav, attention_mask=(~pad).long()).last_hidden_state
+        feats, frame_pad = fs_features(s, wav, pad)
+        ours, _ = fs_encoder(s, "encoder.", feats, frame_pad)
+    valid = ~frame_pad
+    assert theirs.shape == ours.shape
+    assert (theirs - ours)[valid].abs().max() <= 1e-5
+
+
+def test_embed_and_probe_an_imported_run(imported, capsys, tmp_path):
+    clips = sorted(DEMO.glob("*.flac"))[:8]
+    code, _, err = cli(["embed", str(imported), str(DEMO), "--out", str(tmp_path / "e.npy")], capsys)
+    assert code == 0, err
+    manifest = tmp_path / "labels.csv"
+    with open(manifest, "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["path", "label", "group"])
+        w.writerows([str(c), i % 2, f"g{i % 4}"] for i, c in enumerate(clips))
+    report = tmp_path / "probe.json"
+    code, _, err = cli(["probe", str(imported), "--train", str(manifest), "--split-by", "group", "--json", str(report)], capsys)
+    assert code == 0, err
+    assert 0.0 <= json.loads(report.read_text())["pretrained"]["accuracy"] <= 1.0
+
+
+@pytest.mark.slow
+def test_pretraining_continues_from_an_import(imported, capsys, tmp_path):
+    run = tmp_path / "continued"
+    code, _, err = cli(["pretrain", "-m", "audio", "--init-from", str(imported), "--max-steps", "2", "--out", str(run),
+                        "--set", "data.batch_size=2", *QUIET], capsys)
+    assert code == 0, err
+    start, after = load_checkpoint(imported)["student"], load_checkpoint(run)["student"]
+    drift = max((after[k] - start[k]).abs().max().item() for k in start if k.startswith("transformer."))
+    assert 0 < drift < 0.02  # moved by two small steps from the imported weights, not re-initialised
