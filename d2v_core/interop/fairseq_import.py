@@ -59,6 +59,11 @@ class FairseqImporter(ABC):
         """Whether ``key`` belongs to the EMA teacher (fairseq: ``_ema.*`` / ``encoder._ema.*``)."""
         return key.startswith("_ema.") or "._ema." in key
 
+    def validate(self, cfg: RunConfig, ckpt: FairseqCheckpoint) -> None:
+        """Check the resolved config against the checkpoint before the model is built (e.g. that
+        a text run names a tokenizer whose ids fit the checkpoint's table); raise
+        :class:`CheckpointError` or :class:`ConfigError` with what to pass instead."""
+
     def fresh_keys(self, cfg: RunConfig) -> Sequence[str]:
         """d2v tensors the checkpoint does not hold and that keep their fresh initialisation."""
         return ()
@@ -131,6 +136,7 @@ def import_fairseq(path: str | Path, out_dir: str | Path, registry: Registry, *,
         cfg = RunConfig.model_validate(merged)
     except ValidationError as exc:
         raise ConfigError(f"imported config: {format_validation_error(exc)} (adjust with --set)") from None
+    importer.validate(cfg, ckpt)
     model = build_model(cfg, registry)
     what = f"{ckpt.path} ({importer.family})"
 

@@ -77,6 +77,15 @@ def d2v_register(registry) -> None:  # type: ignore[no-untyped-def]
             modalities=(MODALITY,),
         )
     )
+    registry.add_component(
+        ComponentSpec(
+            kind="importer",
+            name="text-fairseq",
+            factory=f"{_PKG}.fairseq_import:TextFairseqImporter",
+            description="fairseq data2vec 1.0 text checkpoints (data2vec_text; d2v import --from-fairseq)",
+            modalities=(MODALITY,),
+        )
+    )
 
 
 @hookimpl
