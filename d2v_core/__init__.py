@@ -58,6 +58,10 @@ _LAZY = {
     "Fuse": "d2v_core.interop.key_map",
     "rebase": "d2v_core.interop.fairseq_import",
     "parse_layer_spec": "d2v_core.interop.layer_spec",
+    "BLOCK_RULES": "d2v_core.interop.data2vec_multi",
+    "multi_config": "d2v_core.interop.data2vec_multi",
+    "multi_run_config": "d2v_core.interop.data2vec_multi",
+    "supported_modality": "d2v_core.interop.data2vec_multi",
 }
 
 __all__ = [

@@ -160,7 +160,10 @@ def import_fairseq(path: str | Path, out_dir: str | Path, registry: Registry, *,
             del t_mapped.tensors[key]
             t_mapped.unused += source_names(key, t_rules)
         if t_mapped.tensors:
-            check_complete(t_mapped.tensors, t_expected, t_rules, f"{what} EMA teacher", source=teacher_src)
+            # teacher tensors no rule reads (fairseq's EMA covers only part of the model) stay the student's copy
+            from_student = [k for k in t_expected if not source_names(k, t_rules)]
+            check_complete(t_mapped.tensors, t_expected, t_rules, f"{what} EMA teacher", source=teacher_src,
+                           optional=from_student)
             teacher.load_state_dict({**t_expected, **_float(t_mapped.tensors)})
             from_ema = True
         unused += t_mapped.unused

@@ -33,6 +33,7 @@ _RECORDS = (
     "omegaconf.nodes.BooleanNode",
     "omegaconf.nodes.BytesNode",
     "omegaconf.nodes.PathNode",
+    "omegaconf.nodes.EnumNode",
     "omegaconf.base.Metadata",
     "omegaconf.base.ContainerMetadata",
     "argparse.Namespace",
@@ -41,6 +42,8 @@ _RECORDS = (
 _MARKERS = ("typing.Any", "builtins.dict", "builtins.list", "builtins.str", "builtins.int", "builtins.float",
             "builtins.bool", "builtins.bytes", "builtins.object", "builtins.tuple")
 #: Calls a fairseq pickle makes that only build data: these return plain data of their own.
+#: fairseq enums in configs (``Enum.__reduce_ex__`` calls the class with the value): their names.
+FAIRSEQ_ENUMS = {"examples.data2vec.data.modality.Modality": {1: "AUDIO", 2: "IMAGE", 3: "TEXT"}}
 _BUILDERS = ("collections.defaultdict",  # omegaconf's resolver cache: an empty dict here
              "numpy.core.multiarray.scalar", "numpy._core.multiarray.scalar", "numpy.dtype")  # extra_state numbers
 
@@ -84,6 +87,9 @@ class _OpaqueRecord(_Record):
 def _builder(name: str):  # noqa: ANN202
     if name == "collections.defaultdict":
         return lambda *args: {}
+    if name in FAIRSEQ_ENUMS:
+        names = FAIRSEQ_ENUMS[name]
+        return lambda value=None, *args: names.get(value, f"{name}({value!r})")
 
     def build(*args: Any) -> _OpaqueRecord:
         out = _OpaqueRecord()
@@ -96,7 +102,7 @@ def _builder(name: str):  # noqa: ANN202
 def _safe_globals() -> list[tuple[Any, str]]:
     out: list[tuple[Any, str]] = [(_record_class(n), n) for n in _RECORDS]
     out += [(_Marker(n), n) for n in _MARKERS]
-    out += [(_builder(n), n) for n in _BUILDERS]
+    out += [(_builder(n), n) for n in (*_BUILDERS, *FAIRSEQ_ENUMS)]
     out.append((_OpaqueRecord, "<d2v opaque value>"))  # BUILD on it is allowed; no pickle can name it
     return out
 

@@ -134,3 +134,126 @@ class AudioFairseqImporter(FairseqImporter):
         if ckpt.model_cfg.get("ema_transformer_only", True):
             return rebase(STUDENT_RULES, "encoder.", "_ema.")
         return rebase(STUDENT_RULES, "", "_ema.")
+
+
+# ---- data2vec 2.0 (data2vec_multi, supported_modality AUDIO) ---------------------------------
+#
+# examples/data2vec/models/modalities/audio.py AudioEncoder (L52-L140): local_encoder (the
+# layer_norm conv stack), project_features = Sequential(TransposeLast, LayerNorm(C), Linear(C, D)),
+# relative_positional_encoder = Sequential(TransposeLast, depth x Sequential(Conv1d, SamePad,
+# TransposeLast, LayerNorm(no affine), TransposeLast, GELU), TransposeLast), context_encoder =
+# BlockEncoder(prenet blocks, LayerNorm(D, norm_eps)); base.py ModalitySpecificEncoder L112-L131
+# alibi_scale (layers|1, 1, heads|1, 1, 1); modules.py Decoder1d L123-L178.
+
+_AE = "modality_encoders.AUDIO."
+#: data2vec 2.0 audio defaults (modalities/audio.py D2vAudioConfig L27-L50, base.py D2vModalityConfig L28-L68).
+V2_AUDIO_DEFAULTS: dict[str, Any] = {
+    "extractor_mode": "layer_norm", "feature_encoder_spec": W2V2_DEFAULTS["conv_feature_layers"], "conv_pos_width": 95,
+    "conv_pos_groups": 16, "conv_pos_depth": 5, "conv_pos_pre_ln": False, "prenet_depth": 4, "prenet_dropout": 0.0,
+    "num_extra_tokens": 0, "mask_noise_std": 0.01, "mask_prob": 0.7, "inverse_mask": False, "mask_prob_adjust": 0.0,
+    "mask_length": 5, "use_alibi_encoder": False, "alibi_scale": 1.0, "learned_alibi": False,
+    "learned_alibi_scale_per_layer": False, "decoder": {},
+}
+V2_DECODER_DEFAULTS: dict[str, Any] = {"decoder_dim": 384, "decoder_groups": 16, "decoder_kernel": 5, "decoder_layers": 5,
+                                       "input_dropout": 0.1, "add_positions_masked": False, "add_positions_all": False,
+                                       "decoder_residual": True, "projection_layers": 1, "projection_ratio": 2.0}
+
+
+def _alibi_scale(t: Any) -> Any:
+    """fairseq (1, 1, heads or 1, 1, 1) -> d2v's per-head (1, heads, 1, 1) (a shared scale is
+    repeated per head by :meth:`AudioV2FairseqImporter.key_map`)."""
+    return t.reshape(1, -1, 1, 1)
+
+
+def v2_encoder_rules(depth: int, heads: int, projection_layers: int) -> tuple:
+    proj = [Rename(_AE + "decoder.proj.{kind}", "decoder.proj.{kind}")] if projection_layers == 1 else \
+        [Rename(_AE + "decoder.proj.{n}.{kind}", "decoder.proj.{n}.{kind}")]
+    return (
+        Rename(_AE + "local_encoder.conv_layers.{j}.0.{kind}", "encoder.feature_extractor.conv_layers.{j}.conv.{kind}"),
+        Rename(_AE + "local_encoder.conv_layers.{j}.2.1.{kind}", "encoder.feature_extractor.conv_layers.{j}.layer_norm.{kind}"),
+        Rename(_AE + "project_features.1.{kind}", "encoder.feature_projection.layer_norm.{kind}"),
+        Rename(_AE + "project_features.2.{kind}", "encoder.feature_projection.projection.{kind}"),
+        *[Rename(_AE + f"relative_positional_encoder.{j + 1}.0.{{kind}}", f"encoder.pos_conv_embed.layers.{j}.conv.{{kind}}")
+          for j in range(depth)],
+        Rename(_AE + "context_encoder.norm.{kind}", "encoder.layer_norm.{kind}"),
+        Rename(_AE + "alibi_scale", "encoder.alibi_scale", transform=lambda t: _alibi_scale(t).expand(1, heads, 1, 1).clone()),
+        Rename(_AE + "decoder.blocks.{j}.0.{kind}", "decoder.blocks.{j}.conv.{kind}"),
+        *proj,
+    )
+
+
+class AudioV2FairseqImporter(FairseqImporter):
+    """fairseq ``data2vec_multi`` checkpoints of audio (the released data2vec 2.0 audio Base/Large)."""
+
+    model_names = ("data2vec_multi",)
+    family = "data2vec 2.0 audio"
+
+    def accepts(self, ckpt: FairseqCheckpoint) -> bool:
+        from d2v_core import supported_modality
+
+        return ckpt.model_name in self.model_names and supported_modality(ckpt.model_cfg) == "AUDIO"
+
+    def _audio(self, ckpt: FairseqCheckpoint) -> dict[str, Any]:
+        a = {**V2_AUDIO_DEFAULTS, **((ckpt.model_cfg.get("modalities") or {}).get("audio") or {})}
+        a["decoder"] = {**V2_DECODER_DEFAULTS, **(a.get("decoder") or {})}
+        return a
+
+    def run_config(self, ckpt: FairseqCheckpoint) -> dict[str, Any]:
+        from d2v_core import multi_config, multi_run_config
+
+        c = multi_config(ckpt.model_cfg)
+        a, dec = self._audio(ckpt), self._audio(ckpt)["decoder"]
+        problems = []
+        if a["extractor_mode"] != "layer_norm":
+            problems.append(f"modalities.audio.extractor_mode={a['extractor_mode']!r}")
+        if int(a["prenet_depth"]) != 0:
+            problems.append(f"modalities.audio.prenet_depth={a['prenet_depth']} (d2v has no modality-specific blocks before the shared ones)")
+        if int(a["num_extra_tokens"]) != 0:
+            problems.append("audio extra tokens")
+        if a["conv_pos_pre_ln"]:
+            problems.append("conv_pos_pre_ln=true")
+        if a["learned_alibi"] or a["learned_alibi_scale_per_layer"]:
+            problems.append("learned ALiBi biases or per-layer ALiBi scales")
+        if dec["add_positions_masked"] or dec["add_positions_all"]:
+            problems.append("decoder positions")
+        if problems:
+            raise CheckpointError(f"{ckpt.path}: d2v cannot represent this data2vec 2.0 audio model: {'; '.join(problems)}")
+        out = multi_run_config(c, str(ckpt.path))
+        layers = parse_layer_spec(str(a["feature_encoder_spec"]))
+        channels = [int(t[0]) for t in layers]
+        depth = int(a["conv_pos_depth"])
+        out.update(
+            preset="v2-base",
+            encoder={
+                "conv_channels": channels[0] if len(set(channels)) == 1 else channels,
+                "conv_kernels": [int(t[1]) for t in layers], "conv_strides": [int(t[2]) for t in layers],
+                "conv_bias": False, "pos_conv_depth": depth, "pos_conv_kernel": max(3, int(a["conv_pos_width"]) // depth),
+                "pos_conv_groups": int(a["conv_pos_groups"]), "alibi": bool(a["use_alibi_encoder"]),
+                "alibi_scale_init": float(a["alibi_scale"]), "pos_conv_zero_pads": False,
+            },
+            masking={"name": "block-1d", "clone_batch": int(c["clone_batch"]),
+                     "options": {"mask_prob": float(a["mask_prob"]), "mask_length": int(a["mask_length"]),
+                                 "mask_prob_adjust": float(a["mask_prob_adjust"])}},
+            decoder={"name": "conv1d", "mask_noise_std": float(a["mask_noise_std"]),
+                     "options": {"channels": int(dec["decoder_dim"]), "kernel": int(dec["decoder_kernel"]),
+                                 "groups": int(dec["decoder_groups"]), "layers": int(dec["decoder_layers"]),
+                                 "residual": bool(dec["decoder_residual"]), "projection_layers": int(dec["projection_layers"]),
+                                 "projection_ratio": float(dec["projection_ratio"]), "input_dropout": float(dec["input_dropout"])}},
+        )
+        out["model"]["dropout"] = float(c["encoder_dropout"])
+        return out
+
+    def key_map(self, cfg: Any) -> Sequence:
+        from d2v_core import BLOCK_RULES
+
+        return v2_encoder_rules(cfg.encoder["pos_conv_depth"], cfg.model.heads,
+                                cfg.decoder.options.get("projection_layers", 1)) + BLOCK_RULES
+
+    def teacher_key_map(self, cfg: Any, ckpt: FairseqCheckpoint) -> Sequence:
+        from d2v_core import BLOCK_RULES
+
+        # ema_encoder_only: _ema holds the blocks (a ModuleList: "0.norm1.weight"); otherwise the
+        # model's copy without decoder and local encoder (data2vec2.py make_target_model L298-L327)
+        if ckpt.model_cfg.get("ema_encoder_only", True):
+            return rebase(BLOCK_RULES, "blocks.", "_ema.")
+        return rebase(list(self.key_map(cfg)), "", "_ema.")

@@ -27,6 +27,9 @@ class AudioEncoderOptions(StrictModel):
       (fairseq ``pos_conv_depth 5``, ``conv_pos 95`` -> kernel ``max(3, 95 // 5) = 19``, groups 16).
     - ``alibi`` (data2vec 2.0 audio): add a symmetric ALiBi bias to every layer's attention logits,
       times a learned per-head scale that starts at ``alibi_scale_init`` (clamped at 0 in use).
+    - ``pos_conv_zero_pads``: zero padded frames before the positional conv (fairseq data2vec 1.0,
+      ``wav2vec2.py`` ``index_put``); data2vec 2.0's ``AudioEncoder`` does not, so checkpoints
+      imported from it set this to false.
     """
 
     conv_channels: Union[PositiveInt, list[PositiveInt]] = 512
@@ -38,6 +41,7 @@ class AudioEncoderOptions(StrictModel):
     pos_conv_groups: PositiveInt = 16
     alibi: bool = False
     alibi_scale_init: float = Field(1.0, ge=0.0)
+    pos_conv_zero_pads: bool = True
 
     @model_validator(mode="after")
     def _layers_agree(self) -> "AudioEncoderOptions":

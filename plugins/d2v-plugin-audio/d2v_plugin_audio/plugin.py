@@ -56,6 +56,14 @@ FAIRSEQ_IMPORTER = ComponentSpec(
     modalities=("audio",),
 )
 
+FAIRSEQ_V2_IMPORTER = ComponentSpec(
+    kind="importer",
+    name="audio-fairseq-v2",
+    factory=f"{_PKG}.fairseq_import:AudioV2FairseqImporter",
+    description="fairseq data2vec 2.0 audio checkpoints (data2vec_multi, supported_modality AUDIO)",
+    modalities=("audio",),
+)
+
 
 @hookimpl
 def d2v_register(registry) -> None:  # type: ignore[no-untyped-def]
@@ -64,3 +72,4 @@ def d2v_register(registry) -> None:  # type: ignore[no-untyped-def]
     registry.add_component(BLOCK1D_MASKER)
     registry.add_component(HF_EXPORTER)
     registry.add_component(FAIRSEQ_IMPORTER)
+    registry.add_component(FAIRSEQ_V2_IMPORTER)
