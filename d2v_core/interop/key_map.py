@@ -113,7 +113,9 @@ def check_complete(mapped: Mapping[str, Tensor], expected: Mapping[str, Tensor],
             continue
         if key not in mapped:
             names = [n for n in source_names(key, rules) if source is None or n not in source] or source_names(key, rules)
-            named = " / ".join(repr(n) for n in names) if names else "no tensor d2v can map"
+            if not names:  # no rule writes it: the importer's table is incomplete
+                raise CheckpointError(f"{what}: no rule of the key map gives d2v's {key!r}")
+            named = " / ".join(repr(n) for n in names)
             raise CheckpointError(f"{what}: missing key {named} (d2v's {key!r} needs it); the checkpoint does not fit its own config")
         if tuple(mapped[key].shape) != tuple(ref.shape):
             src = " / ".join(source_names(key, rules)) or key

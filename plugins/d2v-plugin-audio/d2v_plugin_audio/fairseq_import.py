@@ -249,6 +249,9 @@ class AudioV2FairseqImporter(FairseqImporter):
         return v2_encoder_rules(cfg.encoder["pos_conv_depth"], cfg.model.heads,
                                 cfg.decoder.options.get("projection_layers", 1)) + BLOCK_RULES
 
+    def fresh_keys(self, cfg: Any) -> Sequence[str]:
+        return ("encoder.mask_embedding",)  # the sparse student has no mask embedding (masked steps are dropped)
+
     def teacher_key_map(self, cfg: Any, ckpt: FairseqCheckpoint) -> Sequence:
         from d2v_core import BLOCK_RULES
 
