@@ -147,3 +147,100 @@ class TextFairseqImporter(FairseqImporter):
 
     def teacher_key_map(self, cfg: Any, ckpt: FairseqCheckpoint) -> Sequence:
         return rebase(ENCODER_RULES, _SE, "encoder._ema.")
+
+
+# ---- data2vec 2.0 (data2vec_multi, supported_modality TEXT) ----------------------------------
+#
+# examples/data2vec/models/modalities/text.py TextEncoder (L35-L100): local_encoder =
+# TextLocalEncoder (L118-L161: embed_tokens, embed_positions (learned, padding offset),
+# layernorm_embedding, dropout), no project_features, no positional encoders, context_encoder =
+# BlockEncoder(prenet blocks, a norm only with prenet blocks); decoder = Decoder1d
+# (modalities/modules.py L123-L178: blocks.{j}.0 conv, proj or proj.{0,2,...}).
+
+_TE = "modality_encoders.TEXT."
+#: D2vTextConfig / D2vModalityConfig / D2vDecoderConfig defaults (text.py L22-L33, base.py L28-L68, modules.py L20-L32).
+V2_TEXT_DEFAULTS: dict[str, Any] = {"max_source_positions": 512, "learned_pos": True, "no_scale_embedding": True,
+                                    "layernorm_embedding": True, "no_token_positional_embeddings": False,
+                                    "prenet_depth": 4, "num_extra_tokens": 0, "use_alibi_encoder": False,
+                                    "mask_prob": 0.7, "mask_noise_std": 0.01, "decoder": {}}
+V2_DECODER_DEFAULTS: dict[str, Any] = {"decoder_dim": 384, "decoder_groups": 16, "decoder_kernel": 5, "decoder_layers": 5,
+                                       "input_dropout": 0.1, "add_positions_masked": False, "add_positions_all": False,
+                                       "decoder_residual": True, "projection_layers": 1, "projection_ratio": 2.0}
+
+
+class TextV2FairseqImporter(TextFairseqImporter):
+    """fairseq ``data2vec_multi`` checkpoints of text (the released data2vec 2.0 text Base)."""
+
+    family = "data2vec 2.0 text"
+    model_names = ("data2vec_multi",)
+
+    def accepts(self, ckpt: FairseqCheckpoint) -> bool:
+        from d2v_core import supported_modality
+
+        return ckpt.model_name in self.model_names and supported_modality(ckpt.model_cfg) == "TEXT"
+
+    @staticmethod
+    def _text(ckpt: FairseqCheckpoint) -> dict[str, Any]:
+        t = {**V2_TEXT_DEFAULTS, **((ckpt.model_cfg.get("modalities") or {}).get("text") or {})}
+        t["decoder"] = {**V2_DECODER_DEFAULTS, **(t.get("decoder") or {})}
+        return t
+
+    def run_config(self, ckpt: FairseqCheckpoint) -> dict[str, Any]:
+        from d2v_core import multi_config, multi_run_config
+
+        c, t = multi_config(ckpt.model_cfg), self._text(ckpt)
+        dec = t["decoder"]
+        problems = []
+        if int(t["prenet_depth"]) != 0:
+            problems.append(f"modalities.text.prenet_depth={t['prenet_depth']} (d2v has no modality-specific blocks)")
+        if t["use_alibi_encoder"] or int(t["num_extra_tokens"]):
+            problems.append("ALiBi or extra tokens in the text encoder")
+        if not t["learned_pos"] or t["no_token_positional_embeddings"] or not t["no_scale_embedding"] or not t["layernorm_embedding"]:
+            problems.append("an embedding other than RoBERTa's (learned positions, no scale, LayerNorm)")
+        if dec["add_positions_masked"] or dec["add_positions_all"]:
+            problems.append("decoder positions")
+        if problems:
+            raise CheckpointError(f"{ckpt.path}: d2v cannot represent this data2vec 2.0 text model: {'; '.join(problems)}")
+        out = multi_run_config(c, str(ckpt.path))
+        table = ckpt.model.get(_TE + "local_encoder.embed_positions.weight")
+        max_positions = int(table.shape[0]) - 2 if table is not None else int(t["max_source_positions"])
+        out.update(
+            preset="v2-base",
+            encoder={"max_positions": max_positions},
+            masking={"name": "text-random", "clone_batch": int(c["clone_batch"]), "options": {"mask_prob": float(t["mask_prob"])}},
+            decoder={"name": "conv1d", "mask_noise_std": float(t["mask_noise_std"]),
+                     "options": {"channels": int(dec["decoder_dim"]), "kernel": int(dec["decoder_kernel"]),
+                                 "groups": int(dec["decoder_groups"]), "layers": int(dec["decoder_layers"]),
+                                 "residual": bool(dec["decoder_residual"]), "projection_layers": int(dec["projection_layers"]),
+                                 "projection_ratio": float(dec["projection_ratio"]), "input_dropout": float(dec["input_dropout"])}},
+            data={"options": {"block_size": max_positions}},
+        )
+        return out
+
+    def validate(self, cfg: Any, ckpt: FairseqCheckpoint) -> None:
+        rows = ckpt.model.get(_TE + "local_encoder.embed_tokens.weight")
+        renamed = FairseqCheckpoint(ckpt.path, {_SE + "embed_tokens.weight": rows} if rows is not None else {},
+                                    ckpt.model_cfg, ckpt.model_name, ckpt.task_cfg)
+        super().validate(cfg, renamed)
+
+    def key_map(self, cfg: Any) -> Sequence:
+        from d2v_core import BLOCK_RULES
+
+        single = cfg.decoder.options.get("projection_layers", 1) == 1
+        proj = Rename(_TE + "decoder.proj.{kind}", "decoder.proj.{kind}") if single else \
+            Rename(_TE + "decoder.proj.{n}.{kind}", "decoder.proj.{n}.{kind}")
+        return (
+            Rename(_TE + "local_encoder.embed_tokens.weight", "encoder.embed_tokens.weight"),
+            Rename(_TE + "local_encoder.embed_positions.weight", "encoder.embed_positions.weight"),
+            Rename(_TE + "local_encoder.layernorm_embedding.{kind}", "encoder.layernorm_embedding.{kind}"),
+            Rename(_TE + "decoder.blocks.{j}.0.{kind}", "decoder.blocks.{j}.conv.{kind}"),
+            proj,
+            *BLOCK_RULES,
+        )
+
+    def teacher_key_map(self, cfg: Any, ckpt: FairseqCheckpoint) -> Sequence:
+        from d2v_core import BLOCK_RULES
+
+        if ckpt.model_cfg.get("ema_encoder_only", True):  # _ema holds the blocks (a ModuleList)
+            return rebase(BLOCK_RULES, "blocks.", "_ema.")
+        return rebase(list(self.key_map(cfg)), "", "_ema.")

@@ -196,3 +196,117 @@ def test_export_to_transformers_gives_fairseq_outputs(tmp_path, registry):
         theirs = hf(input_ids=tokens, attention_mask=tokens.ne(PAD).long()).last_hidden_state
         ours, _, pad = fs_forward(s, "encoder.sentence_encoder.", tokens)
     assert (theirs - ours)[~pad].abs().max() <= 1e-5
+
+
+# ---- data2vec 2.0 text (data2vec_multi) -------------------------------------------------------
+#
+# Tensors of Data2VecMultiModel with one TEXT modality encoder: modalities/text.py L118-L161
+# (TextLocalEncoder: embed_tokens, embed_positions, layernorm_embedding), modalities/modules.py
+# L123-L163 (Decoder1d: blocks.{j}.0 conv, proj = Sequential(Linear(C, 2C), GELU, Linear(2C, D))
+# with projection_layers 2) and L258-L323 (AltBlock), data2vec2.py L298-L327 / L378-L383 (with
+# ema_encoder_only the teacher is the blocks: _ema.{i}.*).
+
+T = "modality_encoders.TEXT."
+DEC_DIM, DEC_K, DEC_LAYERS = 16, 5, 2
+V2_CFG = {
+    "_name": "data2vec_multi", "loss_beta": 0.0, "loss_scale": 1.0, "depth": DEPTH, "embed_dim": D, "num_heads": HEADS,
+    "mlp_ratio": FFN / D, "clone_batch": 8, "ema_decay": 0.9999, "ema_end_decay": 0.99999, "ema_anneal_end_step": 100000,
+    "ema_encoder_only": True, "average_top_k_layers": 3, "instance_norm_target_layer": True, "layer_norm_target_layer": False,
+    "layerdrop": 0.0, "norm_eps": 1e-5, "supported_modality": "TEXT",
+    "modalities": {"text": {"type": "TEXT", "max_source_positions": MAX_POS, "learned_pos": True, "no_scale_embedding": True,
+                            "layernorm_embedding": True, "mask_prob": 0.48, "mask_length": 1, "mask_noise_std": 0.01,
+                            "prenet_depth": 0, "use_alibi_encoder": False,
+                            "decoder": {"input_dropout": 0.1, "decoder_dim": DEC_DIM, "decoder_groups": 1,
+                                        "decoder_kernel": DEC_K, "decoder_layers": DEC_LAYERS, "decoder_residual": False,
+                                        "projection_layers": 2, "projection_ratio": 2.0}}},
+}
+
+
+def v2_state(seed: int = 0) -> dict[str, torch.Tensor]:
+    g = torch.Generator().manual_seed(seed)
+
+    def r(*shape: int, scale: float = 0.2) -> torch.Tensor:
+        return torch.randn(*shape, generator=g) * scale
+
+    enc = sentence_encoder(r)
+    s = {T + "local_encoder." + k: enc[k] for k in ("embed_tokens.weight", "embed_positions.weight",
+                                                     "layernorm_embedding.weight", "layernorm_embedding.bias")}
+    blocks = {}
+    for i in range(DEPTH):
+        p = f"{i}."
+        blocks[p + "norm1.weight"], blocks[p + "norm1.bias"] = 1 + r(D), r(D)
+        blocks[p + "attn.qkv.weight"], blocks[p + "attn.qkv.bias"] = r(3 * D, D), r(3 * D)
+        blocks[p + "attn.proj.weight"], blocks[p + "attn.proj.bias"] = r(D, D), r(D)
+        blocks[p + "norm2.weight"], blocks[p + "norm2.bias"] = 1 + r(D), r(D)
+        blocks[p + "mlp.fc1.weight"], blocks[p + "mlp.fc1.bias"] = r(FFN, D), r(FFN)
+        blocks[p + "mlp.fc2.weight"], blocks[p + "mlp.fc2.bias"] = r(D, FFN), r(D)
+    s.update({f"blocks.{k}": v for k, v in blocks.items()})
+    s.update({f"_ema.{k}": v + r(*v.shape, scale=0.05) for k, v in blocks.items()})
+    for j in range(DEC_LAYERS):
+        s[T + f"decoder.blocks.{j}.0.weight"] = r(DEC_DIM, D if j == 0 else DEC_DIM, DEC_K)
+        s[T + f"decoder.blocks.{j}.0.bias"] = r(DEC_DIM)
+    s[T + "decoder.proj.0.weight"], s[T + "decoder.proj.0.bias"] = r(2 * DEC_DIM, DEC_DIM), r(2 * DEC_DIM)
+    s[T + "decoder.proj.2.weight"], s[T + "decoder.proj.2.bias"] = r(D, 2 * DEC_DIM), r(D)
+    return s
+
+
+def fs_v2(s: dict, blocks: str, tokens: torch.Tensor):
+    """``TextLocalEncoder.forward`` (text.py L150-L161: no pad zeroing), then the blocks with the
+    padding mask (data2vec2.py L436-L463; AltAttention -inf at pads, AltBlock post-LN)."""
+    pad = tokens.eq(PAD)
+    positions = (torch.cumsum((~pad).int(), 1) * (~pad).int()).long() + PAD
+    x = F.embedding(tokens, s[T + "local_encoder.embed_tokens.weight"]) + F.embedding(positions, s[T + "local_encoder.embed_positions.weight"])
+    x = F.layer_norm(x, (D,), s[T + "local_encoder.layernorm_embedding.weight"], s[T + "local_encoder.layernorm_embedding.bias"])
+    B, L, _ = x.shape
+    hd = D // HEADS
+    fcs = []
+    for i in range(DEPTH):
+        p = f"{blocks}{i}."
+        qkv = F.linear(x, s[p + "attn.qkv.weight"], s[p + "attn.qkv.bias"]).reshape(B, L, 3, HEADS, hd).permute(2, 0, 3, 1, 4)
+        attn = (qkv[0] * hd ** -0.5) @ qkv[1].transpose(-2, -1)
+        if pad.any():
+            attn = attn.masked_fill(pad[:, None, None, :], float("-inf"))
+        a = F.linear((attn.softmax(-1) @ qkv[2]).transpose(1, 2).reshape(B, L, D), s[p + "attn.proj.weight"], s[p + "attn.proj.bias"])
+        r = x = F.layer_norm(x + a, (D,), s[p + "norm1.weight"], s[p + "norm1.bias"], 1e-5)
+        h = F.linear(F.gelu(F.linear(x, s[p + "mlp.fc1.weight"], s[p + "mlp.fc1.bias"])), s[p + "mlp.fc2.weight"], s[p + "mlp.fc2.bias"])
+        x = F.layer_norm(r + h, (D,), s[p + "norm2.weight"], s[p + "norm2.bias"], 1e-5)
+        fcs.append(h)
+    return x, fcs, pad
+
+
+def test_v2_import_matches_fairseq_forward_with_padding(tmp_path, registry):
+    s = v2_state()
+    ckpt = save_fairseq_checkpoint(tmp_path / "text_base_v2.pt", s, V2_CFG, form="dict", task_cfg={"_name": "masked_lm"})
+    result = import_fairseq(ckpt, tmp_path / "run", registry, overrides=SPM)
+    assert result.family == "data2vec 2.0 text" and result.teacher_from_ema and result.unused == []
+    pre = load_pretrained(tmp_path / "run", registry)
+    assert pre.cfg.decoder.name == "conv1d" and pre.cfg.masking.name == "text-random" and pre.cfg.masking.clone_batch == 8
+    tokens = tokens_with_padding()
+    with torch.no_grad():
+        ours, pad = pre.model.encode({"tokens": tokens})
+        theirs, _, pad_fs = fs_v2(s, "blocks.", tokens)
+    assert torch.equal(pad, pad_fs)
+    assert (ours - theirs)[~pad].abs().max() <= 1e-5
+
+    x = torch.randn(2, 9, D)  # Decoder1d without residual, 2-layer projection
+    h = x.transpose(1, 2)
+    for j in range(DEC_LAYERS):
+        h = F.conv1d(h, s[T + f"decoder.blocks.{j}.0.weight"], s[T + f"decoder.blocks.{j}.0.bias"], padding=DEC_K // 2)
+        h = F.gelu(F.layer_norm(h.transpose(1, 2), (DEC_DIM,)).transpose(1, 2))
+    h = F.linear(F.gelu(F.linear(h.transpose(1, 2), s[T + "decoder.proj.0.weight"], s[T + "decoder.proj.0.bias"])),
+                 s[T + "decoder.proj.2.weight"], s[T + "decoder.proj.2.bias"])
+    with torch.no_grad():
+        assert (pre.model.decoder(x, None, None) - h).abs().max() <= 1e-5
+
+    from d2v_core.model.ema_teacher import EMATeacher
+
+    teacher = EMATeacher(pre.model.teacher_scope(), pre.cfg.ema)  # fairseq's EMA blocks on the student's embeddings
+    teacher.load_state_dict(load_checkpoint(tmp_path / "run")["teacher"])
+    full = tokens[:1]
+    with torch.no_grad():
+        batch = {"tokens": full}
+        y = pre.model.targets(teacher.model, batch, pre.model.encoder.embed(batch))
+        _, fcs, _ = fs_v2({**s, **{k.replace("_ema.", "ema_blocks."): v for k, v in s.items() if k.startswith("_ema.")}},
+                          "ema_blocks.", full)
+        y_fs = sum(F.instance_norm(t.transpose(1, 2)).transpose(1, 2) for t in fcs) / 3
+    assert (y - y_fs).abs().max() <= 1e-5
