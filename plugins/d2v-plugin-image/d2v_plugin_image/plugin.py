@@ -59,6 +59,14 @@ CONV2D_DECODER = ComponentSpec(
     modalities=("image",),
 )
 
+FAIRSEQ_IMPORTER = ComponentSpec(
+    kind="importer",
+    name="image-fairseq",
+    factory=f"{_PKG}.fairseq_import:ImageFairseqImporter",
+    description="fairseq data2vec_vision (BEiT layout) checkpoints (d2v import --from-fairseq)",
+    modalities=("image",),
+)
+
 
 @hookimpl
 def d2v_register(registry) -> None:  # type: ignore[no-untyped-def]
@@ -66,3 +74,4 @@ def d2v_register(registry) -> None:  # type: ignore[no-untyped-def]
     registry.add_component(BLOCK_MASKER)
     registry.add_component(CONV2D_DECODER)
     registry.add_component(HF_EXPORTER)
+    registry.add_component(FAIRSEQ_IMPORTER)

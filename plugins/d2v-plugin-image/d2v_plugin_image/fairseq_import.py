@@ -1,0 +1,120 @@
+"""``d2v import --from-fairseq`` for fairseq's data2vec_vision (BEiT-layout) image checkpoints.
+
+Module names are those of ``examples/data2vec/models/data2vec_vision.py``:
+``Data2VecVisionModel`` (L98-L135: ``patch_embed.conv``, ``cls_emb`` (1, 1, D), ``mask_emb``
+(1, 1, D), ``encoder``, ``final_proj``; ``_ema`` L170-L175), ``TransformerEncoder`` (L653-L727:
+shared ``rel_pos_bias``, ``blocks``, final ``norm``), ``Block`` (L594-L650: ``norm1``, ``attn``
+with ``qkv`` (no bias), ``q_bias``, ``v_bias``, ``proj``; ``norm2``; ``mlp`` =
+``Sequential(Linear, GELU, Linear, Dropout)``; ``gamma_1``, ``gamma_2``):
+
+===================================================  =============================================
+fairseq                                              d2v
+===================================================  =============================================
+``patch_embed.conv.*``                               ``encoder.patch_embed.proj.*``
+``cls_emb``, ``mask_emb``                            ``encoder.cls_token``, ``encoder.mask_embedding``
+``encoder.rel_pos_bias.relative_position_bias_table``  ``encoder.rel_pos_bias.relative_position_bias_table``
+``encoder.blocks.{i}.norm1.*`` / ``norm2.*``         ``transformer.layers.{i}.attn_norm.*`` / ``ffn_norm.*``
+``encoder.blocks.{i}.attn.{qkv.weight,q_bias,v_bias,proj.*}``  ``transformer.layers.{i}.attn.*`` (same names)
+``encoder.blocks.{i}.mlp.{0,2}.*``                   ``transformer.layers.{i}.{fc1,fc2}.*``
+``encoder.blocks.{i}.gamma_{1,2}``                   ``transformer.layers.{i}.gamma_{1,2}``
+``encoder.norm.*``                                   ``transformer.norm.*``
+``final_proj.*``                                     ``head.*``
+``_ema.*`` (the ``TransformerEncoder``'s copy)       the teacher's ``encoder.rel_pos_bias`` / ``transformer.*``
+===================================================  =============================================
+
+``relative_position_index`` (a buffer d2v derives from the grid) is listed as unused. Refused:
+per-layer relative position tables (``shared_rel_pos_bias: false``) and inputs other than RGB.
+The file's ``nn.LayerNorm`` layers use PyTorch's eps 1e-5 (not BEiT's 1e-6); the import keeps it.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Sequence
+
+from d2v_core import CheckpointError, FairseqCheckpoint, FairseqImporter, Rename, rebase
+
+RULES: tuple = (
+    Rename("patch_embed.conv.{kind}", "encoder.patch_embed.proj.{kind}"),
+    Rename("cls_emb", "encoder.cls_token"),
+    Rename("mask_emb", "encoder.mask_embedding", transform=lambda t: t.reshape(-1)),
+    Rename("encoder.rel_pos_bias.relative_position_bias_table", "encoder.rel_pos_bias.relative_position_bias_table"),
+    Rename("encoder.blocks.{i}.norm1.{kind}", "transformer.layers.{i}.attn_norm.{kind}"),
+    Rename("encoder.blocks.{i}.attn.qkv.weight", "transformer.layers.{i}.attn.qkv.weight"),
+    Rename("encoder.blocks.{i}.attn.q_bias", "transformer.layers.{i}.attn.q_bias"),
+    Rename("encoder.blocks.{i}.attn.v_bias", "transformer.layers.{i}.attn.v_bias"),
+    Rename("encoder.blocks.{i}.attn.proj.{kind}", "transformer.layers.{i}.attn.proj.{kind}"),
+    Rename("encoder.blocks.{i}.norm2.{kind}", "transformer.layers.{i}.ffn_norm.{kind}"),
+    Rename("encoder.blocks.{i}.mlp.0.{kind}", "transformer.layers.{i}.fc1.{kind}"),
+    Rename("encoder.blocks.{i}.mlp.2.{kind}", "transformer.layers.{i}.fc2.{kind}"),
+    Rename("encoder.blocks.{i}.gamma_1", "transformer.layers.{i}.gamma_1"),
+    Rename("encoder.blocks.{i}.gamma_2", "transformer.layers.{i}.gamma_2"),
+    Rename("encoder.norm.{kind}", "transformer.norm.{kind}"),
+    Rename("final_proj.{kind}", "head.{kind}"),
+)
+
+#: ``Data2VecVisionConfig`` defaults (data2vec_vision.py L33-L95).
+DEFAULTS: dict[str, Any] = {
+    "layer_scale_init_value": 1e-4, "num_mask_patches": 75, "min_mask_patches_per_block": 16, "image_size": 224,
+    "patch_size": 16, "in_channels": 3, "shared_rel_pos_bias": True, "drop_path": 0.1, "attention_dropout": 0.0,
+    "depth": 12, "embed_dim": 768, "num_heads": 12, "mlp_ratio": 4, "loss_beta": 0.0, "loss_scale": None,
+    "average_top_k_layers": 8, "end_of_block_targets": True, "layer_norm_target_layer": False,
+    "instance_norm_target_layer": False, "batch_norm_target_layer": False, "instance_norm_targets": False,
+    "layer_norm_targets": False, "ema_decay": 0.999, "ema_end_decay": 0.9999, "ema_transformer_only": True,
+}
+
+
+def _norm(c: dict[str, Any], layer: bool) -> str:
+    if layer:
+        if c["batch_norm_target_layer"]:
+            raise CheckpointError("batch_norm_target_layer is not supported by d2v (use instance or layer)")
+        return "instance" if c["instance_norm_target_layer"] else "layer" if c["layer_norm_target_layer"] else "none"
+    return "instance" if c["instance_norm_targets"] else "layer" if c["layer_norm_targets"] else "none"
+
+
+class ImageFairseqImporter(FairseqImporter):
+    """fairseq ``data2vec_vision`` checkpoints (the released data2vec 1.0 image Base/Large)."""
+
+    model_names = ("data2vec_vision",)
+    family = "data2vec_vision (BEiT)"
+
+    def run_config(self, ckpt: FairseqCheckpoint) -> dict[str, Any]:
+        c = {**DEFAULTS, **{k: v for k, v in ckpt.model_cfg.items() if v is not None or k == "loss_scale"}}
+        problems = []
+        if not c["shared_rel_pos_bias"]:
+            problems.append("shared_rel_pos_bias=false (d2v shares one relative position table across layers)")
+        if int(c["in_channels"]) != 3:
+            problems.append(f"in_channels={c['in_channels']} (d2v reads RGB images)")
+        if problems:
+            raise CheckpointError(f"{ckpt.path}: d2v cannot represent this data2vec_vision model: {'; '.join(problems)}")
+        dim, size, patch = int(c["embed_dim"]), int(c["image_size"]), int(c["patch_size"])
+        scale = c["loss_scale"]
+        layer_scale = float(c["layer_scale_init_value"])
+        out: dict[str, Any] = {
+            "preset": "base",
+            "model": {
+                "dim": dim, "depth": int(c["depth"]), "heads": int(c["num_heads"]), "ffn_dim": int(dim * float(c["mlp_ratio"])),
+                "layout": "pre_ln", "qkv_bias": "qv", "final_norm": True, "norm_eps": 1e-5,
+                "layer_scale_init": layer_scale if layer_scale > 0 else None, "drop_path": float(c["drop_path"]),
+                "attention_dropout": float(c["attention_dropout"]), "dropout": 0.0, "init": "beit",
+            },
+            "encoder": {"image_size": size, "patch_size": patch, "position": "relative", "input_norm": False, "init": "beit"},
+            "targets": {"top_k": int(c["average_top_k_layers"]), "source": "block" if c["end_of_block_targets"] else "ffn",
+                        "layer_norm": _norm(c, True), "post_norm": _norm(c, False)},
+            "loss": {"beta": float(c["loss_beta"]), "head": "linear",
+                     "scale": float(scale) if scale is not None and float(scale) > 0 else "inv_sqrt_dim"},
+            "ema": {"decay": float(c["ema_decay"]), "end_decay": float(c["ema_end_decay"])},
+            "masking": {"name": "block", "options": {"mask_ratio": int(c["num_mask_patches"]) / (size // patch) ** 2,
+                                                      "min_num_patches": int(c["min_mask_patches_per_block"])}},
+            "data": {"options": {"image_size": size}},
+        }
+        if isinstance(c.get("ema_anneal_end_step"), int):
+            out["ema"]["anneal_end_step"] = c["ema_anneal_end_step"]
+        return out
+
+    def key_map(self, cfg: Any) -> Sequence:
+        return RULES
+
+    def teacher_key_map(self, cfg: Any, ckpt: FairseqCheckpoint) -> Sequence:
+        if ckpt.model_cfg.get("ema_transformer_only", True):
+            return rebase(RULES, "encoder.", "_ema.")
+        return rebase(RULES, "", "_ema.")
