@@ -59,6 +59,7 @@ _LAZY = {
     "rebase": "d2v_core.interop.fairseq_import",
     "parse_layer_spec": "d2v_core.interop.layer_spec",
     "BLOCK_RULES": "d2v_core.interop.data2vec_multi",
+    "block_rules": "d2v_core.interop.data2vec_multi",
     "multi_config": "d2v_core.interop.data2vec_multi",
     "multi_run_config": "d2v_core.interop.data2vec_multi",
     "supported_modality": "d2v_core.interop.data2vec_multi",

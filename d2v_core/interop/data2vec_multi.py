@@ -37,6 +37,17 @@ BLOCK_RULES: tuple = (
 )
 
 
+def block_rules(prefix: str = "blocks.", offset: int = 0, depth: int = 0) -> list[Rename]:
+    """:data:`BLOCK_RULES` for ``depth`` blocks under ``prefix`` that become d2v layers
+    ``offset..offset+depth-1`` (image models run ``prenet_depth`` modality blocks first)."""
+    out = []
+    for i in range(depth):
+        for rule in BLOCK_RULES:
+            out.append(Rename(rule.source.replace("blocks.{i}.", f"{prefix}{i}."),
+                              rule.target.replace("layers.{i}.", f"layers.{i + offset}.")))
+    return out
+
+
 def multi_config(model_cfg: dict[str, Any]) -> dict[str, Any]:
     """``data2vec_multi``'s config with its defaults filled in (plain data)."""
     return {**MULTI_DEFAULTS, **{k: v for k, v in model_cfg.items() if v is not None or k == "loss_scale"}}

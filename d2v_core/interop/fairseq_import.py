@@ -47,7 +47,7 @@ class FairseqImporter(ABC):
         :class:`CheckpointError` for a variant d2v cannot represent."""
 
     @abstractmethod
-    def key_map(self, cfg: RunConfig) -> Sequence[Rule]:
+    def key_map(self, cfg: RunConfig, ckpt: FairseqCheckpoint) -> Sequence[Rule]:
         """Rules from the checkpoint's student tensor names to ``Data2Vec.state_dict()`` names."""
 
     def teacher_key_map(self, cfg: RunConfig, ckpt: FairseqCheckpoint) -> Sequence[Rule]:
@@ -141,7 +141,7 @@ def import_fairseq(path: str | Path, out_dir: str | Path, registry: Registry, *,
     what = f"{ckpt.path} ({importer.family})"
 
     student_src = {k: v for k, v in ckpt.model.items() if not importer.is_teacher_key(k)}
-    rules = list(importer.key_map(cfg))
+    rules = list(importer.key_map(cfg, ckpt))
     mapped = apply_key_map(student_src, rules)
     expected = model.state_dict()
     fresh = set(importer.fresh_keys(cfg))

@@ -125,7 +125,7 @@ class AudioFairseqImporter(FairseqImporter):
             out["ema"]["anneal_end_step"] = c["ema_anneal_end_step"]
         return out
 
-    def key_map(self, cfg: Any) -> Sequence:
+    def key_map(self, cfg: Any, ckpt: FairseqCheckpoint) -> Sequence:
         return STUDENT_RULES
 
     def teacher_key_map(self, cfg: Any, ckpt: FairseqCheckpoint) -> Sequence:
@@ -243,7 +243,7 @@ class AudioV2FairseqImporter(FairseqImporter):
         out["model"]["dropout"] = float(c["encoder_dropout"])
         return out
 
-    def key_map(self, cfg: Any) -> Sequence:
+    def key_map(self, cfg: Any, ckpt: FairseqCheckpoint) -> Sequence:
         from d2v_core import BLOCK_RULES
 
         return v2_encoder_rules(cfg.encoder["pos_conv_depth"], cfg.model.heads,
@@ -259,4 +259,4 @@ class AudioV2FairseqImporter(FairseqImporter):
         # model's copy without decoder and local encoder (data2vec2.py make_target_model L298-L327)
         if ckpt.model_cfg.get("ema_encoder_only", True):
             return rebase(BLOCK_RULES, "blocks.", "_ema.")
-        return rebase(list(self.key_map(cfg)), "", "_ema.")
+        return rebase(list(self.key_map(cfg, ckpt)), "", "_ema.")

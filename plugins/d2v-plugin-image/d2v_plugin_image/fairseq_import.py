@@ -111,10 +111,112 @@ class ImageFairseqImporter(FairseqImporter):
             out["ema"]["anneal_end_step"] = c["ema_anneal_end_step"]
         return out
 
-    def key_map(self, cfg: Any) -> Sequence:
+    def key_map(self, cfg: Any, ckpt: FairseqCheckpoint) -> Sequence:
         return RULES
 
     def teacher_key_map(self, cfg: Any, ckpt: FairseqCheckpoint) -> Sequence:
         if ckpt.model_cfg.get("ema_transformer_only", True):
             return rebase(RULES, "encoder.", "_ema.")
         return rebase(RULES, "", "_ema.")
+
+
+# ---- data2vec 2.0 (data2vec_multi, supported_modality IMAGE) ---------------------------------
+#
+# examples/data2vec/models/modalities/images.py ImageEncoder (L44-L160): local_encoder = timm
+# PatchEmbed (``proj``), fixed_positional_encoder.positions = MAE's sin-cos table (1, N, D),
+# extra_tokens (1, 1, D) (the CLS, base.py L102-L110), context_encoder = BlockEncoder(norm, then
+# prenet_depth AltBlocks); decoder = Decoder2d (modules.py L181-L229: blocks.{j}.0 Conv2d, proj).
+# d2v runs the prenet blocks and the shared blocks as one stack: prenet block i is d2v layer i,
+# shared block i is d2v layer prenet_depth + i.
+
+_IE = "modality_encoders.IMAGE."
+V2_IMAGE_DEFAULTS: dict[str, Any] = {"input_size": 224, "in_chans": 3, "patch_size": 16, "embed_dim": 768,
+                                     "fixed_positions": True, "transformer_decoder": False, "prenet_depth": 4,
+                                     "num_extra_tokens": 0, "use_alibi_encoder": False, "mask_prob": 0.7,
+                                     "mask_length": 5, "mask_prob_adjust": 0.0, "inverse_mask": False,
+                                     "mask_noise_std": 0.01, "ema_local_encoder": False, "decoder": {}}
+V2_DECODER_DEFAULTS: dict[str, Any] = {"decoder_dim": 384, "decoder_groups": 16, "decoder_kernel": 5, "decoder_layers": 5,
+                                       "input_dropout": 0.1, "add_positions_masked": False, "add_positions_all": False,
+                                       "decoder_residual": True, "projection_layers": 1}
+
+
+class ImageV2FairseqImporter(FairseqImporter):
+    """fairseq ``data2vec_multi`` checkpoints of images (the released data2vec 2.0 image models)."""
+
+    model_names = ("data2vec_multi",)
+    family = "data2vec 2.0 image"
+
+    def accepts(self, ckpt: FairseqCheckpoint) -> bool:
+        from d2v_core import supported_modality
+
+        return ckpt.model_name in self.model_names and supported_modality(ckpt.model_cfg) == "IMAGE"
+
+    @staticmethod
+    def _image(ckpt: FairseqCheckpoint) -> dict[str, Any]:
+        m = {**V2_IMAGE_DEFAULTS, **((ckpt.model_cfg.get("modalities") or {}).get("image") or {})}
+        m["decoder"] = {**V2_DECODER_DEFAULTS, **(m.get("decoder") or {})}
+        return m
+
+    def run_config(self, ckpt: FairseqCheckpoint) -> dict[str, Any]:
+        from d2v_core import multi_config, multi_run_config
+
+        c, m = multi_config(ckpt.model_cfg), self._image(ckpt)
+        dec = m["decoder"]
+        problems = []
+        if int(m["embed_dim"]) != int(c["embed_dim"]):
+            problems.append("a patch width other than the model width (an extra projection)")
+        if int(m["in_chans"]) != 3:
+            problems.append(f"in_chans={m['in_chans']}")
+        if not m["fixed_positions"] or m["use_alibi_encoder"]:
+            problems.append("no fixed positions, or ALiBi (d2v's 2.0 image encoder adds MAE's sin-cos table)")
+        if int(m["num_extra_tokens"]) != 1:
+            problems.append(f"num_extra_tokens={m['num_extra_tokens']} (d2v has one CLS token)")
+        if m["transformer_decoder"] or dec["add_positions_masked"] or dec["add_positions_all"] or int(dec["projection_layers"]) != 1:
+            problems.append("a Transformer decoder, decoder positions or a deeper projection")
+        if problems:
+            raise CheckpointError(f"{ckpt.path}: d2v cannot represent this data2vec 2.0 image model: {'; '.join(problems)}")
+        out = multi_run_config(c, str(ckpt.path))
+        prenet = int(m["prenet_depth"])
+        out["model"]["depth"] += prenet  # prenet blocks and shared blocks: one stack in d2v
+        size, patch = int(m["input_size"]), int(m["patch_size"])
+        out.update(
+            preset="v2-base",
+            encoder={"image_size": size, "patch_size": patch, "position": "sincos-mae", "input_norm": True, "init": "mae"},
+            decoder={"name": "conv2d", "mask_noise_std": float(m["mask_noise_std"]),
+                     "options": {"channels": int(dec["decoder_dim"]), "kernel": int(dec["decoder_kernel"]),
+                                 "groups": int(dec["decoder_groups"]), "layers": int(dec["decoder_layers"]),
+                                 "residual": bool(dec["decoder_residual"]), "projection_layers": 1,
+                                 "input_dropout": float(dec["input_dropout"])}},
+            data={"options": {"image_size": size}},
+        )
+        out["masking"].update(name="inverse-block" if m["inverse_mask"] else "block")
+        if m["inverse_mask"]:
+            out["masking"]["options"] = {"mask_prob": float(m["mask_prob"]), "mask_length": int(m["mask_length"]),
+                                         "mask_prob_adjust": float(m["mask_prob_adjust"])}
+        return out
+
+    def key_map(self, cfg: Any, ckpt: FairseqCheckpoint) -> Sequence:
+        from d2v_core import block_rules
+
+        prenet = int(self._image(ckpt)["prenet_depth"])
+        return (
+            Rename(_IE + "local_encoder.proj.{kind}", "encoder.patch_embed.proj.{kind}"),
+            Rename(_IE + "fixed_positional_encoder.positions", "encoder.pos_embed"),
+            Rename(_IE + "extra_tokens", "encoder.cls_token"),
+            Rename(_IE + "context_encoder.norm.{kind}", "encoder.input_norm.{kind}"),
+            *block_rules(_IE + "context_encoder.blocks.", 0, prenet),
+            *block_rules("blocks.", prenet, cfg.model.depth - prenet),
+            Rename(_IE + "decoder.blocks.{j}.0.{kind}", "decoder.blocks.{j}.conv.{kind}"),
+            Rename(_IE + "decoder.proj.{kind}", "decoder.proj.{kind}"),
+        )
+
+    def fresh_keys(self, cfg: Any) -> Sequence[str]:
+        return ("encoder.mask_embedding",)  # the sparse student drops masked patches: no mask token
+
+    def teacher_key_map(self, cfg: Any, ckpt: FairseqCheckpoint) -> Sequence:
+        from d2v_core import block_rules
+
+        if ckpt.model_cfg.get("ema_encoder_only", True):  # _ema holds the shared blocks (a ModuleList)
+            prenet = int(self._image(ckpt)["prenet_depth"])
+            return block_rules("_ema.", prenet, cfg.model.depth - prenet)
+        return rebase(list(self.key_map(cfg, ckpt)), "", "_ema.")

@@ -19,7 +19,9 @@ class ImageEncoderOptions(StrictModel):
     exactly ``image_size``.
 
     - ``position``: ``relative`` (BEiT / data2vec: a learned relative position bias shared by all
-      layers) or ``sincos`` (data2vec 2.0 / MAE: a fixed 2-D sine-cosine embedding added to the
+      layers), ``sincos-mae`` (MAE's exact table, as fairseq's data2vec 2.0 stores it: checkpoints
+      imported from fairseq use it; it is saved with the checkpoint) or ``sincos`` (data2vec 2.0 /
+      MAE: a fixed 2-D sine-cosine embedding added to the
       patches before masking).
     - ``input_norm``: a LayerNorm after the CLS token is prepended (data2vec 2.0's context encoder).
     - ``init``: ``beit`` (truncated normal, std ``init_std``, for the patch conv, CLS and mask
@@ -30,7 +32,7 @@ class ImageEncoderOptions(StrictModel):
     image_size: PositiveInt = 224
     patch_size: PositiveInt = 16
     init_std: float = Field(0.02, gt=0.0)
-    position: Literal["relative", "sincos"] = "relative"
+    position: Literal["relative", "sincos", "sincos-mae"] = "relative"
     input_norm: bool = False
     init: Literal["beit", "mae"] = "beit"
 

@@ -67,6 +67,14 @@ FAIRSEQ_IMPORTER = ComponentSpec(
     modalities=("image",),
 )
 
+FAIRSEQ_V2_IMPORTER = ComponentSpec(
+    kind="importer",
+    name="image-fairseq-v2",
+    factory=f"{_PKG}.fairseq_import:ImageV2FairseqImporter",
+    description="fairseq data2vec 2.0 image checkpoints (data2vec_multi, supported_modality IMAGE)",
+    modalities=("image",),
+)
+
 
 @hookimpl
 def d2v_register(registry) -> None:  # type: ignore[no-untyped-def]
@@ -75,3 +83,4 @@ def d2v_register(registry) -> None:  # type: ignore[no-untyped-def]
     registry.add_component(CONV2D_DECODER)
     registry.add_component(HF_EXPORTER)
     registry.add_component(FAIRSEQ_IMPORTER)
+    registry.add_component(FAIRSEQ_V2_IMPORTER)

@@ -147,3 +147,151 @@ def test_per_layer_position_tables_are_refused(tmp_path, registry):
     with pytest.raises(CheckpointError, match="shared_rel_pos_bias=false"):
         import_fairseq(ckpt, tmp_path / "run", registry)
     assert not (tmp_path / "run").exists()
+
+
+# ---- data2vec 2.0 image (data2vec_multi) ------------------------------------------------------
+#
+# Tensors of Data2VecMultiModel with one IMAGE modality encoder: modalities/images.py L60-L125
+# (local_encoder = timm PatchEmbed ``proj``; fixed_positional_encoder.positions (1, N, D), MAE's
+# table from mae.py L370-L417; context_encoder = BlockEncoder(norm, prenet AltBlocks);
+# Decoder2d), base.py L102-L110 (extra_tokens (1, 1, D)), modules.py L181-L229 (Decoder2d:
+# blocks.{j}.0 Conv2d, proj), L258-L323 (AltBlock); data2vec2.py L298-L327 (ema_encoder_only false,
+# ema_local_encoder true: _ema is the model without its decoder).
+
+import numpy as np  # noqa: E402
+
+IE = "modality_encoders.IMAGE."
+PRENET, MAIN, DEC_DIM, DEC_K, DEC_LAYERS, DEC_GROUPS = 2, 2, 16, 3, 2, 4
+V2_CFG = {
+    "_name": "data2vec_multi", "depth": MAIN, "embed_dim": D, "num_heads": HEADS, "mlp_ratio": 4.0, "norm_eps": 1e-6,
+    "clone_batch": 16, "ema_decay": 0.9998, "ema_end_decay": 0.99999, "ema_anneal_end_step": 100000,
+    "instance_norm_target_layer": True, "layer_norm_target_layer": False, "layer_norm_targets": True,
+    "end_of_block_targets": False, "average_top_k_layers": MAIN, "encoder_dropout": 0.0, "post_mlp_drop": 0.0,
+    "attention_dropout": 0.0, "activation_dropout": 0.0, "supported_modality": "IMAGE", "cls_loss": 0.01,
+    "ema_encoder_only": False,
+    "modalities": {"image": {"type": "IMAGE", "input_size": IMG, "patch_size": PATCH, "embed_dim": D, "in_chans": 3,
+                             "inverse_mask": True, "mask_prob": 0.8, "mask_prob_adjust": 0.07, "mask_length": 3,
+                             "mask_noise_std": 0.01, "prenet_depth": PRENET, "ema_local_encoder": True,
+                             "num_extra_tokens": 1, "init_extra_token_zero": False, "use_alibi_encoder": False,
+                             "fixed_positions": True,
+                             "decoder": {"decoder_dim": DEC_DIM, "decoder_groups": DEC_GROUPS, "decoder_kernel": DEC_K,
+                                         "decoder_layers": DEC_LAYERS, "input_dropout": 0.0}}},
+}
+
+
+def mae_table(dim: int, side: int) -> np.ndarray:
+    """mae.py ``get_2d_sincos_pos_embed`` L370-L417, transcribed (numpy, as fairseq computes it)."""
+    def one_d(d: int, pos: np.ndarray) -> np.ndarray:
+        omega = 1.0 / 10000 ** (np.arange(d // 2, dtype=np.float64) / (d / 2.0))
+        out = np.einsum("m,d->md", pos.reshape(-1), omega)
+        return np.concatenate([np.sin(out), np.cos(out)], axis=1)
+
+    grid = np.stack(np.meshgrid(np.arange(side, dtype=np.float32), np.arange(side, dtype=np.float32)), axis=0)
+    grid = grid.reshape([2, 1, side, side])
+    return np.concatenate([one_d(dim // 2, grid[0]), one_d(dim // 2, grid[1])], axis=1)
+
+
+def alt_blocks(r, n: int) -> dict:  # noqa: ANN001
+    out = {}
+    for i in range(n):
+        p = f"{i}."
+        out[p + "norm1.weight"], out[p + "norm1.bias"] = 1 + r(D), r(D)
+        out[p + "attn.qkv.weight"], out[p + "attn.qkv.bias"] = r(3 * D, D), r(3 * D)
+        out[p + "attn.proj.weight"], out[p + "attn.proj.bias"] = r(D, D), r(D)
+        out[p + "norm2.weight"], out[p + "norm2.bias"] = 1 + r(D), r(D)
+        out[p + "mlp.fc1.weight"], out[p + "mlp.fc1.bias"] = r(4 * D, D), r(4 * D)
+        out[p + "mlp.fc2.weight"], out[p + "mlp.fc2.bias"] = r(D, 4 * D), r(D)
+    return out
+
+
+def v2_state(seed: int = 0) -> dict[str, torch.Tensor]:
+    g = torch.Generator().manual_seed(seed)
+
+    def r(*shape: int, scale: float = 0.2) -> torch.Tensor:
+        return torch.randn(*shape, generator=g) * scale
+
+    shared = {IE + "local_encoder.proj.weight": r(D, 3, PATCH, PATCH), IE + "local_encoder.proj.bias": r(D),
+              IE + "fixed_positional_encoder.positions": torch.from_numpy(mae_table(D, GRID)).float().unsqueeze(0),
+              IE + "extra_tokens": r(1, 1, D, scale=1.0),
+              IE + "context_encoder.norm.weight": 1 + r(D), IE + "context_encoder.norm.bias": r(D)}
+    shared.update({IE + "context_encoder.blocks." + k: v for k, v in alt_blocks(r, PRENET).items()})
+    shared.update({"blocks." + k: v for k, v in alt_blocks(r, MAIN).items()})
+    s = dict(shared)
+    for j in range(DEC_LAYERS):
+        s[IE + f"decoder.blocks.{j}.0.weight"] = r(DEC_DIM, (D if j == 0 else DEC_DIM) // DEC_GROUPS, DEC_K, DEC_K)
+        s[IE + f"decoder.blocks.{j}.0.bias"] = r(DEC_DIM)
+    s[IE + "decoder.proj.weight"], s[IE + "decoder.proj.bias"] = r(D, DEC_DIM), r(D)
+    s.update({f"_ema.{k}": (v if k.endswith("positions") else v + r(*v.shape, scale=0.05)) for k, v in shared.items()})
+    return s
+
+
+def alt_block(s: dict, p: str, x: torch.Tensor):
+    """AltBlock post-LN (modules.py L314-L321) with AltAttention (L354-L395), eps norm_eps 1e-6."""
+    B, N, _ = x.shape
+    hd = D // HEADS
+    qkv = F.linear(x, s[p + "attn.qkv.weight"], s[p + "attn.qkv.bias"]).reshape(B, N, 3, HEADS, hd).permute(2, 0, 3, 1, 4)
+    attn = ((qkv[0] * hd ** -0.5) @ qkv[1].transpose(-2, -1)).softmax(-1)
+    a = F.linear((attn @ qkv[2]).transpose(1, 2).reshape(B, N, D), s[p + "attn.proj.weight"], s[p + "attn.proj.bias"])
+    r = x = F.layer_norm(x + a, (D,), s[p + "norm1.weight"], s[p + "norm1.bias"], 1e-6)
+    h = F.linear(F.gelu(F.linear(x, s[p + "mlp.fc1.weight"], s[p + "mlp.fc1.bias"])), s[p + "mlp.fc2.weight"], s[p + "mlp.fc2.bias"])
+    return F.layer_norm(r + h, (D,), s[p + "norm2.weight"], s[p + "norm2.bias"], 1e-6), h
+
+
+def fs_v2(s: dict, prefix: str, img: torch.Tensor):
+    """``local_features`` + ``contextualized_features`` (base.py L190-L330, mask=False): patches +
+    fixed positions, the CLS prepended, the context encoder (norm, prenet blocks); then the shared
+    blocks (data2vec2.py L436-L463). Returns the output without CLS and the shared blocks' FFN outputs."""
+    p = prefix + IE
+    x = F.conv2d(img, s[p + "local_encoder.proj.weight"], s[p + "local_encoder.proj.bias"], stride=PATCH).flatten(2).transpose(1, 2)
+    x = x + s[p + "fixed_positional_encoder.positions"]
+    x = torch.cat([s[p + "extra_tokens"].expand(x.shape[0], -1, -1), x], dim=1)
+    x = F.layer_norm(x, (D,), s[p + "context_encoder.norm.weight"], s[p + "context_encoder.norm.bias"], 1e-6)
+    for i in range(PRENET):
+        x, _ = alt_block(s, f"{p}context_encoder.blocks.{i}.", x)
+    results = []
+    for i in range(MAIN):
+        x, h = alt_block(s, f"{prefix}blocks.{i}.", x)
+        results.append(h[:, 1:])
+    return x[:, 1:], results
+
+
+def test_v2_import_matches_fairseq_forward(tmp_path, registry):
+    pytest.importorskip("d2v_plugin_maskers.plugin", reason="d2v-plugin-maskers provides inverse-block (the v2-base preset)")
+    s = v2_state()
+    ckpt = save_fairseq_checkpoint(tmp_path / "image_base_v2.pt", s, V2_CFG, form="dict", task_cfg={"_name": "mae_image_pretraining"})
+    result = import_fairseq(ckpt, tmp_path / "run", registry)
+    assert result.family == "data2vec 2.0 image" and result.teacher_from_ema and result.unused == []
+    pre = load_pretrained(tmp_path / "run", registry)
+    cfg = pre.cfg
+    assert cfg.model.depth == PRENET + MAIN and cfg.encoder["position"] == "sincos-mae" and cfg.loss.cls_weight == 0.01
+    assert cfg.masking.name == "inverse-block" and cfg.masking.clone_batch == 16 and cfg.decoder.name == "conv2d"
+    img = torch.randn(2, 3, IMG, IMG, generator=torch.Generator().manual_seed(4))
+    with torch.no_grad():
+        ours, _ = pre.model.encode({"image": img})
+        theirs, _ = fs_v2(s, "", img)
+    assert (ours - theirs).abs().max() <= 1e-5
+
+    x = torch.randn(2, GRID * GRID, D)  # Decoder2d (modules.py L215-L229), residual from the second block on
+    h = x.transpose(1, 2).reshape(2, D, GRID, GRID)
+    for j in range(DEC_LAYERS):
+        y = F.conv2d(h, s[IE + f"decoder.blocks.{j}.0.weight"], s[IE + f"decoder.blocks.{j}.0.bias"], padding=DEC_K // 2,
+                     groups=DEC_GROUPS)
+        y = F.gelu(F.layer_norm(y.transpose(-3, -1), (DEC_DIM,)).transpose(-3, -1))
+        h = y + h if y.shape == h.shape else y
+    dec_fs = F.linear(h.reshape(2, DEC_DIM, -1).transpose(1, 2), s[IE + "decoder.proj.weight"], s[IE + "decoder.proj.bias"])
+    with torch.no_grad():
+        assert (pre.model.decoder(x, None, (GRID, GRID)) - dec_fs).abs().max() <= 1e-5
+
+    teacher = EMATeacher(pre.model.teacher_scope(), cfg.ema)  # its own local encoder (ema_local_encoder)
+    teacher.load_state_dict(load_checkpoint(tmp_path / "run")["teacher"])
+    # in float64 up to the targets' fp32 normalisation: instance norm over 16 patches divides by small
+    # per-channel stds, which lifts float32 round-off of the whole network above 1e-5 (1.3e-5 seen)
+    teacher.model.double()
+    pre.model.double()
+    img, s = img.double(), {k: v.double() for k, v in s.items()}
+    with torch.no_grad():
+        batch = {"image": img}
+        y = pre.model.targets(teacher.model, batch, pre.model.encoder.embed(batch))
+        _, results = fs_v2(s, "_ema.", img)
+        y_fs = F.layer_norm(sum(F.instance_norm(t.transpose(1, 2)).transpose(1, 2) for t in results) / MAIN, (D,))
+    assert (y.double() - y_fs).abs().max() <= 1e-5

@@ -142,7 +142,7 @@ class TextFairseqImporter(FairseqImporter):
         if n is not None and size != n:
             raise ConfigError(f"{ckpt.path}: its token table has {n} rows but encoder.tokenizer gives {size} ids (pieces + <mask>)")
 
-    def key_map(self, cfg: Any) -> Sequence:
+    def key_map(self, cfg: Any, ckpt: FairseqCheckpoint) -> Sequence:
         return ENCODER_RULES + HEAD_RULES[1 if cfg.loss.head == "linear" else 2]
 
     def teacher_key_map(self, cfg: Any, ckpt: FairseqCheckpoint) -> Sequence:
@@ -223,7 +223,7 @@ class TextV2FairseqImporter(TextFairseqImporter):
                                     ckpt.model_cfg, ckpt.model_name, ckpt.task_cfg)
         super().validate(cfg, renamed)
 
-    def key_map(self, cfg: Any) -> Sequence:
+    def key_map(self, cfg: Any, ckpt: FairseqCheckpoint) -> Sequence:
         from d2v_core import BLOCK_RULES
 
         single = cfg.decoder.options.get("projection_layers", 1) == 1
@@ -243,4 +243,4 @@ class TextV2FairseqImporter(TextFairseqImporter):
 
         if ckpt.model_cfg.get("ema_encoder_only", True):  # _ema holds the blocks (a ModuleList)
             return rebase(BLOCK_RULES, "blocks.", "_ema.")
-        return rebase(list(self.key_map(cfg)), "", "_ema.")
+        return rebase(list(self.key_map(cfg, ckpt)), "", "_ema.")
