@@ -148,3 +148,15 @@ def test_missing_and_misshapen_keys_are_named_by_their_source():
         check_complete(apply_key_map(src, RULES).tensors, expected, RULES, "c.pt", source=src)
     with pytest.raises(CheckpointError, match=r"enc\.0\.fc\.bias has shape \(2,\), d2v's 't\.0\.fc\.bias' needs \(4,\)"):
         check_complete({"t.0.fc.bias": torch.ones(2)}, {"t.0.fc.bias": torch.ones(4)}, RULES, "c.pt")
+
+
+def test_reading_a_dictconfig_checkpoint_does_not_need_omegaconf(tmp_path):
+    pytest.importorskip("omegaconf")
+    p = save_fairseq_checkpoint(tmp_path / "c.pt", {"w": torch.ones(1)}, {"_name": "data2vec_audio", "encoder_layers": 2})
+    code = ("import sys; sys.modules['omegaconf'] = None\n"  # any import of omegaconf now fails
+            "from d2v_core.interop.safe_pickle import read_fairseq_checkpoint\n"
+            f"ck = read_fairseq_checkpoint({str(p)!r})\n"
+            "assert ck.model_cfg == {'_name': 'data2vec_audio', 'encoder_layers': 2}, ck.model_cfg\n"
+            "assert 'omegaconf' not in {m.split('.')[0] for m in sys.modules if sys.modules[m] is not None}\n")
+    proc = subprocess.run([os.sys.executable, "-c", code], capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr
