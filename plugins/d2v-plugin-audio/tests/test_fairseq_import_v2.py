@@ -241,3 +241,24 @@ def test_prenet_blocks_are_refused(tmp_path, registry):
     with pytest.raises(CheckpointError, match="prenet_depth=2"):
         import_fairseq(ckpt, tmp_path / "run", registry)
     assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.slow
+def test_pretraining_continues_from_a_v2_import(tmp_path, capsys):
+    from pathlib import Path
+
+    from d2v_cli.app import main
+
+    ckpt = save_fairseq_checkpoint(tmp_path / "c.pt", fairseq_state(), MODEL_CFG, form="dict")
+    demo = Path(__import__("d2v_plugin_audio").__file__).parent / "demo"
+    for args in (["import", "--from-fairseq", str(ckpt), "--out", str(tmp_path / "run"), "--preset", "v2-tiny"],
+                 ["pretrain", "-m", "audio", "--init-from", str(tmp_path / "run"), "--data", str(demo), "--max-steps", "2",
+                  "--out", str(tmp_path / "cont"), "--set", "data.batch_size=2", "--set", "masking.clone_batch=2",
+                  "--set", "runtime.progress=false", "--set", "runtime.tensorboard=false"]):
+        try:
+            main(args)
+        except SystemExit as exc:
+            assert not exc.code, capsys.readouterr().err
+    start, after = load_checkpoint(tmp_path / "run")["student"], load_checkpoint(tmp_path / "cont")["student"]
+    drift = max((after[k] - start[k]).abs().max().item() for k in start if k.startswith("transformer."))
+    assert 0 < drift < 0.05

@@ -310,3 +310,38 @@ def test_v2_import_matches_fairseq_forward_with_padding(tmp_path, registry):
                           "ema_blocks.", full)
         y_fs = sum(F.instance_norm(t.transpose(1, 2)).transpose(1, 2) for t in fcs) / 3
     assert (y - y_fs).abs().max() <= 1e-5
+
+
+def _cli(args: list[str], capsys) -> tuple[int, str]:  # noqa: ANN001
+    from d2v_cli.app import main
+
+    try:
+        main(args)
+        code = 0
+    except SystemExit as exc:
+        code = int(exc.code or 0)
+    return code, capsys.readouterr().err
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("which", ["v1", "v2"])
+def test_an_imported_text_run_embeds_and_continues_pretraining(tmp_path, capsys, which):
+    state, cfg = (fairseq_state(), MODEL_CFG) if which == "v1" else (v2_state(), V2_CFG)
+    ckpt = save_fairseq_checkpoint(tmp_path / "c.pt", state, cfg, form="dict", task_cfg=TASK_CFG)
+    run = tmp_path / "run"
+    code, err = _cli(["import", "--from-fairseq", str(ckpt), "--out", str(run), "--set", SPM[0]], capsys)
+    assert code == 0, err
+    docs = tmp_path / "docs"
+    docs.mkdir()
+    for i, text in enumerate(["the cat sat on the mat", "a dog ran in the park today", "hello world"]):
+        (docs / f"d{i}.txt").write_text(text, encoding="utf-8")
+    code, err = _cli(["embed", str(run), str(docs), "--out", str(tmp_path / "e.npy")], capsys)
+    assert code == 0, err
+    cont = tmp_path / "continued"
+    code, err = _cli(["pretrain", "-m", "text", "--init-from", str(run), "--data", str(docs), "--max-steps", "2",
+                      "--out", str(cont), "--set", "data.batch_size=3", "--set", "masking.clone_batch=2",
+                      "--set", "runtime.progress=false", "--set", "runtime.tensorboard=false"], capsys)
+    assert code == 0, err
+    start, after = load_checkpoint(run)["student"], load_checkpoint(cont)["student"]
+    drift = max((after[k] - start[k]).abs().max().item() for k in start if k.startswith("transformer."))
+    assert 0 < drift < 0.05
