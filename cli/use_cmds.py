@@ -137,7 +137,8 @@ def import_(
         result = import_fairseq(from_fairseq, out, get_registry(), modality=modality, preset=preset, overrides=set_)
         unused = f"{len(result.unused)} unused key(s): {', '.join(result.unused)}" if result.unused else "no unused keys"
         teacher = "teacher from its EMA" if result.teacher_from_ema else "teacher copied from the student (no EMA in the file)"
-        typer.echo(f"imported {from_fairseq} ({result.family}) -> {result.path}; {teacher}; {unused}")
+        fresh = f"; not in the file, freshly initialised: {', '.join(result.fresh_modules)}" if result.fresh_modules else ""
+        typer.echo(f"imported {from_fairseq} ({result.family}) -> {result.path}; {teacher}; {unused}{fresh}")
         return
     if modality is None:
         raise ConfigError("--from-hf needs --modality (audio, image or text)")

@@ -68,6 +68,12 @@ class FairseqImporter(ABC):
         """d2v tensors the checkpoint does not hold and that keep their fresh initialisation."""
         return ()
 
+    #: d2v modules only pretraining uses (the regression head, the 2.0 decoder). fairseq's
+    #: ``remove_pretraining_modules`` drops them from fine-tuned checkpoints; when the file holds
+    #: none of a module's tensors, the module keeps its fresh initialisation (reported), while a
+    #: partly present module is an error like any other missing key.
+    pretraining_modules: tuple[str, ...] = ("head.", "decoder.")
+
 
 def rebase(rules: Sequence[Rule], old: str, new: str) -> list[Rule]:
     """The rules whose source starts with ``old``, with that prefix replaced by ``new`` (the
@@ -85,6 +91,8 @@ class ImportResult:
     family: str
     unused: list[str] = field(default_factory=list)
     teacher_from_ema: bool = False
+    #: pretraining-only modules the file lacks (a fine-tuned checkpoint), freshly initialised
+    fresh_modules: list[str] = field(default_factory=list)
 
 
 def find_importer(registry: Registry, ckpt: FairseqCheckpoint, modality: str | None) -> tuple[FairseqImporter, str]:
@@ -145,6 +153,9 @@ def import_fairseq(path: str | Path, out_dir: str | Path, registry: Registry, *,
     mapped = apply_key_map(student_src, rules)
     expected = model.state_dict()
     fresh = set(importer.fresh_keys(cfg))
+    absent = [p for p in importer.pretraining_modules
+              if any(k.startswith(p) for k in expected) and not any(k.startswith(p) for k in mapped.tensors)]
+    fresh |= {k for k in expected if k.startswith(tuple(absent))}
     check_complete(mapped.tensors, expected, rules, what, source=student_src, optional=fresh)
     model.load_state_dict({**expected, **_float(mapped.tensors)}, strict=True)
 
@@ -170,7 +181,8 @@ def import_fairseq(path: str | Path, out_dir: str | Path, registry: Registry, *,
 
     created = not out.exists()
     meta = {"imported_from": str(ckpt.path), "modality": spec.name, "fairseq_model": ckpt.model_name,
-            "family": importer.family, "unused_keys": unused, "teacher": "fairseq EMA" if from_ema else "copy of the student"}
+            "family": importer.family, "unused_keys": unused, "teacher": "fairseq EMA" if from_ema else "copy of the student",
+            "fresh_modules": [p.rstrip(".") for p in absent], "fine_tuned_as": ckpt.wrapper}
     try:
         written = save_checkpoint(out, 0, model.state_dict(), teacher.state_dict(),
                                   {"step": 0, "imported_from": str(ckpt.path)}, config_to_yaml(cfg), meta,
@@ -179,7 +191,7 @@ def import_fairseq(path: str | Path, out_dir: str | Path, registry: Registry, *,
         if created:
             shutil.rmtree(out, ignore_errors=True)
         raise
-    return ImportResult(written, importer.family, unused, from_ema)
+    return ImportResult(written, importer.family, unused, from_ema, [p.rstrip(".") for p in absent])
 
 
 __all__ = ["FairseqImporter", "ImportResult", "Rename", "find_importer", "import_fairseq", "rebase"]

@@ -164,6 +164,32 @@ class FairseqCheckpoint:
     model_cfg: dict[str, Any]
     model_name: str
     task_cfg: dict[str, Any] = field(default_factory=dict)
+    #: the fine-tuning model the pretrained one was unwrapped from (``wav2vec_ctc``), or None
+    wrapper: str | None = None
+
+
+#: fairseq fine-tuning models that wrap a pretrained one: name -> prefix of its tensors
+#: (``fairseq/models/wav2vec/wav2vec2_asr.py`` ``Wav2VecEncoder``: ``w2v_encoder.w2v_model``,
+#: the pretraining config in ``cfg.model.w2v_args``).
+WRAPPERS = {"wav2vec_ctc": "w2v_encoder.w2v_model.", "wav2vec_seq2seq": "encoder.w2v_model."}
+
+
+def _unwrap(ckpt: FairseqCheckpoint) -> FairseqCheckpoint:
+    """The pretrained model inside a fine-tuned checkpoint: its config (``w2v_args``) and its
+    tensors without the wrapper's prefix; the fine-tuning head's tensors keep their names (and
+    so are reported as unused)."""
+    prefix = WRAPPERS.get(ckpt.model_name)
+    inner = ckpt.model_cfg.get("w2v_args") if prefix else None
+    if not isinstance(inner, dict):
+        return ckpt
+    inner = resolve_interpolations(inner)
+    model_cfg = inner["model"] if isinstance(inner.get("model"), dict) else inner  # hydra cfg or flat args
+    name = model_cfg.get("_name") or model_cfg.get("arch")
+    if not isinstance(name, str):
+        raise CheckpointError(f"{ckpt.path}: its {ckpt.model_name} config wraps a model with no name (w2v_args.model._name)")
+    tensors = {(k[len(prefix):] if k.startswith(prefix) else k): v for k, v in ckpt.model.items()}
+    task = inner.get("task") if isinstance(inner.get("task"), dict) else {}
+    return FairseqCheckpoint(ckpt.path, tensors, model_cfg, name, task, wrapper=ckpt.model_name)
 
 
 def _refusal(path: Path, exc: Exception) -> CheckpointError:
@@ -220,4 +246,4 @@ def read_fairseq_checkpoint(path: str | Path) -> FairseqCheckpoint:
     for k, v in raw["model"].items():  # the EMA teacher: a dict of tensors under "..._ema"
         if isinstance(v, dict) and k.endswith("_ema"):
             tensors.update({f"{k}.{n}": t for n, t in v.items() if isinstance(t, torch.Tensor)})
-    return FairseqCheckpoint(p, tensors, model_cfg, name, task_cfg if isinstance(task_cfg, dict) else {})
+    return _unwrap(FairseqCheckpoint(p, tensors, model_cfg, name, task_cfg if isinstance(task_cfg, dict) else {}))

@@ -369,3 +369,36 @@ def test_pretraining_continues_from_an_import(imported, capsys, tmp_path):
     start, after = load_checkpoint(imported)["student"], load_checkpoint(run)["student"]
     drift = max((after[k] - start[k]).abs().max().item() for k in start if k.startswith("transformer."))
     assert 0 < drift < 0.02  # moved by two small steps from the imported weights, not re-initialised
+
+
+def test_a_fine_tuned_ctc_checkpoint_imports_its_pretrained_encoder(tmp_path, registry):
+    """fairseq ``wav2vec_ctc`` (wav2vec2_asr.py L208-L215, L369-L480): the data2vec model under
+    ``w2v_encoder.w2v_model.`` after ``remove_pretraining_modules`` (no ``final_proj``, no
+    ``_ema``), its pretraining config in ``cfg.model.w2v_args``, a CTC head ``w2v_encoder.proj``."""
+    s = {k: v for k, v in fairseq_state().items() if not k.startswith(("_ema.", "final_proj."))}
+    tuned = {f"w2v_encoder.w2v_model.{k}": v for k, v in s.items()}
+    tuned["w2v_encoder.proj.weight"], tuned["w2v_encoder.proj.bias"] = torch.zeros(32, D), torch.zeros(32)
+    ctc_cfg = {"_name": "wav2vec_ctc", "w2v_path": "/checkpoint/audio_base_ls.pt", "apply_mask": True, "mask_prob": 0.65,
+               "w2v_args": {"model": MODEL_CFG, "task": {"_name": "audio_pretraining", "normalize": False},
+                            "optimization": {"max_update": 400000}}}
+    ckpt = save_fairseq_checkpoint(tmp_path / "audio_base_ls_960h.pt", tuned, ctc_cfg, form="dict")
+    result = import_fairseq(ckpt, tmp_path / "run", registry)
+    assert result.family == "data2vec 1.0 audio" and not result.teacher_from_ema
+    assert result.unused == ["w2v_encoder.proj.weight", "w2v_encoder.proj.bias"] and result.fresh_modules == ["head"]
+    meta = load_checkpoint(tmp_path / "run")["meta"]
+    assert meta["fine_tuned_as"] == "wav2vec_ctc" and meta["fresh_modules"] == ["head"]
+    pre = load_pretrained(tmp_path / "run", registry)
+    assert pre.cfg.ema.anneal_end_step == 400000  # interpolations resolved inside w2v_args
+    wav = torch.randn(2, 3000, generator=torch.Generator().manual_seed(7))
+    with torch.no_grad():
+        out, _ = pre.model.encode({"source": wav, "padding_mask": None})
+        out_fs, _ = fs_encoder(s, "encoder.", fs_features(s, wav, None)[0], None)
+    assert (out - out_fs).abs().max() <= 1e-5
+
+
+def test_a_partly_missing_head_is_an_error(tmp_path, registry):
+    s = fairseq_state()
+    del s["final_proj.bias"]
+    ckpt = save_fairseq_checkpoint(tmp_path / "c.pt", s, MODEL_CFG, form="dict")
+    with pytest.raises(CheckpointError, match=r"missing key 'final_proj\.bias'"):
+        import_fairseq(ckpt, tmp_path / "run", registry)
