@@ -56,8 +56,9 @@ class FairseqImporter(ABC):
         return ()
 
     def is_teacher_key(self, key: str) -> bool:
-        """Whether ``key`` belongs to the EMA teacher (fairseq: ``_ema.*`` / ``encoder._ema.*``)."""
-        return key.startswith("_ema.") or "._ema." in key
+        """Whether ``key`` belongs to the EMA teacher (fairseq: ``_ema.*`` / ``encoder._ema.*``;
+        data2vec_vision: ``model_ema.*``)."""
+        return key.startswith(("_ema.", "model_ema.")) or "._ema." in key
 
     def validate(self, cfg: RunConfig, ckpt: FairseqCheckpoint) -> None:
         """Check the resolved config against the checkpoint before the model is built (e.g. that

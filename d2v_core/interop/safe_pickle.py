@@ -235,9 +235,9 @@ def read_fairseq_checkpoint(path: str | Path) -> FairseqCheckpoint:
         cfg = resolve_interpolations(cfg)
         model_cfg, task_cfg = cfg["model"], cfg.get("task") or {}
         name = model_cfg.get("_name") or model_cfg.get("arch")
-    elif isinstance(args, dict):
+    elif isinstance(args, dict):  # pre-hydra fairseq (``arch``), or BEiT-style scripts (``model``: a timm name)
         model_cfg, task_cfg = args, args
-        name = args.get("arch") or args.get("_name")
+        name = args.get("arch") or args.get("_name") or args.get("model")
     else:
         raise CheckpointError(f"{p} holds neither a 'cfg' with a 'model' section nor 'args': no model config to import")
     if not isinstance(name, str):
@@ -246,4 +246,6 @@ def read_fairseq_checkpoint(path: str | Path) -> FairseqCheckpoint:
     for k, v in raw["model"].items():  # the EMA teacher: a dict of tensors under "..._ema"
         if isinstance(v, dict) and k.endswith("_ema"):
             tensors.update({f"{k}.{n}": t for n, t in v.items() if isinstance(t, torch.Tensor)})
+    if isinstance(raw.get("model_ema"), dict):  # data2vec_vision / BEiT scripts: timm ModelEmaV2's state dict
+        tensors.update({f"model_ema.{n}": t for n, t in raw["model_ema"].items() if isinstance(t, torch.Tensor)})
     return _unwrap(FairseqCheckpoint(p, tensors, model_cfg, name, task_cfg if isinstance(task_cfg, dict) else {}))

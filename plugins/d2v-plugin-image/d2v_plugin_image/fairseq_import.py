@@ -220,3 +220,103 @@ class ImageV2FairseqImporter(FairseqImporter):
             prenet = int(self._image(ckpt)["prenet_depth"])
             return block_rules("_ema.", prenet, cfg.model.depth - prenet)
         return rebase(list(self.key_map(cfg, ckpt)), "", "_ema.")
+
+
+# ---- data2vec_vision's own BEiT scripts (the released data2vec 1.0 image checkpoints) ----------
+#
+# facebookresearch/data2vec_vision beit/utils.py save_model (L461-L478): {"model": state dict,
+# "model_ema": timm ModelEmaV2's state dict (the teacher: the whole model), "args": Namespace
+# (``model``: "beit_base_patch16_224", ...)}; beit/modeling_cyclical.py (L32-L125:
+# patch_embed.proj, cls_token, mask_token, pos_embed (abs positions only), shared rel_pos_bias,
+# blocks, norm, lm_head), beit/modeling_finetune.py Block (L154-L186, mlp.fc1 / mlp.fc2).
+
+BEIT_RULES: tuple = (
+    Rename("patch_embed.proj.{kind}", "encoder.patch_embed.proj.{kind}"),
+    Rename("cls_token", "encoder.cls_token"),
+    Rename("mask_token", "encoder.mask_embedding", transform=lambda t: t.reshape(-1)),
+    Rename("rel_pos_bias.relative_position_bias_table", "encoder.rel_pos_bias.relative_position_bias_table"),
+    Rename("blocks.{i}.norm1.{kind}", "transformer.layers.{i}.attn_norm.{kind}"),
+    Rename("blocks.{i}.attn.qkv.weight", "transformer.layers.{i}.attn.qkv.weight"),
+    Rename("blocks.{i}.attn.q_bias", "transformer.layers.{i}.attn.q_bias"),
+    Rename("blocks.{i}.attn.v_bias", "transformer.layers.{i}.attn.v_bias"),
+    Rename("blocks.{i}.attn.proj.{kind}", "transformer.layers.{i}.attn.proj.{kind}"),
+    Rename("blocks.{i}.norm2.{kind}", "transformer.layers.{i}.ffn_norm.{kind}"),
+    Rename("blocks.{i}.mlp.fc1.{kind}", "transformer.layers.{i}.fc1.{kind}"),
+    Rename("blocks.{i}.mlp.fc2.{kind}", "transformer.layers.{i}.fc2.{kind}"),
+    Rename("blocks.{i}.gamma_1", "transformer.layers.{i}.gamma_1"),
+    Rename("blocks.{i}.gamma_2", "transformer.layers.{i}.gamma_2"),
+    Rename("norm.{kind}", "transformer.norm.{kind}"),
+    Rename("lm_head.{kind}", "head.{kind}"),
+)
+#: beit/run_cyclical.py argument defaults for fields an ``args`` may lack.
+BEIT_DEFAULTS: dict[str, Any] = {"input_size": 224, "rel_pos_bias": True, "abs_pos_emb": False, "drop_path": 0.1,
+                                 "attn_drop_rate": 0.0, "layer_results": "end", "target_layers": "[]",
+                                 "no_target_layer_norm_last": False, "target_instance_norm": False,
+                                 "target_batch_norm": False, "post_target_instance_norm": False,
+                                 "post_target_layer_norm": False, "l1_beta": 0.12, "l2_loss": False,
+                                 "ema_decay": 0.9998, "num_mask_patches": 75, "min_mask_patches_per_block": 16}
+
+
+class VisionBEiTImporter(FairseqImporter):
+    """data2vec_vision's BEiT-fork checkpoints (``beit_*_patch16_224`` with the cyclical head)."""
+
+    model_names = ()
+    family = "data2vec_vision (BEiT scripts)"
+
+    def accepts(self, ckpt: FairseqCheckpoint) -> bool:
+        return ckpt.model_name.startswith("beit_") and "blocks.0.attn.qkv.weight" in ckpt.model
+
+    def run_config(self, ckpt: FairseqCheckpoint) -> dict[str, Any]:
+        import ast
+
+        a = {**BEIT_DEFAULTS, **{k: v for k, v in ckpt.model_cfg.items() if v is not None}}
+        t = ckpt.model
+        problems = []
+        if a["abs_pos_emb"] or "pos_embed" in t:
+            problems.append("absolute position embeddings (d2v's BEiT encoder has the relative bias only)")
+        if "rel_pos_bias.relative_position_bias_table" not in t:
+            problems.append("no shared relative position bias (rel_pos_bias false, or per-layer tables)")
+        if a["target_batch_norm"] or a["post_target_instance_norm"] or (a["target_instance_norm"] and not a["no_target_layer_norm_last"]):
+            problems.append("a target normalisation d2v does not have (batch norm, post instance norm, or instance + layer norm)")
+        depth = len({k.split(".")[1] for k in t if k.startswith("blocks.")})
+        try:
+            layers = sorted(int(i) for i in ast.literal_eval(str(a["target_layers"])))
+        except (ValueError, SyntaxError):
+            layers = []
+        if not layers or layers != list(range(depth - len(layers), depth)):
+            problems.append(f"target_layers={a['target_layers']!r} (d2v averages the top K layers)")
+        if problems:
+            raise CheckpointError(f"{ckpt.path}: d2v cannot represent this data2vec_vision model: {'; '.join(problems)}")
+        dim = int(t["cls_token"].shape[-1])
+        heads = int(t["rel_pos_bias.relative_position_bias_table"].shape[1])
+        patch = int(t["patch_embed.proj.weight"].shape[-1])
+        size = int(a["input_size"])
+        gamma = t.get("blocks.0.gamma_1")
+        out: dict[str, Any] = {
+            "preset": "base",
+            "model": {
+                "dim": dim, "depth": depth, "heads": heads, "ffn_dim": int(t["blocks.0.mlp.fc1.weight"].shape[0]),
+                "layout": "pre_ln", "qkv_bias": "qv" if "blocks.0.attn.q_bias" in t else "none", "final_norm": True,
+                "norm_eps": 1e-6,  # modeling_cyclical.py L223: partial(nn.LayerNorm, eps=1e-6)
+                "layer_scale_init": float(a.get("layer_scale_init_value") or 0.1) if gamma is not None else None,
+                "drop_path": float(a["drop_path"]), "attention_dropout": float(a["attn_drop_rate"]), "dropout": 0.0,
+                "init": "beit",
+            },
+            "encoder": {"image_size": size, "patch_size": patch, "position": "relative", "input_norm": False, "init": "beit"},
+            "targets": {"top_k": len(layers), "source": "block" if a["layer_results"] == "end" else "ffn",
+                        "layer_norm": "instance" if a["target_instance_norm"] else "none" if a["no_target_layer_norm_last"] else "layer",
+                        "post_norm": "layer" if a["post_target_layer_norm"] else "none"},
+            "loss": {"beta": 0.0 if a["l2_loss"] else float(a["l1_beta"]), "scale": "inv_dim", "head": "linear"},
+            "ema": {"decay": float(a["ema_decay"]), "end_decay": float(a["ema_decay"]), "anneal_end_step": 0,
+                    "teacher_input": "raw"},
+            "masking": {"name": "block", "options": {"mask_ratio": int(a["num_mask_patches"]) / (size // patch) ** 2,
+                                                      "min_num_patches": int(a["min_mask_patches_per_block"])}},
+            "data": {"options": {"image_size": size}},
+        }
+        return out
+
+    def key_map(self, cfg: Any, ckpt: FairseqCheckpoint) -> Sequence:
+        return BEIT_RULES
+
+    def teacher_key_map(self, cfg: Any, ckpt: FairseqCheckpoint) -> Sequence:
+        return rebase(BEIT_RULES, "", "model_ema.")  # ModelEmaV2 averages the whole model

@@ -75,6 +75,14 @@ FAIRSEQ_V2_IMPORTER = ComponentSpec(
     modalities=("image",),
 )
 
+BEIT_IMPORTER = ComponentSpec(
+    kind="importer",
+    name="image-data2vec-vision",
+    factory=f"{_PKG}.fairseq_import:VisionBEiTImporter",
+    description="data2vec_vision's own BEiT checkpoints (the released data2vec 1.0 image models; d2v import --from-fairseq)",
+    modalities=("image",),
+)
+
 
 @hookimpl
 def d2v_register(registry) -> None:  # type: ignore[no-untyped-def]
@@ -84,3 +92,4 @@ def d2v_register(registry) -> None:  # type: ignore[no-untyped-def]
     registry.add_component(HF_EXPORTER)
     registry.add_component(FAIRSEQ_IMPORTER)
     registry.add_component(FAIRSEQ_V2_IMPORTER)
+    registry.add_component(BEIT_IMPORTER)

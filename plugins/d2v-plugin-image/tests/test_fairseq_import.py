@@ -75,11 +75,11 @@ def fairseq_state(seed: int = 0) -> dict[str, torch.Tensor]:
     return s
 
 
-def fs_encoder(s: dict, prefix: str, img: torch.Tensor, results: bool = False):
+def fs_encoder(s: dict, prefix: str, img: torch.Tensor, results: bool = False, eps: float = 1e-5, embed: str = ""):
     """``forward`` L240-L262 up to the encoder (patches, CLS) and ``TransformerEncoder`` L718-L727:
     the shared bias (L559-L572), then each ``Block`` (L652-L663, with gamma) and ``norm``; CLS dropped."""
-    x = F.conv2d(img, s["patch_embed.conv.weight"], s["patch_embed.conv.bias"], stride=PATCH).flatten(2).transpose(1, 2)
-    x = torch.cat([s["cls_emb"].expand(x.shape[0], -1, -1), x], dim=1)
+    x = F.conv2d(img, s[embed + "patch_embed.conv.weight"], s[embed + "patch_embed.conv.bias"], stride=PATCH).flatten(2).transpose(1, 2)
+    x = torch.cat([s[embed + "cls_emb"].expand(x.shape[0], -1, -1), x], dim=1)
     n = GRID * GRID + 1
     bias = s[prefix + "rel_pos_bias.relative_position_bias_table"][s[prefix + "rel_pos_bias.relative_position_index"].view(-1)]
     bias = bias.view(n, n, -1).permute(2, 0, 1)
@@ -88,19 +88,19 @@ def fs_encoder(s: dict, prefix: str, img: torch.Tensor, results: bool = False):
     ends = []
     for i in range(DEPTH):
         p = f"{prefix}blocks.{i}."
-        h = F.layer_norm(x, (D,), s[p + "norm1.weight"], s[p + "norm1.bias"])
+        h = F.layer_norm(x, (D,), s[p + "norm1.weight"], s[p + "norm1.bias"], eps)
         qkv_bias = torch.cat([s[p + "attn.q_bias"], torch.zeros(D), s[p + "attn.v_bias"]])
         qkv = F.linear(h, s[p + "attn.qkv.weight"], qkv_bias).reshape(B, N, 3, HEADS, -1).permute(2, 0, 3, 1, 4)
         attn = ((qkv[0] * hd ** -0.5) @ qkv[1].transpose(-2, -1) + bias).softmax(-1)
         a = F.linear((attn @ qkv[2]).transpose(1, 2).reshape(B, N, -1), s[p + "attn.proj.weight"], s[p + "attn.proj.bias"])
         x = x + s[p + "gamma_1"] * a
-        m = F.linear(F.gelu(F.linear(F.layer_norm(x, (D,), s[p + "norm2.weight"], s[p + "norm2.bias"]),
+        m = F.linear(F.gelu(F.linear(F.layer_norm(x, (D,), s[p + "norm2.weight"], s[p + "norm2.bias"], eps),
                                      s[p + "mlp.0.weight"], s[p + "mlp.0.bias"])), s[p + "mlp.2.weight"], s[p + "mlp.2.bias"])
         x = x + s[p + "gamma_2"] * m
         ends.append(x[:, 1:])
     if results:
         return ends
-    return F.layer_norm(x, (D,), s[prefix + "norm.weight"], s[prefix + "norm.bias"])[:, 1:]
+    return F.layer_norm(x, (D,), s[prefix + "norm.weight"], s[prefix + "norm.bias"], eps)[:, 1:]
 
 
 @pytest.fixture
@@ -295,3 +295,96 @@ def test_v2_import_matches_fairseq_forward(tmp_path, registry):
         _, results = fs_v2(s, "_ema.", img)
         y_fs = F.layer_norm(sum(F.instance_norm(t.transpose(1, 2)).transpose(1, 2) for t in results) / MAIN, (D,))
     assert (y.double() - y_fs).abs().max() <= 1e-5
+
+
+# ---- data2vec_vision's own BEiT scripts ---------------------------------------------------------
+#
+# facebookresearch/data2vec_vision beit/utils.py save_model L461-L478 ({"model", "model_ema",
+# "args", ...}); names from beit/modeling_cyclical.py L60-L118 (patch_embed.proj, cls_token,
+# mask_token, rel_pos_bias, blocks, norm, lm_head) and beit/modeling_finetune.py L154-L186
+# (Block: norm1, attn.{qkv.weight,q_bias,v_bias,proj}, norm2, mlp.fc1, mlp.fc2, gamma_1/2).
+# Its forward_features (modeling_cyclical.py L155-L192) is the computation the fairseq port
+# transcribed above does, with LayerNorm eps 1e-6 (L223); the transcription is reused under the
+# port's names.
+
+import argparse  # noqa: E402
+
+BEIT_TO_PORT = [("patch_embed.proj.", "patch_embed.conv."), ("cls_token", "cls_emb"), ("mask_token", "mask_emb"),
+                ("lm_head.", "final_proj."), ("rel_pos_bias.", "encoder.rel_pos_bias."), ("blocks.", "encoder.blocks."),
+                ("norm.", "encoder.norm.")]
+
+
+def to_beit(name: str) -> str:
+    for beit, port in BEIT_TO_PORT:
+        if name.startswith(port):
+            name = beit + name[len(port):]
+            break
+    return name.replace(".mlp.0.", ".mlp.fc1.").replace(".mlp.2.", ".mlp.fc2.")
+
+
+def to_port(beit: dict, prefix: str = "") -> dict:
+    out = {}
+    for name, v in beit.items():
+        if not name.startswith(prefix):
+            continue
+        name = name[len(prefix):].replace(".mlp.fc1.", ".mlp.0.").replace(".mlp.fc2.", ".mlp.2.")
+        for b, port in BEIT_TO_PORT:
+            if name.startswith(b):
+                name = port + name[len(b):]
+                break
+        out[name] = v
+    return out
+
+
+def beit_checkpoint(path, seed: int = 0):  # noqa: ANN001, ANN201
+    port = fairseq_state(seed)
+    g = torch.Generator().manual_seed(seed + 1)
+    model = {to_beit(k): v for k, v in port.items() if not k.startswith("_ema.")}
+    ema = {k: (v if k.endswith("index") else v + 0.05 * torch.randn(v.shape, generator=g)) for k, v in model.items()}
+    args = argparse.Namespace(model="beit_base_patch16_224", input_size=IMG, rel_pos_bias=True, abs_pos_emb=False,
+                              layer_scale_init_value=0.1, drop_path=0.25, attn_drop_rate=0.05, layer_results="end",
+                              target_layers="[1, 2]", no_target_layer_norm_last=False, post_target_layer_norm=True,
+                              l1_beta=2.0, ema_decay=0.9998, num_mask_patches=10, min_mask_patches_per_block=2)
+    torch.save({"model": model, "model_ema": ema, "optimizer": {"state": {}, "param_groups": []}, "epoch": 799,
+                "scaler": {"scale": 65536.0}, "args": args}, path)
+    return model, ema
+
+
+def test_data2vec_vision_checkpoint_matches_its_forward(tmp_path, registry):
+    model, ema = beit_checkpoint(tmp_path / "checkpoint-799.pth")
+    result = import_fairseq(tmp_path / "checkpoint-799.pth", tmp_path / "run", registry)
+    assert result.family == "data2vec_vision (BEiT scripts)" and result.teacher_from_ema
+    # the index buffers (d2v derives them) and the EMA copy of the head (the teacher runs no head)
+    assert sorted(result.unused) == ["model_ema.lm_head.bias", "model_ema.lm_head.weight",
+                                     "model_ema.rel_pos_bias.relative_position_index", "rel_pos_bias.relative_position_index"]
+    pre = load_pretrained(tmp_path / "run", registry)
+    cfg = pre.cfg
+    assert (cfg.model.norm_eps, cfg.targets.top_k, cfg.targets.layer_norm, cfg.targets.post_norm) == (1e-6, 2, "layer", "layer")
+    assert cfg.loss.beta == 2.0 and cfg.ema.decay == cfg.ema.end_decay == 0.9998
+    img = torch.randn(2, 3, IMG, IMG, generator=torch.Generator().manual_seed(3))
+    s = to_port(model)
+    with torch.no_grad():
+        ours, _ = pre.model.encode({"image": img})
+        theirs = fs_encoder(s, "encoder.", img, eps=1e-6)
+    assert (ours - theirs).abs().max() <= 1e-5
+
+    # engine_for_cyclical.py L66-L99: the EMA model (its own patch embedding) on the unmasked image,
+    # target layers' block outputs, per-layer LN, averaged, then post LN
+    teacher = EMATeacher(pre.model.teacher_scope(), cfg.ema)
+    teacher.load_state_dict(load_checkpoint(tmp_path / "run")["teacher"])
+    t = to_port(ema)
+    with torch.no_grad():
+        batch = {"image": img}
+        y = pre.model.targets(teacher.model, batch, pre.model.encoder.embed(batch))
+        ends = fs_encoder(t, "encoder.", img, results=True, eps=1e-6)[1:]
+        y_fs = F.layer_norm(sum(F.layer_norm(e, (D,)) for e in ends) / 2, (D,))
+    assert (y - y_fs).abs().max() <= 1e-5
+
+
+def test_data2vec_vision_target_layers_must_be_the_top_k(tmp_path, registry):
+    beit_checkpoint(tmp_path / "c.pth")
+    ck = torch.load(tmp_path / "c.pth", weights_only=False)
+    ck["args"].target_layers = "[0, 2]"
+    torch.save(ck, tmp_path / "c.pth")
+    with pytest.raises(CheckpointError, match="target_layers='\\[0, 2\\]'"):
+        import_fairseq(tmp_path / "c.pth", tmp_path / "run", registry)
