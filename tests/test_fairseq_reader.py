@@ -160,3 +160,18 @@ def test_reading_a_dictconfig_checkpoint_does_not_need_omegaconf(tmp_path):
             "assert 'omegaconf' not in {m.split('.')[0] for m in sys.modules if sys.modules[m] is not None}\n")
     proc = subprocess.run([os.sys.executable, "-c", code], capture_output=True, text=True)
     assert proc.returncode == 0, proc.stderr
+
+
+def test_misusing_an_allowed_name_is_a_one_line_error(tmp_path):
+    """A pickle that calls an allow-listed type marker (``builtins.dict``) instead of naming it:
+    the marker is inert, so the load fails cleanly."""
+    class CallsDict:
+        def __reduce__(self):  # noqa: ANN204
+            return (dict, ((("a", 1),),))
+
+    p = tmp_path / "odd.pt"
+    torch.save({"model": {"w": torch.ones(1)}, "cfg": CallsDict()}, p)
+    assert b"builtins" in p.read_bytes() or b"__builtin__" in p.read_bytes()  # the pickle does name dict
+    with pytest.raises(CheckpointError, match="cannot read .*odd.pt as a torch checkpoint") as err:
+        read_fairseq_checkpoint(p)
+    assert "\n" not in str(err.value)

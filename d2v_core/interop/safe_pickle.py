@@ -41,9 +41,9 @@ _RECORDS = (
 #: Type objects omegaconf's metadata refers to (``ref_type``, ``object_type``): inert markers.
 _MARKERS = ("typing.Any", "builtins.dict", "builtins.list", "builtins.str", "builtins.int", "builtins.float",
             "builtins.bool", "builtins.bytes", "builtins.object", "builtins.tuple")
-#: Calls a fairseq pickle makes that only build data: these return plain data of their own.
 #: fairseq enums in configs (``Enum.__reduce_ex__`` calls the class with the value): their names.
 FAIRSEQ_ENUMS = {"examples.data2vec.data.modality.Modality": {1: "AUDIO", 2: "IMAGE", 3: "TEXT"}}
+#: Calls a fairseq pickle makes that only build data: these return plain data of their own.
 _BUILDERS = ("collections.defaultdict",  # omegaconf's resolver cache: an empty dict here
              "numpy.core.multiarray.scalar", "numpy._core.multiarray.scalar", "numpy.dtype")  # extra_state numbers
 
@@ -218,10 +218,13 @@ def load_untrusted(path: str | Path) -> Any:
             raw = torch.load(p, map_location="cpu", weights_only=True, mmap=False)
     except pickle.UnpicklingError as exc:
         raise _refusal(p, exc) from None
-    except (OSError, RuntimeError, EOFError, ValueError) as exc:
+    except Exception as exc:  # noqa: BLE001 - a corrupt or hostile file: one line, never a traceback
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise CheckpointError(f"cannot read {p} as a torch checkpoint: {first}") from None
-    return to_plain(raw)
+    try:
+        return to_plain(raw)
+    except RecursionError:
+        raise CheckpointError(f"cannot read {p}: its config nests too deeply") from None
 
 
 def read_fairseq_checkpoint(path: str | Path) -> FairseqCheckpoint:
