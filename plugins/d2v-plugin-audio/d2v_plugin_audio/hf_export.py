@@ -110,6 +110,8 @@ def check_exportable(cfg: RunConfig) -> None:
     if cfg.encoder.get("alibi"):
         reasons.append("encoder.alibi is true (Data2VecAudioModel has no ALiBi attention bias; data2vec 2.0 audio "
                        "models have no transformers counterpart)")
+    if cfg.encoder.get("pos_conv_zero_pads") is False:
+        reasons.append("encoder.pos_conv_zero_pads is false (Data2VecAudioModel zeroes padded frames before its positional conv)")
     if reasons:
         raise ExportError(f"cannot export to hf: {'; '.join(reasons)}")
 
@@ -261,6 +263,7 @@ class AudioHFExporter(Exporter):
                 "pos_conv_depth": c.num_conv_pos_embeddings, "pos_conv_kernel": c.conv_pos_kernel_size,
                 "pos_conv_groups": c.num_conv_pos_embedding_groups,
                 "alibi": False, "alibi_scale_init": 1.0,  # Data2VecAudioModel has no ALiBi
+                "pos_conv_zero_pads": True,  # it zeroes padded frames before its positional conv
             },
         }
         pre_file = src / "preprocessor_config.json"

@@ -262,3 +262,15 @@ def test_pretraining_continues_from_a_v2_import(tmp_path, capsys):
     start, after = load_checkpoint(tmp_path / "run")["student"], load_checkpoint(tmp_path / "cont")["student"]
     drift = max((after[k] - start[k]).abs().max().item() for k in start if k.startswith("transformer."))
     assert 0 < drift < 0.05
+
+
+def test_a_v2_import_is_not_exported_to_transformers(tmp_path, registry):
+    from d2v_core.errors import ExportError
+
+    from d2v_plugin_audio.hf_export import check_exportable
+
+    ckpt = save_fairseq_checkpoint(tmp_path / "c.pt", fairseq_state(), MODEL_CFG, form="dict")
+    import_fairseq(ckpt, tmp_path / "run", registry)
+    cfg = load_pretrained(tmp_path / "run", registry).cfg
+    with pytest.raises(ExportError, match="encoder.alibi is true.*pos_conv_zero_pads is false"):
+        check_exportable(cfg)
