@@ -168,25 +168,33 @@ class FairseqCheckpoint:
     wrapper: str | None = None
 
 
-#: fairseq fine-tuning models that wrap a pretrained one: name -> prefix of its tensors
-#: (``fairseq/models/wav2vec/wav2vec2_asr.py`` ``Wav2VecEncoder``: ``w2v_encoder.w2v_model``,
-#: the pretraining config in ``cfg.model.w2v_args``).
-WRAPPERS = {"wav2vec_ctc": "w2v_encoder.w2v_model.", "wav2vec_seq2seq": "encoder.w2v_model."}
+#: fairseq fine-tuning models that wrap a pretrained one: name -> (prefix of its tensors, the
+#: config field holding the pretraining config). ``fairseq/models/wav2vec/wav2vec2_asr.py``
+#: (``Wav2VecEncoder.w2v_model``, ``w2v_args``); ``examples/data2vec/models/``
+#: ``data2vec_text_classification.py`` / ``data2vec_image_classification.py`` (``self.model``,
+#: ``pretrained_model_args``), ``audio_classification.py`` (``self.d2v_model``, ``d2v_args``).
+WRAPPERS = {
+    "wav2vec_ctc": ("w2v_encoder.w2v_model.", "w2v_args"),
+    "wav2vec_seq2seq": ("encoder.w2v_model.", "w2v_args"),
+    "data2vec_text_classification": ("model.", "pretrained_model_args"),
+    "data2vec_image_classification": ("model.", "pretrained_model_args"),
+    "audio_classification": ("d2v_model.", "d2v_args"),
+}
 
 
 def _unwrap(ckpt: FairseqCheckpoint) -> FairseqCheckpoint:
     """The pretrained model inside a fine-tuned checkpoint: its config (``w2v_args``) and its
     tensors without the wrapper's prefix; the fine-tuning head's tensors keep their names (and
     so are reported as unused)."""
-    prefix = WRAPPERS.get(ckpt.model_name)
-    inner = ckpt.model_cfg.get("w2v_args") if prefix else None
+    prefix, field_name = WRAPPERS.get(ckpt.model_name, (None, None))
+    inner = ckpt.model_cfg.get(field_name) if prefix else None
     if not isinstance(inner, dict):
         return ckpt
     inner = resolve_interpolations(inner)
     model_cfg = inner["model"] if isinstance(inner.get("model"), dict) else inner  # hydra cfg or flat args
     name = model_cfg.get("_name") or model_cfg.get("arch")
     if not isinstance(name, str):
-        raise CheckpointError(f"{ckpt.path}: its {ckpt.model_name} config wraps a model with no name (w2v_args.model._name)")
+        raise CheckpointError(f"{ckpt.path}: its {ckpt.model_name} config wraps a model with no name ({field_name}.model._name)")
     tensors = {(k[len(prefix):] if k.startswith(prefix) else k): v for k, v in ckpt.model.items()}
     task = inner.get("task") if isinstance(inner.get("task"), dict) else {}
     return FairseqCheckpoint(ckpt.path, tensors, model_cfg, name, task, wrapper=ckpt.model_name)

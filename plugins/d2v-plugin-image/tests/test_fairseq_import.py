@@ -388,3 +388,26 @@ def test_data2vec_vision_target_layers_must_be_the_top_k(tmp_path, registry):
     torch.save(ck, tmp_path / "c.pth")
     with pytest.raises(CheckpointError, match="target_layers='\\[0, 2\\]'"):
         import_fairseq(tmp_path / "c.pth", tmp_path / "run", registry)
+
+
+def test_a_fine_tuned_image_classifier_imports_its_pretrained_encoder(tmp_path, registry):
+    """``data2vec_image_classification`` (data2vec_image_classification.py L42-L80): the data2vec
+    2.0 model as ``self.model`` after ``remove_pretraining_modules`` (no decoder, no ``_ema``), its
+    config in ``pretrained_model_args``, plus ``fc_norm`` and ``head``."""
+    pytest.importorskip("d2v_plugin_maskers.plugin", reason="d2v-plugin-maskers provides inverse-block (the v2-base preset)")
+    s = {k: v for k, v in v2_state().items() if not k.startswith("_ema.") and ".decoder." not in k}
+    tuned = {f"model.{k}": v for k, v in s.items()}
+    tuned.update({"fc_norm.weight": torch.ones(D), "fc_norm.bias": torch.zeros(D), "head.weight": torch.zeros(10, D),
+                  "head.bias": torch.zeros(10)})
+    cls_cfg = {"_name": "data2vec_image_classification", "model_path": "/checkpoint/base_imagenet.pt", "num_classes": 10,
+               "pretrained_model_args": {"model": V2_CFG, "task": {"_name": "mae_image_pretraining"}}}
+    ckpt = save_fairseq_checkpoint(tmp_path / "finetuned.pt", tuned, cls_cfg, form="dict")
+    result = import_fairseq(ckpt, tmp_path / "run", registry)
+    assert result.family == "data2vec 2.0 image" and result.fresh_modules == ["decoder"] and not result.teacher_from_ema
+    assert sorted(result.unused) == ["fc_norm.bias", "fc_norm.weight", "head.bias", "head.weight"]
+    pre = load_pretrained(tmp_path / "run", registry)
+    img = torch.randn(2, 3, IMG, IMG, generator=torch.Generator().manual_seed(6))
+    with torch.no_grad():
+        ours, _ = pre.model.encode({"image": img})
+        theirs, _ = fs_v2(s, "", img)
+    assert (ours - theirs).abs().max() <= 1e-5
