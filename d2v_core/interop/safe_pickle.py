@@ -34,6 +34,7 @@ _RECORDS = (
     "omegaconf.nodes.BytesNode",
     "omegaconf.nodes.PathNode",
     "omegaconf.nodes.EnumNode",
+    "omegaconf.nodes.UnionNode",
     "omegaconf.base.Metadata",
     "omegaconf.base.ContainerMetadata",
     "argparse.Namespace",
