@@ -411,3 +411,18 @@ def test_a_fine_tuned_image_classifier_imports_its_pretrained_encoder(tmp_path, 
         ours, _ = pre.model.encode({"image": img})
         theirs, _ = fs_v2(s, "", img)
     assert (ours - theirs).abs().max() <= 1e-5
+
+
+def test_data2vec_vision_import_exports_to_transformers_with_its_outputs(tmp_path, registry):
+    transformers = pytest.importorskip("transformers")
+    from d2v_core.inference.exchange import export_checkpoint
+
+    model, _ = beit_checkpoint(tmp_path / "c.pth")
+    import_fairseq(tmp_path / "c.pth", tmp_path / "run", registry)
+    export_checkpoint(tmp_path / "run", "hf", tmp_path / "hf", registry)
+    hf = transformers.Data2VecVisionModel.from_pretrained(str(tmp_path / "hf")).eval()
+    img = torch.randn(2, 3, IMG, IMG, generator=torch.Generator().manual_seed(8))
+    with torch.no_grad():
+        theirs = hf(pixel_values=img).last_hidden_state[:, 1:]
+        ours = fs_encoder(to_port(model), "encoder.", img, eps=1e-6)
+    assert (theirs - ours).abs().max() <= 1e-5
