@@ -33,9 +33,9 @@ def beit_trunc_normal_(tensor: Tensor, std: float) -> Tensor:
 
 def mae_sincos_2d(side: int, dim: int) -> Tensor:
     """MAE's ``get_2d_sincos_pos_embed(dim, side)`` (fairseq ``examples/data2vec/models/mae.py``
-    L370-L417): (side * side, dim), the first half of the channels from the row index (``grid[0]``
-    of ``meshgrid(w, h)``, i.e. the column), the second from the other, each ``[sin, cos]`` of
-    ``pos / 10000 ** (2i / (dim / 2))``."""
+    L370-L417): (side * side, dim); the first half of the channels encodes the column index
+    (``grid[0]`` of ``np.meshgrid(grid_w, grid_h)``), the second the row index, each as
+    ``[sin, cos]`` of ``pos / 10000 ** (2i / (dim / 2))``."""
     if dim % 4:
         raise ConfigError(f"the MAE sin-cos table needs model.dim divisible by 4, got {dim}")
     coords = torch.arange(side, dtype=torch.float64)
