@@ -41,6 +41,9 @@ from d2v_core.errors import DataError
 from d2v_core.interfaces import RecordDecoder, SkipRecord
 
 _log = logging.getLogger("d2v.data")
+#: Tar shards under budget batching: decoded samples (or packed blocks) buffered and sorted per
+#: worker when data.bucket_window is 0.
+SHARD_WINDOW = 512
 
 
 def mix_seed(*parts: Any) -> int:
@@ -95,6 +98,13 @@ class _EpochPlan:
     shuffle_buffer: int
     resampled: bool
     drop_last: bool
+    # token budget ("tokens") or block packing ("blocks"): see d2v_core.data.budget_stream
+    batching: str = "count"
+    planned: tuple | None = None  # list sources: this rank's batches for the epoch
+    max_tokens: int | None = None
+    bounds: tuple[int, int | None] = (0, None)
+    window: int = 0  # shards: samples (or blocks) buffered, sorted and cut into batches
+    block: tuple[int, str, bool] | None = None
 
 
 class _EpochStream(IterableDataset):
@@ -202,6 +212,12 @@ class _EpochStream(IterableDataset):
         worker, num_workers = (info.id, info.num_workers) if info is not None else (0, 1)
         window = BadRecordStats()
         p = self.plan
+        if p.batching != "count":
+            from d2v_core.data.budget_stream import iter_budget_epoch
+
+            yield from iter_budget_epoch(self, worker, num_workers, window)
+            yield {**window.pop_window(), "_stats_only": True}
+            return
         if p.source.is_sharded:
             records = self._shard_records(worker, num_workers, window)
         else:
@@ -252,6 +268,8 @@ class TrainLoader:
         max_bad_fraction: float | None = None,
         min_seen: int = 100,
         pin_memory: bool = False,
+        max_tokens: int | None = None,
+        bucket_window: int = 0,
     ) -> None:
         if batch_size < 1:
             raise DataError(f"batch size per rank must be >= 1, got {batch_size}")
@@ -275,6 +293,7 @@ class TrainLoader:
         self.pin_memory = pin_memory
         self.stats = BadRecordStats()
         self._said_limit = False
+        self._init_budget(max_tokens, bucket_window)
         if source.is_sharded and not resampled:
             n = len(source.urls)
             if n < world_size:
@@ -289,18 +308,72 @@ class TrainLoader:
                     stacklevel=2,
                 )
 
+    def _init_budget(self, max_tokens: int | None, bucket_window: int) -> None:
+        """Choose the batching: block packing when the decoder declares a block layout, token
+        budget with ``max_tokens``, else ``batch_size`` records. List sources get their record
+        lengths here (manifest, cache, or one scan)."""
+        from d2v_core.data import batching
+
+        self.max_tokens, self.bucket_window = max_tokens, bucket_window
+        self.block = self.decoder.block_layout()
+        self.batching = "blocks" if self.block is not None else "tokens" if max_tokens else "count"
+        self.lengths: list[int] | None = None
+        self._blocks: list = []
+        if self.batching == "count":
+            return
+        if max_tokens is not None and max_tokens < 1:
+            raise DataError(f"data.max_tokens must be >= 1, got {max_tokens}")
+        self.bounds = self.decoder.length_bounds()
+        if self.source.is_sharded:
+            return
+        from d2v_core.data.lengths import record_lengths
+
+        self.lengths = record_lengths(self.source, self.decoder, num_workers=self.num_workers)
+        if self.block is not None:
+            size, mode, drop_partial = self.block
+            blocks = batching.pack_blocks(self.lengths, size, mode)
+            self._blocks = [b for b in blocks if not drop_partial or sum(z - a for _, a, z in b) == size]
+        else:
+            longest = max((min(n, self.bounds[1]) if self.bounds[1] else n for n in self.lengths if n >= self.bounds[0]), default=0)
+            if longest > max_tokens:  # type: ignore[operator]
+                raise DataError(
+                    f"data.max_tokens={max_tokens} is smaller than the longest record ({longest}); raise it "
+                    "or lower the decoder's maximum length"
+                )
+
+    def _planned_batches(self, epoch: int) -> tuple | None:
+        """This rank's batches of ``epoch`` for a list source under budget or block batching."""
+        from d2v_core.data import batching
+
+        if self.batching == "count" or self.lengths is None:
+            return None
+        generator = torch.Generator().manual_seed(mix_seed("budget", self.seed, epoch))  # the same on every rank
+        if self.batching == "blocks":
+            chosen = batching.block_batches(len(self._blocks), self.batch_size, self.rank, self.world_size, generator)
+            return tuple(tuple(self._blocks[j] for j in b) for b in chosen)
+        low, high = self.bounds
+        epoch_batches = batching.budget_batches(self.lengths, self.max_tokens, generator=generator,  # type: ignore[arg-type]
+                                                min_len=low, max_len=high, window=self.bucket_window)
+        return tuple(tuple(b) for b in batching.rank_batches(epoch_batches, self.rank, self.world_size))
+
     def batches_per_epoch(self) -> int | None:
         """Batches each rank yields per epoch when no record is skipped (list sources), or
         None for shards (unknown until read) and resampled shards (endless)."""
         if self.source.is_sharded:
             return None
+        if self.batching != "count":
+            return len(self._planned_batches(0) or ())
         per_rank = len(self.source.entries) // self.world_size
         return per_rank // self.batch_size + (0 if self.drop_last or per_rank % self.batch_size == 0 else 1)
 
     def _plan(self, epoch: int) -> _EpochPlan:
+        budget: dict[str, Any] = {}
+        if self.batching != "count":
+            budget = {"batching": self.batching, "planned": self._planned_batches(epoch), "max_tokens": self.max_tokens,
+                      "bounds": self.bounds, "window": self.bucket_window or SHARD_WINDOW, "block": self.block}
         return _EpochPlan(
             self.source, self.decoder, self.batch_size, self.rank, self.world_size, self.seed, epoch,
-            self.shuffle_buffer, self.resampled, self.drop_last,
+            self.shuffle_buffer, self.resampled, self.drop_last, **budget,
         )
 
     def iter_epoch(self, epoch: int, skip_batches: int = 0) -> Iterator[dict]:
