@@ -152,10 +152,17 @@ class OptimConfig(StrictModel):
 
 class DataConfig(StrictModel):
     """Training data: a folder, a CSV/JSONL manifest, or tar shards (brace patterns allowed).
-    ``batch_size`` is the global batch of one optimiser step (over ranks and accumulation)."""
+    ``batch_size`` is the global batch of one optimiser step (over ranks and accumulation): records,
+    or packed rows for a modality that packs its corpus into blocks (text).
+    ``max_tokens``: fill each rank's micro-batch up to this many length units (audio samples)
+    with records of similar length instead (fairseq ``max_tokens``, per GPU); ``batch_size`` is
+    then not used. ``bucket_window``: records sorted by length together (0: the whole list;
+    tar shards: 0 means 512 decoded records per worker)."""
 
     train: Optional[str] = None
     batch_size: PositiveInt = 8
+    max_tokens: Optional[PositiveInt] = None
+    bucket_window: NonNegativeInt = 0
     num_workers: NonNegativeInt = 0
     shuffle_buffer: NonNegativeInt = 1000
     resampled: bool = False

@@ -47,7 +47,8 @@ BASE: dict[str, Any] = deep_merge(
             "clip_norm": 5.0,
             "schedule": {"name": "cosine", "warmup_steps": 10_000, "warmup_init_lr": 0.0, "min_lr": 0.0},
         },
-        # fairseq: 256 rows of 512 tokens; here batch_size counts documents (see data.py).
+        # fairseq: max_tokens 8192 = 16 rows of 512 tokens per GPU x 16 GPUs; batch_size counts
+        # rows packed from the whole corpus (d2v_core.data.batching.pack_blocks).
         "data": {"batch_size": 256, "options": {"block_size": 512, "break_mode": "complete_doc"}},
         "runtime": {"max_steps": 1_000_000},
     },
@@ -100,7 +101,7 @@ V2_BASE: dict[str, Any] = deep_merge(
     BASE,
     deep_merge(_V2, {
         "model": {"layerdrop": 0.0},
-        # fairseq: 4 blocks of 512 tokens (sample_break_mode none) on each of 16 GPUs
+        # fairseq: batch_size 4 blocks of 512 tokens (sample_break_mode none) on each of 16 GPUs
         "data": {"batch_size": 64, "options": {"block_size": 512, "break_mode": "none", "drop_partial_row": True}},
     }),
 )
