@@ -17,6 +17,7 @@ import os
 from pathlib import Path
 from typing import Any
 
+import torch
 from torch.utils.data import DataLoader, Dataset
 
 from d2v_core.data.sources import Entry, Source
@@ -96,9 +97,13 @@ def record_lengths(source: Source, decoder: RecordDecoder, *, num_workers: int =
     missing = [i for i in todo if lengths[i] is None]
     if missing:
         _log.info("d2v: measuring %d record length(s) of %s (once; cached in %s)", len(missing), source.spec, path)
-        loader = DataLoader(_Measure(source, decoder, missing), batch_size=None, num_workers=num_workers)
+        measure = _Measure(source, decoder, missing)
+        # an own generator: a DataLoader would otherwise draw its seed from the global RNG, and
+        # whether the lengths were cached would change the run's random stream (exact resume)
+        results = (iter(DataLoader(measure, batch_size=None, num_workers=num_workers, generator=torch.Generator().manual_seed(0)))
+                   if num_workers > 0 else (measure[i] for i in range(len(measure))))
         bad = 0
-        for index, n, reason in loader:
+        for index, n, reason in results:
             lengths[index] = n
             bad += reason is not None
         if bad:
