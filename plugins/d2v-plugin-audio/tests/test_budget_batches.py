@@ -43,3 +43,18 @@ def test_budget_batches_hold_similar_clips_cropped_to_the_shortest(tmp_path, aud
         assert b["source"].shape == (len(sizes), min(sizes)) and b["padding_mask"] is None
     # fairseq's longest-first fill: the 8 longest clipped clips (1.5 s = 24000) go 2 per batch
     assert sorted(len(b["keys"]) for b in batches if max(clipped[k] for k in b["keys"]) == 24000) == [2, 2]
+
+
+@pytest.mark.parametrize("preset, budget", [("base", 3_800_000), ("large", 3_800_000), ("v2-base", 1_000_000),
+                                            ("tiny", None), ("v2-tiny", None)])
+def test_presets_use_fairseqs_sample_budget_per_gpu(preset, budget):
+    # fairseq base_librispeech.yaml / v2 base_audio_only_task.yaml: dataset.max_tokens per GPU;
+    # the tiny presets keep 8 counted clips for 2 CPU cores
+    from d2v_core.config_resolve import resolve_config
+    from d2v_core.plugin_loader import plugin_context
+    from d2v_plugin_audio import plugin as audio_plugin
+
+    with plugin_context(audio_plugin) as loaded:
+        cfg = resolve_config(loaded.registry, "audio", preset)
+    assert cfg.data.max_tokens == budget
+    assert budget is not None or cfg.data.batch_size == 8

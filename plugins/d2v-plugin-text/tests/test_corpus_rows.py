@@ -56,3 +56,16 @@ def test_streamed_shards_give_the_same_row_count(tmp_path, corpus_lines, small_t
     batches = list(TrainLoader(src, dec, batch_size=6, num_workers=2, bucket_window=24).iter_epoch(0))
     assert batches and all(b["tokens"].shape == (6, 32) and not b["padding_mask"].any() for b in batches)
     assert all(bool((b["tokens"][:, 0] == small_tokenizer.bos_id).all()) for b in batches)
+
+
+@pytest.mark.parametrize("preset, rows, mode", [("base", 256, "complete_doc"), ("v2-base", 64, "none"), ("tiny", 32, "complete_doc")])
+def test_presets_give_fairseqs_rows_of_512(preset, rows, mode):
+    # fairseq text base.yaml: max_tokens 8192 = 16 rows x 16 GPUs; v2: batch_size 4 x 16 GPUs
+    from d2v_core.config_resolve import resolve_config
+    from d2v_core.plugin_loader import plugin_context
+    from d2v_plugin_text import plugin
+
+    with plugin_context(plugin) as loaded:
+        cfg = resolve_config(loaded.registry, "text", preset)
+    assert (cfg.data.batch_size, cfg.data.options["break_mode"], cfg.data.max_tokens) == (rows, mode, None)
+    assert cfg.data.options["block_size"] == (128 if preset == "tiny" else 512)
