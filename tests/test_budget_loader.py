@@ -242,3 +242,28 @@ def test_block_packing_ranks_and_streaming_shards(tmp_path):
     assert streamed and all(b["x"].shape == (3, 16) for b in streamed)
     total = sum(n for n in LENGTHS if n != 13)
     assert len(streamed) * 3 * 16 > 0.6 * total  # only the rows of the last buffers are dropped
+
+
+def test_clear_errors_for_budgets_that_cannot_work(tmp_path):
+    from d2v_core.errors import ConfigError, DataError
+
+    class Counted(RecordDecoder):  # says nothing about lengths (an image decoder, say)
+        extensions = ("npy",)
+
+        def decode(self, record, generator=None):
+            return {"key": record["__key__"]}
+
+        def collate(self, samples):
+            return {"keys": [s["key"] for s in samples]}
+
+    src = resolve_source(str(make_folder(tmp_path / "d")), ("npy",))
+    with pytest.raises(ConfigError, match="sample_length.*remove data.max_tokens"):
+        TrainLoader(src, Counted(), batch_size=1, max_tokens=64)
+    with pytest.raises(DataError, match="max_tokens=20 is smaller than the longest record"):
+        TrainLoader(src, SeqDecoder(), batch_size=1, max_tokens=20)
+    # shards: a record over the budget is skipped and counted, not a crash
+    shards = resolve_source(make_shards(tmp_path / "s", 2), ("npy",))
+    loader = TrainLoader(shards, SeqDecoder(), batch_size=1, max_tokens=30)
+    got = keys(epoch(loader))
+    assert sorted(got) == sorted(f"r{i:03d}" for i, n in enumerate(LENGTHS) if n != 13 and n <= 30)
+    assert loader.stats.counts["longer_than_max_tokens"] == sum(n > 30 for n in LENGTHS)

@@ -98,7 +98,7 @@ def _planned(stream: "_EpochStream", worker: int, num_workers: int, window: BadR
 def _usable(stream: "_EpochStream", records: Iterator[dict], window: BadRecordStats) -> Iterator[tuple[dict, int]]:
     """Decoded samples and their lengths; those shorter than the decoder's minimum are skipped."""
     p = stream.plan
-    low, _ = p.bounds
+    low, high = p.bounds
     for record in records:
         window.seen += 1
         sample = stream._decode(record, window)
@@ -107,6 +107,10 @@ def _usable(stream: "_EpochStream", records: Iterator[dict], window: BadRecordSt
         n = int(p.decoder.sample_length(sample))
         if n < max(low, 1):
             window.skip("too_short", record.get("__url__"), record.get("__key__"), f"length {n} < {low}")
+            continue
+        if p.batching == "tokens" and min(n, high or n) > p.max_tokens:  # type: ignore[operator]
+            window.skip("longer_than_max_tokens", record.get("__url__"), record.get("__key__"),
+                        f"length {n} > data.max_tokens {p.max_tokens}")
             continue
         yield sample, n
 

@@ -37,7 +37,7 @@ from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
 from d2v_core.data.bad_records import MAX_EXAMPLES, BadRecordStats
 from d2v_core.data.sources import Source, resolve_source, shard_record
-from d2v_core.errors import DataError
+from d2v_core.errors import ConfigError, DataError
 from d2v_core.interfaces import RecordDecoder, SkipRecord
 
 _log = logging.getLogger("d2v.data")
@@ -323,6 +323,12 @@ class TrainLoader:
             return
         if max_tokens is not None and max_tokens < 1:
             raise DataError(f"data.max_tokens must be >= 1, got {max_tokens}")
+        if type(self.decoder).sample_length is RecordDecoder.sample_length:
+            what = "packs blocks" if self.block is not None else "was given data.max_tokens"
+            raise ConfigError(
+                f"{type(self.decoder).__name__} {what} but does not say how long a sample is (sample_length); "
+                "remove data.max_tokens to batch data.batch_size records"
+            )
         self.bounds = self.decoder.length_bounds()
         if self.source.is_sharded:
             return

@@ -58,7 +58,7 @@ def test_streamed_shards_give_the_same_row_count(tmp_path, corpus_lines, small_t
     assert all(bool((b["tokens"][:, 0] == small_tokenizer.bos_id).all()) for b in batches)
 
 
-@pytest.mark.parametrize("preset, rows, mode", [("base", 256, "complete_doc"), ("v2-base", 64, "none"), ("tiny", 32, "complete_doc")])
+@pytest.mark.parametrize("preset, rows, mode", [("base", 256, "complete_doc"), ("v2-base", 64, "none"), ("tiny", 16, "complete_doc")])
 def test_presets_give_fairseqs_rows_of_512(preset, rows, mode):
     # fairseq text base.yaml: max_tokens 8192 = 16 rows x 16 GPUs; v2: batch_size 4 x 16 GPUs
     from d2v_core.config_resolve import resolve_config
