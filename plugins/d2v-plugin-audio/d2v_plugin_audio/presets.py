@@ -117,7 +117,9 @@ V2_BASE = _with(
                                            "projection_layers": 1, "input_dropout": 0.1}, "mask_noise_std": 0.01},
     ema={"decay": 0.999, "end_decay": 0.99999, "anneal_end_step": 75000, "teacher_input": "features",
          "copy_params": [], "exclude_params": _TEACHER_EXCLUDES},
-    optim={"lr": 7.5e-4, "no_decay_1d": True, "no_decay": ["encoder.alibi_scale"], "clip_norm": 0.0,
+    # plain adam in base_audio_only_task.yaml: only fairseq's composite optimizer honours the
+    # model's "no weight decay on 1-d / bias / alibi_scale" overrides, so every parameter decays
+    optim={"lr": 7.5e-4, "no_decay_1d": False, "no_decay": [], "clip_norm": 0.0,
            "schedule": {"name": "cosine", "warmup_steps": 8000, "warmup_init_lr": 0.0, "min_lr": 0.0}},
     # fairseq: 1.0M samples per GPU (max_tokens) on 8 GPUs
     data={"max_tokens": 1_000_000},

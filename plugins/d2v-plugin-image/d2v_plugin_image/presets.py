@@ -121,7 +121,8 @@ V2_BASE: dict[str, Any] = {
     "ema": {"decay": 0.9998, "end_decay": 0.99999, "anneal_end_step": 100_000, "teacher_input": "raw",
             "exclude_params": ["encoder.mask_embedding"]},
     "optim": {
-        "lr": 1e-3, "betas": [0.9, 0.95], "eps": 1e-6, "weight_decay": 0.05, "no_decay_1d": True, "no_decay": [],
+        # eps: base_images_only_task.yaml sets no adam_eps, so fairseq's default 1e-8 applies
+        "lr": 1e-3, "betas": [0.9, 0.95], "eps": 1e-8, "weight_decay": 0.05, "no_decay_1d": True, "no_decay": [],
         "clip_norm": 4.0,
         "schedule": {"name": "cosine", "warmup_steps": 50_040, "warmup_init_lr": 0.0, "min_lr": 0.0},
     },

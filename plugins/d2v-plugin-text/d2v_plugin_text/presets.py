@@ -30,6 +30,8 @@ _COMMON: dict[str, Any] = {
     "targets": {"top_k": 10, "source": "ffn", "layer_norm": "layer", "post_norm": "none"},
     "loss": {"beta": 4.0, "scale": 1.0, "head": "mlp", "head_hidden_mult": 2},
     "ema": {"teacher_input": "raw", "copy_params": list(_EMBEDDINGS), "exclude_params": []},
+    # fairseq's data2vec_text has no collapse stop (target_var / pred_var are not even computed)
+    "runtime": {"min_target_var": 0.0, "min_pred_var": 0.0},
 }
 
 BASE: dict[str, Any] = deep_merge(
@@ -85,6 +87,8 @@ TINY: dict[str, Any] = deep_merge(
 
 _V2: dict[str, Any] = {
     "masking": {"name": "text-random", "options": {"mask_prob": 0.48}, "clone_batch": 8},
+    # data2vec2.py stops on collapse (min_target_var 0.1, min_pred_var 0.01) for every modality
+    "runtime": {"min_target_var": 0.1, "min_pred_var": 0.01},
     "decoder": {"name": "conv1d", "mask_noise_std": 0.01,
                 "options": {"channels": 768, "kernel": 9, "groups": 1, "layers": 5, "residual": False,
                             "projection_layers": 2, "projection_ratio": 2.0, "input_dropout": 0.1}},

@@ -69,3 +69,15 @@ def test_presets_give_fairseqs_rows_of_512(preset, rows, mode):
         cfg = resolve_config(loaded.registry, "text", preset)
     assert (cfg.data.batch_size, cfg.data.options["break_mode"], cfg.data.max_tokens) == (rows, mode, None)
     assert cfg.data.options["block_size"] == (128 if preset == "tiny" else 512)
+
+
+@pytest.mark.parametrize("preset, stops", [("base", False), ("tiny", False), ("base-span", False), ("v2-base", True), ("v2-tiny", True)])
+def test_collapse_stop_only_where_fairseq_has_one(preset, stops):
+    # data2vec_text.py (v1) computes no target_var; data2vec2.py raises below 0.1 / 0.01
+    from d2v_core.config_resolve import resolve_config
+    from d2v_core.plugin_loader import plugin_context
+    from d2v_plugin_text import plugin
+
+    with plugin_context(plugin) as loaded:
+        rt = resolve_config(loaded.registry, "text", preset).runtime
+    assert (rt.min_target_var, rt.min_pred_var) == ((0.1, 0.01) if stops else (0.0, 0.0))
