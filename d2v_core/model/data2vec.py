@@ -70,7 +70,8 @@ class Data2Vec(nn.Module):
         self.encoder = encoder
         self.transformer = Transformer(cfg.model)
         self.decoder = decoder
-        self.head = build_regression_head(cfg.model.dim, cfg.loss.head, cfg.loss.head_hidden_mult) if decoder is None else None
+        self.head = (build_regression_head(cfg.model.dim, cfg.loss.head, cfg.loss.head_hidden_mult, cfg.model.init)
+                     if decoder is None else None)
         self.masker = masker
         self.layer_norm = layer_norm
         self.post_norm = post_norm
