@@ -98,9 +98,12 @@ class LossConfig(StrictModel):
 class EMAConfig(StrictModel):
     """EMA teacher. ``decay`` is annealed linearly to ``end_decay`` over ``anneal_end_step``
     updates, then constant. Parameter names matching ``copy`` are copied from the student, those
-    matching ``exclude`` are not used by the teacher (fnmatch patterns)."""
+    matching ``exclude`` are not used by the teacher (fnmatch patterns). ``teacher_precision``:
+    ``autocast`` runs the teacher under the student's ``runtime.precision`` (fairseq, fp16);
+    ``fp32`` runs it in fp32 whatever the student's precision (data2vec_vision)."""
 
     decay: float = Field(0.999, ge=0.0, le=1.0)
+    teacher_precision: Literal["autocast", "fp32"] = "autocast"
     end_decay: float = Field(0.9999, ge=0.0, le=1.0)
     anneal_end_step: NonNegativeInt = 30000
     teacher_input: Literal["features", "raw"] = "features"

@@ -337,3 +337,23 @@ def test_decoder_config_is_resolved_against_the_component(example_plugins):
         resolve_config(reg, "vectors", "tiny", overrides=["decoder.name=conv3d"])
     with pytest.raises(ConfigError, match="decoder.name is not"):
         resolve_config(reg, "vectors", "tiny", overrides=["decoder.options.channels=16"])
+
+
+@pytest.mark.parametrize("teacher_input", ["features", "raw"])
+def test_fp32_teacher_precision_ignores_the_students_autocast(teacher_input):
+    # data2vec_vision computes the teacher in fp32; fairseq (the default) under the student's autocast
+    batch = _batch()
+    results = {}
+    for precision in ("autocast", "fp32"):
+        cfg = _cfg(decoder={"name": None, "options": {}}, ema={"teacher_input": teacher_input, "teacher_precision": precision})
+        model = _model(cfg)
+        teacher = EMATeacher(model.teacher_scope(), cfg.ema)
+        with torch.no_grad():
+            plain = model.targets(teacher.model, batch, model.encoder.embed(batch))  # no autocast at all
+            with torch.autocast("cpu", dtype=torch.bfloat16):
+                results[precision] = model.targets(teacher.model, batch, model.encoder.embed(batch))
+        results[f"{precision}_plain"] = plain
+    assert results["fp32"].dtype == torch.float32
+    # the fp32 teacher sees the bf16 student's features (rounded once), then runs in fp32
+    assert torch.allclose(results["fp32"], results["fp32_plain"], atol=5e-2)
+    assert (results["autocast"].float() - results["autocast_plain"]).abs().max() > (results["fp32"] - results["fp32_plain"]).abs().max()

@@ -98,7 +98,14 @@ class Data2Vec(nn.Module):
 
     @torch.no_grad()
     def targets(self, teacher: nn.ModuleDict, batch: Batch, feats: Features) -> Tensor:
-        """The teacher's targets (B, T, D) for the unmasked input."""
+        """The teacher's targets (B, T, D) for the unmasked input (in fp32, out of any autocast,
+        with ``ema.teacher_precision: fp32``)."""
+        if self.cfg.ema.teacher_precision == "fp32":
+            with torch.autocast(feats.x.device.type, enabled=False):
+                return self._targets(teacher, batch, Features(feats.x.float(), feats.padding_mask, feats.grid))
+        return self._targets(teacher, batch, feats)
+
+    def _targets(self, teacher: nn.ModuleDict, batch: Batch, feats: Features) -> Tensor:
         enc = teacher["encoder"]
         if self.cfg.ema.teacher_input == "features":
             t_in, pad = feats.x.detach(), feats.padding_mask
