@@ -103,12 +103,12 @@ class EMAConfig(StrictModel):
     ``fp32`` runs it in fp32 whatever the student's precision (data2vec_vision)."""
 
     decay: float = Field(0.999, ge=0.0, le=1.0)
-    teacher_precision: Literal["autocast", "fp32"] = "autocast"
     end_decay: float = Field(0.9999, ge=0.0, le=1.0)
     anneal_end_step: NonNegativeInt = 30000
     teacher_input: Literal["features", "raw"] = "features"
     copy_params: list[str] = Field(default_factory=list)
     exclude_params: list[str] = Field(default_factory=list)
+    teacher_precision: Literal["autocast", "fp32"] = "autocast"
 
 
 class ScheduleConfig(StrictModel):

@@ -61,9 +61,8 @@ def pretrain(
             model.encoder.load_extra_state(start["extra"])
         if dist.is_main:
             check_output_dir(run_dir, resume, checkpoint_bytes(sum(p.numel() for p in model.parameters())))
-        record_decoder = build_record_decoder(cfg, registry)
         loader = TrainLoader(
-            source, record_decoder, batch_size=micro_batch, rank=dist.rank,
+            source, build_record_decoder(cfg, registry), batch_size=micro_batch, rank=dist.rank,
             world_size=dist.world_size, num_workers=cfg.data.num_workers, shuffle_buffer=cfg.data.shuffle_buffer,
             seed=cfg.runtime.seed, resampled=cfg.data.resampled, max_bad_fraction=cfg.data.max_bad_fraction,
             max_tokens=cfg.data.max_tokens, bucket_window=cfg.data.bucket_window,
