@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import io
 import json
+from collections import Counter
 import tarfile
 from pathlib import Path
 
@@ -122,7 +123,11 @@ def test_budget_epoch_uses_every_usable_record_once_within_the_budget(tmp_path, 
     # longest-first packing: clips of a batch have similar lengths, so little is cropped away
     kept = sum(b["x"].numel() for b in batches) / sum(min(n, 30) for b in batches for n in b["lengths"])
     assert kept > 0.85
-    assert loader.stats.counts["thirteen"] == 0  # refused when measured, so never batched
+    # refused when its length was measured: left out of every epoch, counted once per run (also
+    # when the length comes from the cache)
+    assert loader.stats.counts["thirteen"] == LENGTHS.count(13) > 0
+    cached = TrainLoader(src, SeqDecoder(min_len=3, max_len=30), batch_size=1, max_tokens=64, seed=1)
+    assert cached.stats.counts == loader.stats.counts - Counter() and cached.stats.seen == LENGTHS.count(13)
     assert sorted(keys(epoch(loader, 1))) == sorted(keys(batches)) and keys(epoch(loader, 1)) != keys(batches)
 
 

@@ -15,7 +15,7 @@ import json
 import logging
 import os
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import torch
 from torch.utils.data import DataLoader, Dataset
@@ -56,19 +56,21 @@ class _Measure(Dataset):
     def __len__(self) -> int:
         return len(self.todo)
 
-    def __getitem__(self, i: int) -> tuple[int, int, str | None]:
+    def __getitem__(self, i: int) -> tuple[int, int, str | None, str]:
         index = self.todo[i]
         entry = self.source.entries[index]
         try:
-            return index, int(self.decoder.record_length(self.source.read(entry))), None
+            return index, int(self.decoder.record_length(self.source.read(entry))), None, ""
         except SkipRecord as exc:
-            return index, 0, exc.reason
+            return index, 0, exc.reason, exc.detail
         except Exception as exc:  # noqa: BLE001 - counted like a bad record at training time
-            return index, 0, f"error:{type(exc).__name__}"
+            return index, 0, f"error:{type(exc).__name__}", str(exc)[:300]
 
 
-def record_lengths(source: Source, decoder: RecordDecoder, *, num_workers: int = 0, use_cache: bool = True) -> list[int]:
-    """The length of every entry of ``source`` (0 where it could not be measured)."""
+def record_lengths(source: Source, decoder: RecordDecoder, *, num_workers: int = 0, use_cache: bool = True,
+                   on_bad: Callable[[int, str, str], None] | None = None) -> list[int]:
+    """The length of every entry of ``source`` (0 where it could not be measured: ``on_bad(index,
+    reason, detail)`` is called for each such record measured now; the cache keeps a 0)."""
     lengths: list[int | None] = [None] * len(source.entries)
     for i, entry in enumerate(source.entries):
         if entry.meta:
@@ -90,10 +92,15 @@ def record_lengths(source: Source, decoder: RecordDecoder, *, num_workers: int =
             cached = {}
     signatures = {i: _signature(source.entries[i]) for i in todo}
     keys = {i: source.entries[i].path or source.entries[i].key for i in todo}
+    reasons: dict[int, tuple[str, str]] = {}
     for i in todo:
         hit = cached.get(keys[i])
-        if isinstance(hit, list) and len(hit) == 2 and hit[0] == signatures[i]:
+        if isinstance(hit, list) and len(hit) in (2, 4) and hit[0] == signatures[i]:
             lengths[i] = int(hit[1])
+            if len(hit) == 4:  # a record that could not be measured: say so on every run
+                reasons[i] = (str(hit[2]), str(hit[3]))
+                if on_bad is not None:
+                    on_bad(i, *reasons[i])
     missing = [i for i in todo if lengths[i] is None]
     if missing:
         _log.info("d2v: measuring %d record length(s) of %s (once; cached in %s)", len(missing), source.spec, path)
@@ -103,14 +110,18 @@ def record_lengths(source: Source, decoder: RecordDecoder, *, num_workers: int =
         results = (iter(DataLoader(measure, batch_size=None, num_workers=num_workers, generator=torch.Generator().manual_seed(0)))
                    if num_workers > 0 else (measure[i] for i in range(len(measure))))
         bad = 0
-        for index, n, reason in results:
+        for index, n, reason, detail in results:
             lengths[index] = n
-            bad += reason is not None
+            if reason is not None:
+                bad += 1
+                reasons[index] = (reason, detail)
+                if on_bad is not None:
+                    on_bad(index, reason, detail)
         if bad:
             _log.warning("d2v: %d record(s) of %s could not be measured and are left out of budget batches", bad, source.spec)
         if path is not None:
             records = dict(cached)
-            records.update({keys[i]: [signatures[i], int(lengths[i] or 0)] for i in todo})
+            records.update({keys[i]: [signatures[i], int(lengths[i] or 0), *reasons.get(i, ())] for i in todo})
             _write_cache(path, {"fingerprint": fingerprint, "records": records})
     return [int(n or 0) for n in lengths]
 

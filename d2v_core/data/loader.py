@@ -334,7 +334,12 @@ class TrainLoader:
             return
         from d2v_core.data.lengths import record_lengths
 
-        self.lengths = record_lengths(self.source, self.decoder, num_workers=self.num_workers)
+        def on_bad(index: int, reason: str, detail: str) -> None:  # left out of every epoch: counted once
+            entry = self.source.entries[index]
+            self.stats.seen += 1
+            self.stats.skip(reason, entry.path or self.source.manifest, entry.key, detail)
+
+        self.lengths = record_lengths(self.source, self.decoder, num_workers=self.num_workers, on_bad=on_bad)
         if self.block is not None:
             size, mode, drop_partial = self.block
             blocks = batching.pack_blocks(self.lengths, size, mode)
