@@ -17,8 +17,9 @@ LibriSpeech 960 h (281,241 utterances; 68% around 14.2 s, 30% spread over 1-14 s
 - ``audio.<preset>.fixed_count_*``: d2v before issue 18: random groups of the old per-GPU count
   (304 / 16 = 19 clips for base, 40 / 8 = 5 for v2-base), cropped to the shortest;
   ``fixed_count_1gpu_*``: the whole old ``data.batch_size`` (304 / 40) on one GPU;
-- ``audio.<preset>.streaming_*``: d2v on tar shards (512 decoded clips sorted per buffer, the
-  default; ``streaming_2048_*``: ``data.bucket_window: 2048``).
+- ``audio.<preset>.streaming_*``: d2v on tar shards (``streaming_batches`` over the clips in
+  random order, the default buffer of ``SHARD_WINDOW`` records; ``streaming_512_*``:
+  ``data.bucket_window: 512``).
 
 Figures: ``seconds_per_update`` (audio in one update over the reference's GPUs: 16 for base, 8
 for v2-base), ``frames_per_row`` (conv frames of a cropped row, mean over rows),
@@ -50,6 +51,7 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
 from bench_common import SHARED, write_result  # noqa: E402
+from d2v_core.data.loader import SHARD_WINDOW  # noqa: E402
 
 RATE = 16000
 GPUS = {"base": 16, "v2-base": 8}
@@ -86,6 +88,18 @@ def d2v_batches(sizes: np.ndarray, max_tokens: int, min_size: int, max_size: int
 
     return budget_batches(torch.from_numpy(sizes), max_tokens, generator=torch.Generator().manual_seed(0),
                           min_len=min_size, max_len=max_size, window=window)
+
+
+def streamed_batches(sizes: np.ndarray, max_tokens: int, min_size: int, max_size: int, window: int) -> list[list[int]]:
+    """d2v on tar shards: records in shuffled order through ``streaming_batches`` (one worker)."""
+    import random
+
+    from d2v_core.data.batching import streaming_batches
+
+    keep = np.nonzero(sizes >= min_size)[0]
+    order = np.random.default_rng(2).permutation(keep)
+    items = ((int(i), int(min(sizes[i], max_size))) for i in order)
+    return list(streaming_batches(items, max_tokens, window, lambda b, chunk: random.Random(chunk).shuffle(b)))
 
 
 def fixed_count_batches(sizes: np.ndarray, per_gpu: int, min_size: int) -> list[np.ndarray]:
@@ -143,14 +157,14 @@ def audio_section(n: int, n_mask: int) -> dict:
         ref = figures(fairseq_batches(sizes, budget, lo, hi), sizes, hi, gpus, masker, conv, n_mask)
         old = figures(fixed_count_batches(sizes, OLD_PER_GPU[preset], lo), sizes, hi, gpus, masker, conv, n_mask)
         old_one = figures(fixed_count_batches(sizes, OLD_ONE_GPU[preset], lo), sizes, hi, 1, masker, conv, n_mask)
-        stream = figures(d2v_batches(sizes, budget, lo, hi, window=512), sizes, hi, gpus, masker, conv, n_mask)
-        stream_2k = figures(d2v_batches(sizes, budget, lo, hi, window=2048), sizes, hi, gpus, masker, conv, n_mask)
+        stream = figures(streamed_batches(sizes, budget, lo, hi, window=SHARD_WINDOW), sizes, hi, gpus, masker, conv, n_mask)
+        stream_512 = figures(streamed_batches(sizes, budget, lo, hi, window=512), sizes, hi, gpus, masker, conv, n_mask)
         row = {**ours, "max_tokens": budget, "gpus": gpus}
         row.update({f"fairseq_{k}": v for k, v in ref.items()})
         row.update({f"fixed_count_{k}": v for k, v in old.items()})
         row.update({f"fixed_count_1gpu_{k}": v for k, v in old_one.items()})
         row.update({f"streaming_{k}": v for k, v in stream.items()})
-        row.update({f"streaming_2048_{k}": v for k, v in stream_2k.items()})
+        row.update({f"streaming_512_{k}": v for k, v in stream_512.items()})
         row["goals"] = {
             "seconds_per_update_within_5pct": abs(ours["seconds_per_update"] / ref["seconds_per_update"] - 1) <= 0.05,
             "crop_loss_at_most_2_points_above": ours["crop_loss"] - ref["crop_loss"] <= 0.02,

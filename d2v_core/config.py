@@ -160,7 +160,7 @@ class DataConfig(StrictModel):
     ``max_tokens``: fill each rank's micro-batch up to this many length units (audio samples)
     with records of similar length instead (fairseq ``max_tokens``, per GPU); ``batch_size`` is
     then not used. ``bucket_window``: records sorted by length together (0: the whole list;
-    tar shards: 0 means 512 decoded records per worker)."""
+    tar shards: 0 means 1024 records per worker)."""
 
     train: Optional[str] = None
     batch_size: PositiveInt = 8

@@ -18,6 +18,7 @@ from d2v_core.data.batching import (
     order_by_length,
     pack_blocks,
     rank_batches,
+    streaming_batches,
 )
 
 
@@ -235,3 +236,27 @@ def test_block_batches_have_exactly_rows_rows_and_ranks_are_disjoint(world_size)
     assert all(len(b) == 4 for rb in per_rank for b in rb)
     flat = [i for rb in per_rank for b in rb for i in b]
     assert len(flat) == len(set(flat)) and len(flat) == len(per_rank[0]) * 4 * world_size
+
+
+def test_streaming_batches_use_every_item_once_within_the_budget_and_carry_short_batches():
+    rng = random.Random(0)
+    items = [(f"r{i}", rng.randint(1, 30)) for i in range(300)]
+    lengths = dict(items)
+    chunks = []
+
+    def shuffle(batches, chunk):
+        chunks.append(chunk)
+        random.Random(chunk).shuffle(batches)
+
+    batches = list(streaming_batches(iter(items), 60, 40, shuffle))
+    assert sorted(k for b in batches for k in b) == sorted(k for k, _ in items)
+    assert all(len(b) * max(lengths[k] for k in b) <= 60 for b in batches)
+    assert chunks == list(range(len(chunks))) and len(chunks) > 5
+    # a buffer's last (shortest, partial) batch waits for the next buffer, so the stream needs
+    # fewer batches than cutting every buffer of 40 on its own
+    alone = 0
+    for s in range(0, 300, 40):
+        local = [n for _, n in items[s : s + 40]]
+        alone += len(batch_by_tokens(sorted(range(len(local)), key=lambda i: -local[i]), local, 60))
+    assert len(batches) < alone
+    assert list(streaming_batches(iter(items), 60, 40, lambda b, c: random.Random(c).shuffle(b))) == batches

@@ -17,7 +17,7 @@
 
 from __future__ import annotations
 
-from typing import Iterable, Iterator, Sequence
+from typing import Any, Callable, Iterable, Iterator, Sequence
 
 import torch
 
@@ -112,6 +112,35 @@ def budget_batches(
     order = keep[order_by_length(clipped[keep], generator, window)].tolist() if keep.numel() else []
     batches = batch_by_tokens(order, clipped, max_tokens, max_records, multiple) if order else []
     return [batches[j] for j in torch.randperm(len(batches), generator=generator).tolist()]
+
+
+def streaming_batches(items: Iterable[tuple[Any, int]], max_tokens: int, window: int,
+                      shuffle: Callable[[list, int], None]) -> Iterator[list[Any]]:
+    """Budget batches without a global sort: ``(payload, length)`` pairs are gathered ``window``
+    at a time, sorted longest first (ties in arrival order), cut with :func:`batch_by_tokens`,
+    and the batches shuffled with ``shuffle(batches, buffer_number)``. The last batch of a buffer
+    (its shortest records, usually not full) is carried into the next buffer instead of being
+    emitted half empty; the stream's very last batch is emitted as it is."""
+    buf: list[tuple[Any, int]] = []
+    chunk = 0
+
+    def flush(final: bool) -> list[list[Any]]:
+        nonlocal buf, chunk
+        order = sorted(range(len(buf)), key=lambda i: -buf[i][1])
+        batches = batch_by_tokens(order, [n for _, n in buf], max_tokens)
+        carry = batches.pop() if batches and not final else []
+        shuffle(batches, chunk)
+        chunk += 1
+        out = [[buf[i][0] for i in b] for b in batches]
+        buf = [buf[i] for i in carry]
+        return out
+
+    for item in items:
+        buf.append(item)
+        if len(buf) >= window:
+            yield from flush(final=False)
+    if buf:
+        yield from flush(final=True)
 
 
 def rank_batches(batches: Sequence[Sequence[int]], rank: int, world_size: int) -> list[list[int]]:

@@ -6,9 +6,12 @@ every rank; :func:`d2v_core.data.batching.budget_batches` / ``block_batches``): 
 number of workers does not change the batches. A batch whose records all fail yields only its
 counts, which keeps the other workers' batches in place.
 
-Tar shards have no lengths before decoding. A streaming buffer gives the same effect without a
-global sort: ``window`` decoded samples are sorted, cut into budget batches and the batches
-shuffled (seeded by seed, epoch, rank, worker and buffer number); for block packing the records
+Tar shards have no global list of lengths. A streaming buffer gives the same effect without a
+global sort (:func:`d2v_core.data.batching.streaming_batches`): ``window`` records are sorted,
+cut into budget batches and the batches shuffled (seeded by seed, epoch, rank, worker and buffer
+number). A decoder with its own ``record_length`` (audio: a header read) is asked for the length
+of the stored record, so the buffer holds encoded bytes; others are decoded first and their
+samples buffered. For block packing the records
 are packed as they stream, ``window`` blocks are shuffled and cut into batches of exactly
 ``batch_size`` rows (rows left over move on to the next buffer; the last few are dropped).
 """
@@ -21,7 +24,7 @@ from typing import TYPE_CHECKING, Any, Iterator
 import torch
 
 from d2v_core.data.bad_records import BadRecordStats
-from d2v_core.data.batching import BlockPacker, batch_by_tokens
+from d2v_core.data.batching import BlockPacker, streaming_batches
 
 if TYPE_CHECKING:
     from d2v_core.data.loader import _EpochStream
@@ -98,19 +101,18 @@ def _planned(stream: "_EpochStream", worker: int, num_workers: int, window: BadR
 def _usable(stream: "_EpochStream", records: Iterator[dict], window: BadRecordStats) -> Iterator[tuple[dict, int]]:
     """Decoded samples and their lengths; those shorter than the decoder's minimum are skipped."""
     p = stream.plan
-    low, high = p.bounds
+    low, _ = p.bounds
     for record in records:
         window.seen += 1
         sample = stream._decode(record, window)
         if sample is None:
             continue
         n = int(p.decoder.sample_length(sample))
-        if n < max(low, 1):
+        if p.batching == "tokens":
+            if not _fits(stream, record, n, window):
+                continue
+        elif n < max(low, 1):
             window.skip("too_short", record.get("__url__"), record.get("__key__"), f"length {n} < {low}")
-            continue
-        if p.batching == "tokens" and min(n, high or n) > p.max_tokens:  # type: ignore[operator]
-            window.skip("longer_than_max_tokens", record.get("__url__"), record.get("__key__"),
-                        f"length {n} > data.max_tokens {p.max_tokens}")
             continue
         yield sample, n
 
@@ -122,29 +124,65 @@ def _rng(stream: "_EpochStream", worker: int, chunk: int) -> random.Random:
     return random.Random(mix_seed("budget-buffer", p.seed, p.epoch, p.rank, worker, chunk))
 
 
+def _measured(stream: "_EpochStream", records: Iterator[dict], window: BadRecordStats) -> Iterator[tuple[dict, int]]:
+    """Raw records and their lengths from ``record_length`` (the audio decoder reads only the
+    header), so a buffer holds encoded bytes and each record is decoded once, when batched."""
+    from d2v_core.data.loader import exception_text
+    from d2v_core.interfaces import SkipRecord
+
+    p = stream.plan
+    for record in records:
+        try:
+            n = int(p.decoder.record_length(record))
+        except SkipRecord as exc:
+            window.seen += 1
+            window.skip(exc.reason, record.get("__url__"), record.get("__key__"), exc.detail)
+            continue
+        except Exception as exc:  # noqa: BLE001 - a bad record must never stop training
+            window.seen += 1
+            window.skip(f"error:{type(exc).__name__}", record.get("__url__"), record.get("__key__"), exception_text(exc))
+            continue
+        if _fits(stream, record, n, window):
+            yield record, n
+        else:
+            window.seen += 1  # counted as seen when decoded otherwise
+
+
+def _fits(stream: "_EpochStream", record: dict, n: int, window: BadRecordStats) -> bool:
+    """Whether a record of length ``n`` can go into a budget batch (else it is counted as skipped)."""
+    p = stream.plan
+    low, high = p.bounds
+    if n < max(low, 1):
+        window.skip("too_short", record.get("__url__"), record.get("__key__"), f"length {n} < {low}")
+        return False
+    if min(n, high or n) > p.max_tokens:  # type: ignore[operator]
+        window.skip("longer_than_max_tokens", record.get("__url__"), record.get("__key__"),
+                    f"length {n} > data.max_tokens {p.max_tokens}")
+        return False
+    return True
+
+
 def _streamed_budget(stream: "_EpochStream", records: Iterator[dict], worker: int, window: BadRecordStats) -> Iterator[dict]:
+    from d2v_core.interfaces import RecordDecoder
+
     p = stream.plan
     _, high = p.bounds
-
-    def flush(buf: list[tuple[dict, int]], chunk: int) -> Iterator[dict]:
-        lengths = [min(n, high) if high is not None else n for _, n in buf]
-        order = sorted(range(len(buf)), key=lambda i: -lengths[i])  # stable: ties in stream order
-        batches = batch_by_tokens(order, lengths, p.max_tokens)
-        _rng(stream, worker, chunk).shuffle(batches)
-        for b in batches:
-            batch = stream._collate([buf[i][0] for i in b], window)
-            if batch is not None:
-                yield batch
-
-    buf: list[tuple[dict, int]] = []
-    chunk = 0
-    for item in _usable(stream, records, window):
-        buf.append(item)
-        if len(buf) >= p.window:
-            yield from flush(buf, chunk)
-            buf, chunk = [], chunk + 1
-    if buf:
-        yield from flush(buf, chunk)
+    raw = type(p.decoder).record_length is not RecordDecoder.record_length
+    items = _measured(stream, records, window) if raw else _usable(stream, records, window)
+    clipped = ((item, min(n, high) if high is not None else n) for item, n in items)
+    for batch_items in streaming_batches(clipped, p.max_tokens, p.window,  # type: ignore[arg-type]
+                                         lambda batches, chunk: _rng(stream, worker, chunk).shuffle(batches)):
+        if raw:
+            samples = []
+            for record in batch_items:
+                window.seen += 1
+                sample = stream._decode(record, window)
+                if sample is not None:
+                    samples.append(sample)
+        else:
+            samples = batch_items
+        batch = stream._collate(samples, window) if samples else None
+        yield batch if batch is not None else _stats_only(window)
 
 
 def _streamed_blocks(stream: "_EpochStream", records: Iterator[dict], worker: int, window: BadRecordStats) -> Iterator[dict]:

@@ -41,9 +41,10 @@ from d2v_core.errors import ConfigError, DataError
 from d2v_core.interfaces import RecordDecoder, SkipRecord
 
 _log = logging.getLogger("d2v.data")
-#: Tar shards under budget batching: decoded samples (or packed blocks) buffered and sorted per
-#: worker when data.bucket_window is 0.
-SHARD_WINDOW = 512
+#: Tar shards under budget batching: records (or packed blocks) buffered and sorted per worker
+#: when data.bucket_window is 0. 1024 keeps the audio presets within 5% of a global sort's audio
+#: per update (docs/benchmarks.md); the audio decoder buffers encoded bytes (~0.4 GB per worker).
+SHARD_WINDOW = 1024
 
 
 def mix_seed(*parts: Any) -> int:

@@ -58,3 +58,37 @@ def test_presets_use_fairseqs_sample_budget_per_gpu(preset, budget):
         cfg = resolve_config(loaded.registry, "audio", preset)
     assert cfg.data.max_tokens == budget
     assert budget is not None or cfg.data.batch_size == 8
+
+
+def test_audio_shards_buffer_encoded_records_and_decode_each_once(tmp_path, audio):
+    import io
+    import tarfile
+
+    seconds = [0.3, 0.45, 0.5, 0.7, 0.72, 0.9, 1.0, 1.1, 1.3, 1.4, 0.05, 0.6]
+    for s in range(2):
+        with tarfile.open(tmp_path / f"a-{s:06d}.tar", "w") as tf:
+            for i in range(s, len(seconds), 2):
+                data = audio.encode(audio.speechlike(seconds[i], 16000, seed=i))
+                info = tarfile.TarInfo(f"c{i:02d}.wav")
+                info.size = len(data)
+                tf.addfile(info, io.BytesIO(data))
+
+    class Counting(AudioRecordDecoder):
+        decoded: list = []
+
+        def decode(self, record, generator=None):
+            self.decoded.append(record["__key__"])
+            return super().decode(record, generator)
+
+    dec = Counting(AudioDataOptions(min_sample_size=3200, max_sample_size=16000))
+    src = resolve_source(str(tmp_path / "a-{000000..000001}.tar"), ("wav",))
+    loader = TrainLoader(src, dec, batch_size=1, max_tokens=40000, bucket_window=6, seed=0)
+    batches = list(loader.iter_epoch(0))
+    usable = sorted(f"c{i:02d}" for i, s in enumerate(seconds) if s * 16000 >= 3200)
+    assert sorted(k for b in batches for k in b["keys"]) == usable
+    assert sorted(Counting.decoded) == usable  # the 0.05 s clip is refused from its header, never decoded
+    assert loader.stats.counts["too_short"] == 1
+    clipped = {f"c{i:02d}": min(int(s * 16000), 16000) for i, s in enumerate(seconds)}
+    for b in batches:
+        sizes = [clipped[k] for k in b["keys"]]
+        assert len(sizes) * max(sizes) <= 40000 and b["source"].shape == (len(sizes), min(sizes))
