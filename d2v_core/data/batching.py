@@ -226,14 +226,3 @@ def block_batches(n_blocks: int, rows: int, rank: int, world_size: int,
     mine = perm[: n_blocks // world_size * world_size][rank::world_size].tolist()
     return [mine[s : s + rows] for s in range(0, len(mine) - rows + 1, rows)]
 
-
-def iter_chunks(items: Iterator, size: int) -> Iterator[list]:
-    """``items`` in lists of ``size`` (the last may be shorter)."""
-    chunk: list = []
-    for item in items:
-        chunk.append(item)
-        if len(chunk) == size:
-            yield chunk
-            chunk = []
-    if chunk:
-        yield chunk

@@ -21,8 +21,6 @@ from __future__ import annotations
 import random
 from typing import TYPE_CHECKING, Any, Iterator
 
-import torch
-
 from d2v_core.data.bad_records import BadRecordStats
 from d2v_core.data.batching import BlockPacker, streaming_batches
 
