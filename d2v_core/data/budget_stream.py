@@ -1,4 +1,5 @@
-"""One worker's share of an epoch under token-budget batching or block packing.
+"""Token-budget batching and block packing in the loader: the epoch plan (main process) and one
+worker's share of the epoch.
 
 List sources come with a plan made in the main process from the record lengths (the same on
 every rank; :func:`d2v_core.data.batching.budget_batches` / ``block_batches``): worker ``w`` of
@@ -21,13 +22,82 @@ from __future__ import annotations
 import random
 from typing import TYPE_CHECKING, Any, Iterator
 
+import torch
+
 from d2v_core.data.bad_records import BadRecordStats
 from d2v_core.data.batching import BlockPacker, streaming_batches
 
 if TYPE_CHECKING:
-    from d2v_core.data.loader import _EpochStream
+    from d2v_core.data.loader import TrainLoader, _EpochStream
 
 
+# -- the plan (main process) ------------------------------------------------------------------
+def init_budget(loader: "TrainLoader", max_tokens: int | None, bucket_window: int) -> None:
+    """Set ``loader.batching`` (``count`` / ``tokens`` / ``blocks``) and, for a list source, its
+    record lengths (manifest, cache or one scan) and packed blocks."""
+    from d2v_core.data import batching
+    from d2v_core.data.lengths import record_lengths
+    from d2v_core.errors import ConfigError, DataError
+    from d2v_core.interfaces import RecordDecoder
+
+    loader.max_tokens, loader.bucket_window = max_tokens, bucket_window
+    loader.block = loader.decoder.block_layout()
+    loader.batching = "blocks" if loader.block is not None else "tokens" if max_tokens else "count"
+    loader.lengths, loader._blocks = None, []
+    if loader.batching == "count":
+        return
+    if max_tokens is not None and max_tokens < 1:
+        raise DataError(f"data.max_tokens must be >= 1, got {max_tokens}")
+    if type(loader.decoder).sample_length is RecordDecoder.sample_length:
+        what = "packs blocks" if loader.block is not None else "was given data.max_tokens"
+        raise ConfigError(
+            f"{type(loader.decoder).__name__} {what} but does not say how long a sample is (sample_length); "
+            "remove data.max_tokens to batch data.batch_size records"
+        )
+    loader.bounds = loader.decoder.length_bounds()
+    if loader.source.is_sharded:
+        return
+    source = loader.source
+
+    def on_bad(index: int, reason: str, detail: str) -> None:  # left out of every epoch: counted once
+        entry = source.entries[index]
+        loader.stats.seen += 1
+        loader.stats.skip(reason, entry.path or source.manifest, entry.key, detail)
+
+    loader.lengths = record_lengths(source, loader.decoder, num_workers=loader.num_workers, on_bad=on_bad)
+    if loader.block is not None:
+        size, mode, drop_partial = loader.block
+        blocks = batching.pack_blocks(loader.lengths, size, mode)
+        loader._blocks = [b for b in blocks if not drop_partial or sum(z - a for _, a, z in b) == size]
+        return
+    low, high = loader.bounds
+    longest = max((min(n, high) if high else n for n in loader.lengths if n >= low), default=0)
+    if longest > max_tokens:  # type: ignore[operator]
+        raise DataError(
+            f"data.max_tokens={max_tokens} is smaller than the longest record ({longest}); raise it "
+            "or lower the decoder's maximum length"
+        )
+
+
+def planned_batches(loader: "TrainLoader", epoch: int) -> tuple | None:
+    """This rank's batches of ``epoch`` for a list source (None for shards and counted batches):
+    every rank draws the same epoch plan from (seed, epoch) and takes its share."""
+    from d2v_core.data import batching
+    from d2v_core.data.loader import mix_seed
+
+    if loader.batching == "count" or loader.lengths is None:
+        return None
+    generator = torch.Generator().manual_seed(mix_seed("budget", loader.seed, epoch))
+    if loader.batching == "blocks":
+        chosen = batching.block_batches(len(loader._blocks), loader.batch_size, loader.rank, loader.world_size, generator)
+        return tuple(tuple(loader._blocks[j] for j in b) for b in chosen)
+    low, high = loader.bounds
+    epoch_batches = batching.budget_batches(loader.lengths, loader.max_tokens, generator=generator,  # type: ignore[arg-type]
+                                            min_len=low, max_len=high, window=loader.bucket_window)
+    return tuple(tuple(b) for b in batching.rank_batches(epoch_batches, loader.rank, loader.world_size))
+
+
+# -- one worker's batches ----------------------------------------------------------------------
 def _stats_only(window: BadRecordStats) -> dict:
     return {**window.pop_window(), "_stats_only": True}
 

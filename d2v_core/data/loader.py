@@ -37,7 +37,7 @@ from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
 from d2v_core.data.bad_records import MAX_EXAMPLES, BadRecordStats
 from d2v_core.data.sources import Source, resolve_source, shard_record
-from d2v_core.errors import ConfigError, DataError
+from d2v_core.errors import DataError
 from d2v_core.interfaces import RecordDecoder, SkipRecord
 
 _log = logging.getLogger("d2v.data")
@@ -310,63 +310,16 @@ class TrainLoader:
                 )
 
     def _init_budget(self, max_tokens: int | None, bucket_window: int) -> None:
-        """Choose the batching: block packing when the decoder declares a block layout, token
-        budget with ``max_tokens``, else ``batch_size`` records. List sources get their record
-        lengths here (manifest, cache, or one scan)."""
-        from d2v_core.data import batching
+        """Block packing when the decoder declares a block layout, a token budget with
+        ``max_tokens``, else ``batch_size`` records (d2v_core.data.budget_stream)."""
+        from d2v_core.data.budget_stream import init_budget
 
-        self.max_tokens, self.bucket_window = max_tokens, bucket_window
-        self.block = self.decoder.block_layout()
-        self.batching = "blocks" if self.block is not None else "tokens" if max_tokens else "count"
-        self.lengths: list[int] | None = None
-        self._blocks: list = []
-        if self.batching == "count":
-            return
-        if max_tokens is not None and max_tokens < 1:
-            raise DataError(f"data.max_tokens must be >= 1, got {max_tokens}")
-        if type(self.decoder).sample_length is RecordDecoder.sample_length:
-            what = "packs blocks" if self.block is not None else "was given data.max_tokens"
-            raise ConfigError(
-                f"{type(self.decoder).__name__} {what} but does not say how long a sample is (sample_length); "
-                "remove data.max_tokens to batch data.batch_size records"
-            )
-        self.bounds = self.decoder.length_bounds()
-        if self.source.is_sharded:
-            return
-        from d2v_core.data.lengths import record_lengths
-
-        def on_bad(index: int, reason: str, detail: str) -> None:  # left out of every epoch: counted once
-            entry = self.source.entries[index]
-            self.stats.seen += 1
-            self.stats.skip(reason, entry.path or self.source.manifest, entry.key, detail)
-
-        self.lengths = record_lengths(self.source, self.decoder, num_workers=self.num_workers, on_bad=on_bad)
-        if self.block is not None:
-            size, mode, drop_partial = self.block
-            blocks = batching.pack_blocks(self.lengths, size, mode)
-            self._blocks = [b for b in blocks if not drop_partial or sum(z - a for _, a, z in b) == size]
-        else:
-            longest = max((min(n, self.bounds[1]) if self.bounds[1] else n for n in self.lengths if n >= self.bounds[0]), default=0)
-            if longest > max_tokens:  # type: ignore[operator]
-                raise DataError(
-                    f"data.max_tokens={max_tokens} is smaller than the longest record ({longest}); raise it "
-                    "or lower the decoder's maximum length"
-                )
+        init_budget(self, max_tokens, bucket_window)
 
     def _planned_batches(self, epoch: int) -> tuple | None:
-        """This rank's batches of ``epoch`` for a list source under budget or block batching."""
-        from d2v_core.data import batching
+        from d2v_core.data.budget_stream import planned_batches
 
-        if self.batching == "count" or self.lengths is None:
-            return None
-        generator = torch.Generator().manual_seed(mix_seed("budget", self.seed, epoch))  # the same on every rank
-        if self.batching == "blocks":
-            chosen = batching.block_batches(len(self._blocks), self.batch_size, self.rank, self.world_size, generator)
-            return tuple(tuple(self._blocks[j] for j in b) for b in chosen)
-        low, high = self.bounds
-        epoch_batches = batching.budget_batches(self.lengths, self.max_tokens, generator=generator,  # type: ignore[arg-type]
-                                                min_len=low, max_len=high, window=self.bucket_window)
-        return tuple(tuple(b) for b in batching.rank_batches(epoch_batches, self.rank, self.world_size))
+        return planned_batches(self, epoch)
 
     def batches_per_epoch(self) -> int | None:
         """Batches each rank yields per epoch when no record is skipped (list sources), or
