@@ -216,15 +216,16 @@ def text_rows(source_spec: str, preset: str, epochs: int = 1) -> dict:
             "old_pad_fraction": old_pads / old_cells if old_cells else None}
 
 
-def text_section(quick: bool) -> dict:
-    corpus = SHARED / "text" / "corpus.txt"
+def text_section(quick: bool, root: Path) -> dict:
+    corpus = root / "text" / "corpus.txt"
     lines = [line.strip() for line in corpus.read_text(encoding="utf-8", errors="replace").splitlines() if line.strip()]
     out: dict = {}
     with tempfile.TemporaryDirectory() as tmp:
         long_docs = Path(tmp) / "long_docs.jsonl"
         with open(long_docs, "w", encoding="utf-8") as f:
-            for s in range(0, len(lines) - 150 + 1, 150):
-                f.write(json.dumps({"text": " ".join(lines[s : s + 150])}) + "\n")
+            per_doc = min(150, max(1, len(lines) // 8))  # a small --root corpus still gives a few documents
+            for s in range(0, len(lines) - per_doc + 1, per_doc):
+                f.write(json.dumps({"text": " ".join(lines[s : s + per_doc])}) + "\n")
         for preset in ("base", "v2-base"):
             row = text_rows(str(corpus), preset)
             row["long_docs"] = text_rows(str(long_docs), preset, epochs=1 if quick else 3)
@@ -238,9 +239,10 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true")
     parser.add_argument("--out", type=Path, default=None)
+    parser.add_argument("--root", type=Path, default=SHARED, help="datasets folder holding text/corpus.txt (default: the shared one)")
     args = parser.parse_args()
     n = 20_000 if args.quick else 281_241
-    result = {"audio": audio_section(n, 30 if args.quick else 300), "text": text_section(args.quick)}
+    result = {"audio": audio_section(n, 30 if args.quick else 300), "text": text_section(args.quick, args.root)}
     path = write_result("batching_quick" if args.quick else "batching", result, args.out)
     for preset in ("base", "v2-base"):
         a = result["audio"][preset]

@@ -272,3 +272,11 @@ def test_clear_errors_for_budgets_that_cannot_work(tmp_path):
     got = keys(epoch(loader))
     assert sorted(got) == sorted(f"r{i:03d}" for i, n in enumerate(LENGTHS) if n != 13 and n <= 30)
     assert loader.stats.counts["longer_than_max_tokens"] == sum(n > 30 for n in LENGTHS)
+
+
+def test_a_corpus_too_small_for_one_batch_of_rows_says_so(tmp_path):
+    from d2v_core.errors import DataError
+
+    src = resolve_source(str(make_folder(tmp_path / "d")), ("npy",))
+    with pytest.raises(DataError, match=r"packs into \d+ row\(s\) of 16 tokens, fewer than one batch of 500"):
+        TrainLoader(src, TokenDecoder(16, "none"), batch_size=500)

@@ -123,7 +123,10 @@ def test_text_probe_capacity_runs(tmp_path: Path) -> None:
 
 
 def test_batching_writes_the_issue_fields(tmp_path: Path) -> None:
-    run_script("batching.py", "--quick", "--out", str(tmp_path))
+    (tmp_path / "data" / "text").mkdir(parents=True)
+    (tmp_path / "data" / "text" / "corpus.txt").write_text(
+        "".join(f"the cat number {i} sat on a mat and looked around the room for a while.\n" for i in range(10000)))
+    run_script("batching.py", "--quick", "--root", str(tmp_path / "data"), "--out", str(tmp_path))
     result = json.loads((tmp_path / "batching_quick.json").read_text())
     for preset in ("base", "v2-base"):
         audio = result["audio"][preset]

@@ -69,6 +69,11 @@ def init_budget(loader: "TrainLoader", max_tokens: int | None, bucket_window: in
         size, mode, drop_partial = loader.block
         blocks = batching.pack_blocks(loader.lengths, size, mode)
         loader._blocks = [b for b in blocks if not drop_partial or sum(z - a for _, a, z in b) == size]
+        if len(loader._blocks) // loader.world_size < loader.batch_size:
+            raise DataError(
+                f"{source.spec} packs into {len(loader._blocks)} row(s) of {size} tokens, fewer than one batch of "
+                f"{loader.batch_size} row(s) on each of {loader.world_size} rank(s); lower data.batch_size or add data"
+            )
         return
     low, high = loader.bounds
     longest = max((min(n, high) if high else n for n in loader.lengths if n >= low), default=0)
