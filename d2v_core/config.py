@@ -100,7 +100,10 @@ class EMAConfig(StrictModel):
     updates, then constant. Parameter names matching ``copy`` are copied from the student, those
     matching ``exclude`` are not used by the teacher (fnmatch patterns). ``teacher_precision``:
     ``autocast`` runs the teacher under the student's ``runtime.precision`` (fairseq, fp16);
-    ``fp32`` runs it in fp32 whatever the student's precision (data2vec_vision)."""
+    ``fp32`` runs it in fp32 whatever the student's precision (data2vec_vision).
+    ``teacher_context``: ``student`` feeds the teacher Transformer the *student's*
+    ``contextualize`` output (positions, LayerNorm and, in training, dropout), as fairseq's
+    ``ema_encoder_only`` (data2vec 2.0 text); ``teacher``: the teacher's own copy, evaluated."""
 
     decay: float = Field(0.999, ge=0.0, le=1.0)
     end_decay: float = Field(0.9999, ge=0.0, le=1.0)
@@ -109,6 +112,7 @@ class EMAConfig(StrictModel):
     copy_params: list[str] = Field(default_factory=list)
     exclude_params: list[str] = Field(default_factory=list)
     teacher_precision: Literal["autocast", "fp32"] = "autocast"
+    teacher_context: Literal["teacher", "student"] = "teacher"
 
 
 class ScheduleConfig(StrictModel):

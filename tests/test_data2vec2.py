@@ -357,3 +357,37 @@ def test_fp32_teacher_precision_ignores_the_students_autocast(teacher_input):
     # the fp32 teacher sees the bf16 student's features (rounded once), then runs in fp32
     assert torch.allclose(results["fp32"], results["fp32_plain"], atol=5e-2)
     assert (results["autocast"].float() - results["autocast_plain"]).abs().max() > (results["fp32"] - results["fp32_plain"]).abs().max()
+
+
+class DropoutEncoder(ToyEncoder):
+    """ToyEncoder whose contextualize ends in dropout, like the text encoder's."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.drop = torch.nn.Dropout(0.5)
+
+    def contextualize(self, x, padding_mask):
+        ctx = super().contextualize(x, padding_mask)
+        return Context(self.drop(ctx.x), ctx.padding_mask, ctx.attn_bias)
+
+
+@pytest.mark.parametrize("context", ["teacher", "student"])
+def test_teacher_context_student_feeds_the_students_train_mode_contextualize(context):
+    # fairseq ema_encoder_only (v2 text): the teacher blocks get the student's contextualized
+    # features, computed in train mode (with dropout); otherwise the evaluated teacher copy's
+    cfg = _cfg(decoder={"name": None, "options": {}}, ema={"teacher_input": "features", "teacher_context": context})
+    torch.manual_seed(0)
+    model = Data2Vec(DropoutEncoder(), cfg, ExactMasker(5), InstanceNorm(), IdentityNorm()).train()
+    teacher = EMATeacher(model.teacher_scope(), cfg.ema)
+    seen = []
+    teacher.model["transformer"].register_forward_hook(lambda m, a, o: seen.append(a[0].clone()))
+    batch = _batch()
+    feats = model.encoder.embed(batch)
+    torch.manual_seed(5)
+    model.targets(teacher.model, batch, feats)
+    torch.manual_seed(5)
+    with torch.no_grad():
+        students = model.encoder.contextualize(feats.x, feats.padding_mask).x
+        own = teacher.model["encoder"].contextualize(feats.x, feats.padding_mask).x  # the evaluated copy
+    assert torch.equal(seen[0], students if context == "student" else own)
+    assert not torch.equal(students, own)  # dropout made them differ

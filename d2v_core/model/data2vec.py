@@ -112,7 +112,8 @@ class Data2Vec(nn.Module):
         else:
             tf = enc.embed(batch)
             t_in, pad = tf.x, tf.padding_mask
-        ctx = enc.contextualize(t_in, pad)
+        # "student": fairseq ema_encoder_only runs the student's own (train-mode) contextualize
+        ctx = (self.encoder if self.cfg.ema.teacher_context == "student" else enc).contextualize(t_in, pad)
         k = self.cfg.targets.top_k
         out = teacher["transformer"](ctx.x, ctx.padding_mask, ctx.attn_bias, collect=self.cfg.targets.source,
                                      collect_from=self.cfg.model.depth - k)

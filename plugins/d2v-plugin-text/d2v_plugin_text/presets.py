@@ -95,8 +95,9 @@ _V2: dict[str, Any] = {
     "targets": {"top_k": 12, "source": "ffn", "layer_norm": "instance", "post_norm": "none"},
     "loss": {"beta": 0.0, "scale": 1.0, "head": "linear"},
     # fairseq ema_encoder_only: the teacher is the Transformer, fed the student's embeddings
+    # through the student's own positions, LayerNorm and dropout (in train mode)
     "ema": {"decay": 0.9999, "end_decay": 0.99999, "anneal_end_step": 100_000, "teacher_input": "features",
-            "copy_params": list(_EMBEDDINGS), "exclude_params": []},
+            "teacher_context": "student", "copy_params": list(_EMBEDDINGS), "exclude_params": []},
     "optim": {
         "lr": 2e-4, "betas": (0.9, 0.98), "eps": 1e-6, "weight_decay": 0.01, "no_decay_1d": True, "clip_norm": 1.0,
         "schedule": {"name": "cosine", "warmup_steps": 4000, "warmup_init_lr": 0.0, "min_lr": 0.0},
