@@ -12,9 +12,9 @@ global sort (:func:`d2v_core.data.batching.streaming_batches`): ``window`` recor
 cut into budget batches and the batches shuffled (seeded by seed, epoch, rank, worker and buffer
 number). A decoder with its own ``record_length`` (audio: a header read) is asked for the length
 of the stored record, so the buffer holds encoded bytes; others are decoded first and their
-samples buffered. For block packing the records
-are packed as they stream, ``window`` blocks are shuffled and cut into batches of exactly
-``batch_size`` rows (rows left over move on to the next buffer; the last few are dropped).
+samples buffered. For block packing the records are packed as they stream, ``window`` blocks
+are shuffled and cut into batches of exactly ``batch_size`` rows (rows left over move on to the
+next buffer; the last few are dropped).
 """
 
 from __future__ import annotations
