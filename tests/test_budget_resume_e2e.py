@@ -45,7 +45,9 @@ def test_budget_two_ranks_run_the_same_number_of_steps(tmp_path):
     data = write_vectors(tmp_path / "data", n=24)
     args = [*COMMON, "--data", str(data), "--max-steps", "8", "--masker", "stripes", "--set", "runtime.device=cpu",
             "--set", "data.max_tokens=256", "--out", str(tmp_path / "two")]
-    run_worker(args, nproc=2)  # a rank with fewer batches than the other would hang DDP at an epoch's end
+    # 24 records make 4-6 budget batches per epoch: 8 steps cross epoch ends, which the ranks must
+    # reach together (the checkpoint keeps rank 0's epoch position for every rank)
+    run_worker(args, nproc=2)
     metrics = read_metrics(tmp_path / "two")
     assert [m["step"] for m in metrics] == list(range(1, 9))
     # both ranks' records, each at most 256 // 40 (the shortest sequence); one batch per epoch,
