@@ -333,13 +333,14 @@ def test_an_imported_text_run_embeds_and_continues_pretraining(tmp_path, capsys,
     assert code == 0, err
     docs = tmp_path / "docs"
     docs.mkdir()
-    for i, text in enumerate(["the cat sat on the mat", "a dog ran in the park today", "hello world"]):
-        (docs / f"d{i}.txt").write_text(text, encoding="utf-8")
+    words = "the cat sat on the mat while a dog ran in the park and the children played by the river".split()
+    for i in range(8):  # enough text to pack into full rows of block_size tokens (2.0 drops partial rows)
+        (docs / f"d{i}.txt").write_text(" ".join(words[(i + j) % len(words)] for j in range(60)), encoding="utf-8")
     code, err = _cli(["embed", str(run), str(docs), "--out", str(tmp_path / "e.npy")], capsys)
     assert code == 0, err
     cont = tmp_path / "continued"
     code, err = _cli(["pretrain", "-m", "text", "--init-from", str(run), "--data", str(docs), "--max-steps", "2",
-                      "--out", str(cont), "--set", "data.batch_size=3", "--set", "masking.clone_batch=2",
+                      "--out", str(cont), "--set", "data.batch_size=1", "--set", "masking.clone_batch=2",
                       "--set", "runtime.progress=false", "--set", "runtime.tensorboard=false"], capsys)
     assert code == 0, err
     start, after = load_checkpoint(run)["student"], load_checkpoint(cont)["student"]
