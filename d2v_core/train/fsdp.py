@@ -50,6 +50,13 @@ def shard(student: nn.Module, teacher: nn.ModuleDict, precision: str) -> None:
         register_fsdp_forward_method(teacher["encoder"], name)
 
 
+def reshard_teacher(teacher: nn.ModuleDict) -> None:
+    """Free the teacher's gathered parameters after its forward: FSDP2 keeps a root's parameters
+    gathered until its backward, and the teacher has none (and its EMA update needs the shards)."""
+    for name in ("encoder", "transformer"):
+        teacher[name].reshard()
+
+
 def local(t: torch.Tensor) -> torch.Tensor:
     """This rank's shard of a DTensor (a view: in-place updates reach the parameter), else ``t``."""
     return t.to_local() if isinstance(t, DTensor) else t

@@ -102,7 +102,7 @@ class Trainer:
         self.last_checkpoint: Path | None = None
         # device sums since the last log step: loss, size, pred_var, target_var, samples, baseline, cls, grad_norm
         self._acc = torch.zeros(8, dtype=torch.float64, device=device)
-        self._acc_steps, self._acc_from = 0, self.step + 1
+        self._acc_steps, self._acc_from, self._checked_to = 0, self.step + 1, 0
         self._last_values: dict[str, float] = {}
 
     # -- state -------------------------------------------------------------------------------
@@ -186,6 +186,8 @@ class Trainer:
             sync = last or not isinstance(self.ddp, DDP)
             with (contextlib.nullcontext() if sync else self.ddp.no_sync()), self._autocast():
                 out = self.ddp(batch, mask_generator(cfg.runtime.seed, self.step, micro, self.dist.rank), self.teacher.model)
+            if self.fsdp:
+                fsdp.reshard_teacher(self.teacher.model)
             (self.scaler.scale(out.loss_sum) if self.scaler else out.loss_sum).backward()
             zero = sums.new_zeros(())
             sums += torch.stack([out.loss_sum.detach().double(), out.sample_size.double(), out.pred_var.double(),
@@ -222,7 +224,7 @@ class Trainer:
         then the non-finite and collapse checks. One device-to-host copy."""
         n, accum, world = max(self._acc_steps, 1), self.cfg.optim.accum_steps, self.dist.world_size
         acc = self._acc.tolist()  # sync: once per log step (and before a checkpoint)
-        first, self._acc_from = self._acc_from, self.step + 1
+        first, self._acc_from = max(self._acc_from, self._checked_to + 1), self.step + 1
         self._acc.zero_()
         self._acc_steps = 0
         loss_sum, sample_size = acc[0], max(acc[1], 1.0)
@@ -247,6 +249,7 @@ class Trainer:
             loss_sum = float(self._acc[0])  # already summed over ranks: every rank agrees
             if not math.isfinite(loss_sum):
                 self.reduce_metrics()  # raises, naming the steps
+            self._checked_to = self.step
 
     def _check_health(self, m: dict[str, float]) -> None:
         rt = self.cfg.runtime
