@@ -120,3 +120,15 @@ def test_text_probe_capacity_runs(tmp_path: Path) -> None:
                "--out", str(tmp_path))
     result = json.loads((tmp_path / "text_probe_capacity.json").read_text())
     assert 0.0 <= result["tfidf_pieces"] <= 1.0 and set(result["mean_random_embeddings"]) == {"8", "one-hot"}
+
+
+def test_gpu_step_script_runs_its_cases_and_writes_json(tmp_path: Path) -> None:
+    """The GPU benchmark's code path on the CPU (tiny presets, fp32): eager, compiled and reference
+    sides timed, FLOPs counted, one JSON row per case; the GPU-only probes are left empty."""
+    run_script("gpu_step.py", "--device", "cpu", "--dtype", "fp32", "--cases", "text:tiny", "--repeats", "1",
+               "--warmup", "1", "--batch", "2", "--length", "32", "--out", str(tmp_path))
+    result = json.loads((tmp_path / "gpu_step_cpu_smoke.json").read_text())
+    (row,) = result["cases"]
+    assert "error" not in row, row
+    assert set(row["mfu"]) == {"d2v_eager", "d2v_compiled", "reference"} and all(v > 0 for v in row["mfu"].values())
+    assert row["flops_per_step_d2v"] > 0 and row["speedup_vs_reference"]["d2v_compiled"] > 0
