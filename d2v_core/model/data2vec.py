@@ -110,7 +110,7 @@ class Data2Vec(nn.Module):
     def make_mask(self, x: Tensor, padding_mask: Tensor | None, grid: tuple[int, ...] | None,
                   generator: torch.Generator) -> Tensor:
         B, T = x.shape[:2]
-        # the one host-device sync of a step with padding (none without): maskers work on the CPU
+        # sync: with padding only (none without), maskers work on the CPU
         pad = None if padding_mask is None else padding_mask.cpu()
         return self.masker(MaskRequest(B, T, pad, grid), generator)
 

@@ -52,7 +52,14 @@ def mask_generator(seed: int, step: int, micro: int, rank: int) -> torch.Generat
 
 
 def to_device(batch: dict, device: torch.device) -> dict:
-    return {k: v.to(device, non_blocking=True) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
+    """Asynchronous copies to ``device``; on a GPU from page-locked memory (the loader's workers
+    pin their batches; in-process batches are pinned here), so the host does not wait."""
+    def move(v: torch.Tensor) -> torch.Tensor:
+        if device.type == "cuda" and v.device.type == "cpu" and not v.is_pinned():
+            v = v.pin_memory()
+        return v.to(device, non_blocking=True)
+
+    return {k: move(v) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
 
 
 def _rng_state() -> dict[str, Any]:
