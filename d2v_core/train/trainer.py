@@ -104,6 +104,10 @@ class Trainer:
         self.scaler = torch.amp.GradScaler("cuda") if cfg.runtime.precision == "fp16" else None
         self.step, self.epoch, self.batch_in_epoch = 0, 0, 0
         self._batches: Iterator[dict] | None = None
+        # one batch ahead on a GPU: its copy runs while the current step computes
+        self.prefetch = device.type == "cuda"
+        self._ahead: tuple[dict, tuple] | None = None
+        self._consumed: tuple | None = None  # the data position after the batch in use (with prefetch)
         self._stop = False
         self._stop_signal: int | None = None
         self.last_checkpoint: Path | None = None
@@ -114,12 +118,14 @@ class Trainer:
 
     # -- state -------------------------------------------------------------------------------
     def state(self) -> dict[str, Any]:
+        # with a batch prefetched, the loader is one batch ahead: save where the step's data ended
+        epoch, batch_in_epoch, bad = self._consumed if self._consumed else (self.epoch, self.batch_in_epoch, None)
         return {
-            "step": self.step, "epoch": self.epoch, "batch_in_epoch": self.batch_in_epoch,
+            "step": self.step, "epoch": epoch, "batch_in_epoch": batch_in_epoch,
             "optimizer": fsdp.full_optimizer_state(self.model, self.optimizer) if self.fsdp else self.optimizer.state_dict(),
             "scheduler": self.scheduler.state_dict(),
             "scaler": self.scaler.state_dict() if self.scaler else {}, "rng": _rng_state(),
-            "bad_records": self.loader.stats.state_dict(),
+            "bad_records": bad if bad is not None else self.loader.stats.state_dict(),
         }
 
     def restore(self, loaded: dict[str, Any]) -> None:
@@ -137,6 +143,7 @@ class Trainer:
         if self.scaler and st.get("scaler"):
             self.scaler.load_state_dict(st["scaler"])
         self.step, self.epoch, self.batch_in_epoch = st["step"], st["epoch"], st["batch_in_epoch"]
+        self._batches, self._ahead, self._consumed = None, None, None
         self.teacher.tau = self.teacher.decay_at(self.step)
         self.loader.stats.load_state_dict(st["bad_records"])
         _set_rng_state(st["rng"])
@@ -171,6 +178,19 @@ class Trainer:
                 self._batches, self.epoch, self.batch_in_epoch = None, self.epoch + 1, 0
         raise TrainingError(f"the data produced no batch in epoch {self.epoch}: {self.loader.stats.summary()}")
 
+    def _fetch(self) -> tuple[dict, tuple]:
+        batch = to_device(self._next_batch(), self.device)
+        return batch, (self.epoch, self.batch_in_epoch, self.loader.stats.state_dict())
+
+    def _next_device_batch(self) -> dict:
+        """The next batch on the device. With :attr:`prefetch`, the one after it is fetched and
+        its (asynchronous) copy started before this one is returned."""
+        if not self.prefetch:
+            return to_device(self._next_batch(), self.device)
+        batch, self._consumed = self._ahead or self._fetch()
+        self._ahead = self._fetch()
+        return batch
+
     # -- one update ----------------------------------------------------------------------------
     def _autocast(self):
         p = self.cfg.runtime.precision
@@ -185,7 +205,7 @@ class Trainer:
         sums = torch.zeros(7, dtype=torch.float64, device=self.device)  # loss, size, pred_var, target_var, -, baseline, cls
         samples = 0
         for micro in range(accum):
-            batch = to_device(self._next_batch(), self.device)
+            batch = self._next_device_batch()
             samples += len(batch["keys"])
             last = micro == accum - 1
             if self.fsdp:
