@@ -1,5 +1,6 @@
 """``runtime.distributed: fsdp`` (FSDP2 on gloo): 2 processes reproduce 1 process step by step,
-checkpoints have the DDP layout, and a resumed 2-process run matches an uninterrupted one."""
+checkpoints have the DDP layout, and a resumed 2-process run matches an uninterrupted one (with
+activation checkpointing inside the sharded layers)."""
 
 from __future__ import annotations
 
@@ -26,7 +27,8 @@ def test_two_process_fsdp_matches_one_process_and_resumes_exactly(tmp_path):
     data = write_vectors(tmp_path / "data", n=24)
     args = [*COMMON, "--data", str(data), "--max-steps", "6", "--masker", "stripes", "--set", "data.batch_size=8",
             "--set", "runtime.device=cpu", "--set", "runtime.distributed=fsdp", "--set", "optim.clip_norm=1.0",
-            "--set", "runtime.save_every=3", "--set", "runtime.keep_last=5", "--set", "model.dropout=0.0"]
+            "--set", "runtime.save_every=3", "--set", "runtime.keep_last=5", "--set", "model.dropout=0.0",
+            "--set", "model.activation_checkpointing=true"]
     one = assert_two_processes_match_one(args, tmp_path, steps=6)  # 1 process: unsharded
     two = tmp_path / "two"
     for name in ("student", "teacher"):  # gathered on rank 0: the layout and values of a 1-process run
