@@ -239,3 +239,21 @@ def test_prefetching_a_batch_keeps_the_data_position_of_the_step(tmp_path, examp
     assert runs[True][1:3] == runs[False][1:3] == (1, 2)  # 5 batches per epoch: 7 = 5 + 2
     assert runs[True][3] == runs[False][3] and runs[False][3]["counts"] == {"non_finite": 1}  # seen once by step 7
     assert runs[True][0] == runs[False][0]
+
+
+def test_the_compile_flag_switches_on_runtime_compile(tmp_path, example_plugins, cli, monkeypatch):
+    import d2v_core.train.run as run
+
+    seen = []
+
+    def fake_pretrain(cfg, registry, **kwargs):  # noqa: ANN001, ANN003, ANN202
+        from d2v_core.train.trainer import TrainResult
+
+        seen.append(cfg)
+        return TrainResult(tmp_path, 0, None, None)
+
+    monkeypatch.setattr(run, "pretrain", fake_pretrain)
+    for flags, expected in (([], False), (["--compile"], True)):
+        code, _, err = cli(["pretrain", "--modality", "vectors", "--data", str(tmp_path), "--out", str(tmp_path / "o"), *flags])
+        assert code == 0, err
+        assert seen[-1].runtime.compile is expected
