@@ -153,7 +153,8 @@ class Trainer:
         checked: a non-finite loss raises instead of overwriting a good checkpoint."""
         self._check_finite()
         if self.fsdp:  # collectives: every rank gathers, rank 0 receives the full state
-            student, teacher, state = fsdp.full_state_dict(self.model), self.teacher.state_dict(fsdp.full_state_dict(self.teacher.model)), self.state()
+            student, state = fsdp.full_state_dict(self.model), self.state()
+            teacher = self.teacher.state_dict(fsdp.full_state_dict(self.teacher.model))
         elif self.dist.is_main:
             student, teacher, state = self.model.state_dict(), self.teacher.state_dict(), self.state()
         if not self.dist.is_main:
@@ -298,8 +299,10 @@ class Trainer:
         """Whether any rank got a stop signal. Ranks must agree, or those that go on would wait
         forever in the next step's all-reduce for the ones that stopped: with several processes
         they compare flags only at check steps (log steps), where they synchronise anyway."""
-        if self.dist.world_size == 1 or not at_check:
-            return self._stop if self.dist.world_size == 1 else False
+        if self.dist.world_size == 1:
+            return self._stop  # a host flag: free to read after every step
+        if not at_check:
+            return False
         flag = torch.tensor([1.0 if self._stop else 0.0], device=self.device)
         self._stop = bool(all_reduce_sum(flag).item() > 0)  # sync: at check steps only
         return self._stop
@@ -312,7 +315,8 @@ class Trainer:
             with contextlib.suppress(ValueError):  # not the main thread
                 handlers[sig] = signal.signal(sig, self._request_stop)
         last_loss, t_last, saved = None, time.time(), self.step if self.step else -1
-        self._acc_from = self.step + 1
+        self._acc_from = self._checked_to = self.step  # a resumed run starts from a checked step
+        self._acc_from += 1
         try:
             while self.step < rt.max_steps and not self._should_stop(at_check=True):
                 while True:  # steps up to the next check (log step, last step or a stop signal)
