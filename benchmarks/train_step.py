@@ -61,6 +61,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--no-memory", action="store_true", help="skip the peak-memory children")
     p.add_argument("--compile", action="store_true", help="d2v side with runtime.compile=true (the reference stays eager)")
     p.add_argument("--activation-checkpointing", action="store_true", help="d2v side with model.activation_checkpointing=true")
+    p.add_argument("--activation-memory", action="store_true",
+                   help="only measure the bytes the d2v student keeps for backward, with and without activation checkpointing")
     p.add_argument("--check", action="store_true", help="dropout off, d2v weights copied into the reference: losses must agree")
     p.add_argument("--out", type=Path, help="results folder (default benchmarks/results)")
     p.add_argument("--memory-child", choices=["d2v", "reference"], help=argparse.SUPPRESS)
@@ -249,6 +251,16 @@ def main(argv: list[str] | None = None) -> None:
     tok = text_tokenizer(cfg)
     batch = make_batch(cfg, a, tok)
     trainer = build_d2v(cfg, batch, device)
+    if a.activation_memory:
+        result = {"benchmark": "activation_memory", "modality": a.modality, "preset": a.preset, "dtype": a.dtype,
+                  "device": a.device, "batch": a.batch, "length": a.length, "machine": machine_info(),
+                  "saved_for_backward_bytes": saved_for_backward_bytes(trainer, batch)}
+        sb = result["saved_for_backward_bytes"]
+        sb["reduction"] = 1 - sb["with_ac"] / sb["without_ac"]
+        print(f"{a.modality}/{a.preset} {a.dtype} batch {a.batch}: kept for backward {sb['without_ac'] / 2**20:.0f} MiB, "
+              f"with activation checkpointing {sb['with_ac'] / 2**20:.0f} MiB ({sb['reduction']:.0%} less)")
+        print(f"wrote {write_result(f'activation_memory_{a.modality}_{a.preset}_{a.dtype}', result, a.out)}")
+        return
     ref = build_reference(cfg, device, tok)
     suffix = (("_cuda" if a.device == "cuda" else "") + ("_compile" if a.compile else "") + ("_ac" if a.activation_checkpointing else "")
               + ("_check" if a.check else "") + ("_quick" if a.quick else ""))
@@ -276,6 +288,37 @@ def main(argv: list[str] | None = None) -> None:
     path = write_result(name, result, a.out)
     print_summary(a, result)
     print(f"wrote {path}")
+
+
+def saved_for_backward_bytes(trainer, batch: dict) -> dict[str, int]:  # noqa: ANN001
+    """Bytes of the distinct storages (parameters left out) that autograd keeps from the forward
+    pass for the backward pass of one d2v step, without and with activation checkpointing: the
+    activation memory at the end of the forward pass, independent of the allocator and the load."""
+    from d2v_core.train.trainer import mask_generator
+
+    tcfg = trainer.model.transformer.cfg
+    params = {p.untyped_storage().data_ptr() for p in trainer.model.parameters()}
+    before, out = tcfg.activation_checkpointing, {}
+    try:
+        for ac in (False, True):
+            tcfg.activation_checkpointing = ac
+            kept: dict[int, int] = {}
+
+            def pack(t: torch.Tensor) -> torch.Tensor:
+                storage = t.untyped_storage()
+                if storage.data_ptr() not in params:
+                    kept[storage.data_ptr()] = storage.nbytes()
+                return t
+
+            trainer.model.train()
+            with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t), trainer._autocast():
+                res = trainer.model(batch, mask_generator(0, 0, 0, 0), trainer.teacher.model)
+            res.loss_sum.backward()
+            trainer.optimizer.zero_grad(set_to_none=True)
+            out["with_ac" if ac else "without_ac"] = sum(kept.values())
+    finally:
+        tcfg.activation_checkpointing = before
+    return out
 
 
 def count_flops(trainer, ref, sides: dict) -> dict[str, int]:  # noqa: ANN001

@@ -132,3 +132,10 @@ def test_gpu_step_script_runs_its_cases_and_writes_json(tmp_path: Path) -> None:
     assert "error" not in row, row
     assert set(row["mfu"]) == {"d2v_eager", "d2v_compiled", "reference"} and all(v > 0 for v in row["mfu"].values())
     assert row["flops_per_step_d2v"] > 0 and row["speedup_vs_reference"]["d2v_compiled"] > 0
+
+
+def test_activation_memory_shrinks_with_checkpointing(tmp_path: Path) -> None:
+    run_script("train_step.py", "--modality", "text", "--preset", "tiny", "--batch", "2", "--length", "32",
+               "--activation-memory", "--out", str(tmp_path))
+    sb = json.loads((tmp_path / "activation_memory_text_tiny_fp32.json").read_text())["saved_for_backward_bytes"]
+    assert 0 < sb["with_ac"] < 0.5 * sb["without_ac"]
