@@ -139,3 +139,17 @@ def test_activation_memory_shrinks_with_checkpointing(tmp_path: Path) -> None:
                "--activation-memory", "--out", str(tmp_path))
     sb = json.loads((tmp_path / "activation_memory_text_tiny_fp32.json").read_text())["saved_for_backward_bytes"]
     assert 0 < sb["with_ac"] < 0.5 * sb["without_ac"]
+
+
+def test_batching_writes_the_issue_fields(tmp_path: Path) -> None:
+    (tmp_path / "data" / "text").mkdir(parents=True)
+    (tmp_path / "data" / "text" / "corpus.txt").write_text(
+        "".join(f"the cat number {i} sat on a mat and looked around the room for a while.\n" for i in range(10000)))
+    run_script("batching.py", "--quick", "--root", str(tmp_path / "data"), "--out", str(tmp_path))
+    result = json.loads((tmp_path / "batching_quick.json").read_text())
+    for preset in ("base", "v2-base"):
+        audio = result["audio"][preset]
+        for field in ("seconds_per_update", "crop_loss", "pad_fraction", "masked_fraction"):
+            assert audio[field] >= 0 and audio[f"fairseq_{field}"] >= 0
+        text = result["text"][preset]
+        assert {"rows_per_batch", "expected_rows", "pad_fraction"} <= set(text)

@@ -36,16 +36,19 @@ def mixed_precision(precision: str) -> MixedPrecisionPolicy:
     return MixedPrecisionPolicy(param_dtype=torch.bfloat16 if precision == "bf16" else torch.float16, reduce_dtype=torch.float32)
 
 
-def shard(student: nn.Module, teacher: nn.ModuleDict, precision: str) -> None:
-    """Shard ``student`` (a Data2Vec) and ``teacher`` (the EMA teacher's encoder + Transformer) in place."""
+def shard(student: nn.Module, teacher: nn.ModuleDict, precision: str, teacher_precision: str = "autocast") -> None:
+    """Shard ``student`` (a Data2Vec) and ``teacher`` (the EMA teacher's encoder + Transformer) in
+    place. ``teacher_precision`` ``fp32`` (``ema.teacher_precision``) keeps the teacher's
+    gathered parameters in fp32."""
     mp = mixed_precision(precision)
     for layer in student.transformer.layers:
         fully_shard(layer, mp_policy=mp)
     fully_shard(student, mp_policy=mp)
+    tmp = mixed_precision("fp32" if teacher_precision == "fp32" else precision)
     for layer in teacher["transformer"].layers:
-        fully_shard(layer, mp_policy=mp)
-    fully_shard(teacher["transformer"], mp_policy=mp)
-    fully_shard(teacher["encoder"], mp_policy=mp)
+        fully_shard(layer, mp_policy=tmp)
+    fully_shard(teacher["transformer"], mp_policy=tmp)
+    fully_shard(teacher["encoder"], mp_policy=tmp)
     for name in ENCODER_METHODS:  # the teacher's encoder is called through these, not forward
         register_fsdp_forward_method(teacher["encoder"], name)
 

@@ -92,7 +92,7 @@ class Trainer:
                 compile_encoder_and_transformer(scope, cfg.runtime.compile_dynamic)
         self.fsdp = cfg.runtime.distributed == "fsdp" and dist.world_size > 1
         if self.fsdp:
-            fsdp.shard(model, self.teacher.model, cfg.runtime.precision)
+            fsdp.shard(model, self.teacher.model, cfg.runtime.precision, cfg.ema.teacher_precision)
             self.ddp = model
         else:
             # LayerDrop skips layers; the sparse student (2.0) never uses the mask embedding
