@@ -48,6 +48,14 @@ def small_checkpoint(run: Path) -> Path:
     return ck.save_checkpoint(run, 1, {"w": w}, {"w": w}, {"step": 1}, "modality: vectors\n", {})
 
 
+def drop_checksums(checkpoint: Path) -> None:
+    """What an attacker who also edits ``meta.json`` does (or a checkpoint older than checksums):
+    the file-type checks below are the defence that remains."""
+    meta = json.loads((checkpoint / "meta.json").read_text())
+    meta.pop("sha256")
+    (checkpoint / "meta.json").write_text(json.dumps(meta))
+
+
 def test_the_payload_is_live(tmp_path):
     """Control: plain unpickling of the planted bytes does run code (so the tests below can fail)."""
     marker = tmp_path / "control-marker"
@@ -64,6 +72,10 @@ def test_a_pickle_payload_in_trainer_state_is_refused_not_run(tmp_path, writer):
         (path / "trainer_state.pt").write_bytes(pickle.dumps(state))
     else:
         torch.save(state, path / "trainer_state.pt")
+    with pytest.raises(CheckpointError, match="does not match the checksum"):  # first line of defence
+        ck.load_checkpoint(path)
+    assert not marker.exists()
+    drop_checksums(path)
     with pytest.raises(CheckpointError) as info:
         ck.load_checkpoint(path)
     message = str(info.value)
@@ -79,6 +91,7 @@ def test_weights_that_are_not_safetensors_are_refused(tmp_path, name, content):
     path = small_checkpoint(tmp_path / "run")
     f = path / name
     f.write_bytes(pickle.dumps(Payload(marker)) if content == "pickle" else f.read_bytes()[:-5])
+    drop_checksums(path)
     with pytest.raises(CheckpointError, match=r"^cannot read checkpoint .*: .+") as info:
         ck.load_checkpoint(path)
     assert "\n" not in str(info.value) and not marker.exists()
@@ -92,6 +105,7 @@ def test_resume_refuses_a_planted_trainer_state(tmp_path, example_plugins, cli):
     assert code == 0, err
     state = run / "checkpoints" / "step_00000002" / "trainer_state.pt"
     torch.save({"step": 2, "optimizer": Payload(marker)}, state)
+    drop_checksums(state.parent)
     code, out, err = cli([*args, "--max-steps", "4", "--resume"])
     assert code == 1 and err.count("\n") == 1
     assert err.startswith(f"error: refusing to load {state}: ") and "could run code" in err

@@ -26,6 +26,7 @@ from d2v_core.train.distributed import DistInfo, all_reduce_sum
 from d2v_core.train.metrics import MetricsLogger
 from d2v_core.train.optim import build_optimizer
 from d2v_core.train.schedules import lr_at
+from d2v_core.train.watchdog import StopWatchdog
 
 
 @dataclass
@@ -215,7 +216,9 @@ class Trainer:
             with contextlib.suppress(ValueError):  # not the main thread
                 handlers[sig] = signal.signal(sig, self._request_stop)
         last_loss, t_last, samples, saved = None, time.time(), 0.0, self.step if self.step else -1
+        watchdog = StopWatchdog(rt.stop_timeout_s, lambda: f"step {self.step}, last checkpoint {self.last_checkpoint}")
         try:
+            watchdog.start()
             while self.step < rt.max_steps and not self._should_stop():
                 m = self.train_step()
                 last_loss, samples = m["loss"], samples + m["samples"]
@@ -230,9 +233,12 @@ class Trainer:
             if saved != self.step:
                 self.save()
         finally:
+            watchdog.stop()
             for sig, h in handlers.items():
                 signal.signal(sig, h)
             if logger:
                 logger.close()
-        return TrainResult(self.run_dir, self.step, self.last_checkpoint, last_loss, stopped_early=self._stop,
-                           stop_signal=self._stop_signal)
+        # a signal that arrives while the final checkpoint is written does not undo a finished run
+        stopped = self._stop and self.step < rt.max_steps
+        return TrainResult(self.run_dir, self.step, self.last_checkpoint, last_loss, stopped_early=stopped,
+                           stop_signal=self._stop_signal if stopped else None)
