@@ -23,6 +23,7 @@ class BadRecordStats:
         self.counts: Counter[str] = Counter()
         self.seen = 0
         self.examples: list[tuple[str, str, str]] = []
+        self.notes: Counter[str] = Counter()  # records used but changed (e.g. "truncated"), not bad
 
     # -- counting ------------------------------------------------------------------------
     def skip(self, reason: str, url: Any = None, key: Any = None, message: str = "") -> None:
@@ -32,8 +33,13 @@ class BadRecordStats:
             first = str(message).splitlines()[0] if message else ""
             self.examples.append((str(url or "?"), str(key or "?"), f"{reason}: {first[:300]}" if first else reason))
 
-    def merge(self, counts: dict[str, int], seen: int, examples: list | tuple = ()) -> None:
+    def note(self, reason: str) -> None:
+        """Count a record that was used but changed (cut to the size limit, ...)."""
+        self.notes[reason] += 1
+
+    def merge(self, counts: dict[str, int], seen: int, examples: list | tuple = (), notes: dict | None = None) -> None:
         self.counts.update({k: int(v) for k, v in counts.items()})
+        self.notes.update({k: int(v) for k, v in (notes or {}).items()})
         self.seen += int(seen)
         for ex in examples:
             if len(self.examples) >= MAX_EXAMPLES:
@@ -45,13 +51,13 @@ class BadRecordStats:
         skipped = batch.pop("_skipped", None) or {}
         seen = batch.pop("_seen", 0)
         examples = batch.pop("_examples", None) or ()
-        self.merge(skipped, int(seen), examples)
+        self.merge(skipped, int(seen), examples, batch.pop("_notes", None))
         return batch
 
     def pop_window(self) -> dict:
         """The counts since the last call as batch fields, then reset (used in workers)."""
-        fields = {"_skipped": dict(self.counts), "_seen": self.seen, "_examples": list(self.examples)}
-        self.counts, self.seen, self.examples = Counter(), 0, []
+        fields = {"_skipped": dict(self.counts), "_seen": self.seen, "_examples": list(self.examples), "_notes": dict(self.notes)}
+        self.counts, self.seen, self.examples, self.notes = Counter(), 0, [], Counter()
         return fields
 
     # -- reading -------------------------------------------------------------------------
@@ -68,6 +74,8 @@ class BadRecordStats:
         line = f"seen {self.seen} records, skipped {self.bad} ({100 * self.bad_fraction:.1f}%)"
         if self.counts:
             line += ": " + ", ".join(f"{r} {n}" for r, n in self.counts.most_common())
+        if self.notes:
+            line += "; used after changes: " + ", ".join(f"{r} {n}" for r, n in self.notes.most_common())
         return line
 
     def check(self, max_bad_fraction: float, min_seen: int = 100) -> None:
@@ -88,11 +96,13 @@ class BadRecordStats:
         return Counter(self.counts), self.seen
 
     def state_dict(self) -> dict:
-        return {"counts": dict(self.counts), "seen": self.seen, "examples": [list(e) for e in self.examples]}
+        return {"counts": dict(self.counts), "seen": self.seen, "examples": [list(e) for e in self.examples],
+                "notes": dict(self.notes)}
 
     def load_state_dict(self, state: dict) -> None:
         self.counts = Counter({k: int(v) for k, v in state.get("counts", {}).items()})
         self.seen = int(state.get("seen", 0))
+        self.notes = Counter({k: int(v) for k, v in state.get("notes", {}).items()})
         self.examples = [tuple(e) for e in state.get("examples", [])][:MAX_EXAMPLES]  # type: ignore[misc]
 
     def __repr__(self) -> str:
