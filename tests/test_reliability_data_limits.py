@@ -176,6 +176,7 @@ def test_pack_rows_splits_a_long_document_exactly():
     assert [len(r.ids) for r in rows[:-1]] == [10] * (100_003 // 9)
 
 
+@pytest.mark.filterwarnings("ignore::PIL.Image.DecompressionBombWarning")  # Pillow warns at open; we refuse
 def test_an_image_over_the_pixel_limit_is_refused_from_its_header(monkeypatch):
     from PIL import Image, ImageFile
 

@@ -17,10 +17,10 @@ from d2v_core.inference.pretrained import self_contained_config
 from d2v_core.registry import Registry
 from d2v_core.train import checkpoint as ckpt
 from d2v_core.train import run_folder
-from d2v_core.train.resume import check_resume_config, record_run
 from d2v_core.train.build import build_model, build_record_decoder
 from d2v_core.train.distributed import init_distributed, shutdown
 from d2v_core.train.preflight import check_batch, check_distributed, check_output_dir, checkpoint_bytes, resolve_device
+from d2v_core.train.resume import check_resume_config, record_run
 from d2v_core.train.trainer import Trainer, TrainResult
 
 
@@ -59,7 +59,7 @@ def pretrain(
         latest = ckpt.latest_checkpoint(run_dir) if resume else None
         if dist.is_main and latest is not None:
             run_folder.claim(run_dir, resume=True)
-            run_folder.acquire_lock(run_dir)  # before reading the run: a second writer stops here
+            run_folder.acquire_lock(run_dir)  # before loading the checkpoint: a second writer stops here
             locked_dir = run_dir
         loaded = ckpt.load_checkpoint(latest.path) if latest is not None else None
         changes = check_resume_config(loaded["config_yaml"], cfg, allow_config_change) if loaded is not None else {}
