@@ -247,3 +247,25 @@ def test_make_shards_never_writes_parent_or_absolute_member_names(tmp_path, exam
     assert code == 0, err
     names = [m for shard in sorted((tmp_path / "out").glob("*.tar")) for m in tarfile.open(shard).getnames()]
     assert sorted(names) == ["escape.npy", "etc/abs.npy", "ok/fine.npy"]
+
+
+@pytest.mark.slow
+def test_a_5mb_line_in_a_text_corpus_trains_and_is_counted(tmp_path):
+    """End to end: the line that made a batch of ~16,500 rows and an out-of-memory crash."""
+    import subprocess
+    import sys
+
+    corpus = tmp_path / "corpus.txt"
+    normal = [f"line {i} of an ordinary corpus with a few words" for i in range(40)]
+    huge = "the quick brown fox jumps over the lazy dog " * 120_000
+    corpus.write_text("\n".join(normal[:20] + [huge] + normal[20:]) + "\n")
+    out = tmp_path / "run"
+    proc = subprocess.run(
+        [sys.executable, "-m", "d2v_cli.app", "pretrain", "--modality", "text", "--data", str(corpus), "--out", str(out),
+         "--max-steps", "6", "--set", "runtime.progress=false", "--set", "runtime.tensorboard=false",
+         "--set", "runtime.device=cpu", "--set", "data.batch_size=4", "--set", "data.shuffle_buffer=0"],
+        capture_output=True, text=True, timeout=600, env={**os.environ, "OMP_NUM_THREADS": "1"},
+    )
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["step"] == 6 and summary["bad_records"]["notes"] == {"truncated": 1}

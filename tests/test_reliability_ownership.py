@@ -174,3 +174,37 @@ def test_an_empty_path_flag_is_refused_not_defaulted(tmp_path, example_plugins, 
     code, out, err = cli(["pretrain", *COMMON, "--max-steps", "1", *[x for kv in args.items() for x in kv]])
     assert code == 2 and err == f"error: {flag} is empty; pass a value (or leave the flag out)\n"
     assert "demo data" not in out and not (tmp_path / "run").exists() and not (tmp_path / "runs").exists()
+
+
+@pytest.mark.slow
+def test_two_real_pretrain_processes_on_one_out_one_is_refused(tmp_path):
+    """The reported case: two ``d2v pretrain`` on one ``--out`` both ran to exit 0, interleaving
+    metrics and checkpoints of two seeds. Now the second stops in preflight and changes nothing."""
+    root = Path(__file__).resolve().parents[1]
+    data, out = write_vectors(tmp_path / "data"), tmp_path / "run"
+    env = {**os.environ, "PYTHONPATH": str(root / "plugins" / "d2v-plugin-example"), "OMP_NUM_THREADS": "1"}
+    script = ("import sys; from d2v_core.plugin_loader import plugin_context; from d2v_plugin_example import plugin; "
+              "from d2v_cli.app import main\nwith plugin_context(plugin): main(sys.argv[1:])")
+
+    def start(seed: int, steps: int) -> subprocess.Popen:
+        return subprocess.Popen([sys.executable, "-c", script, "pretrain", *COMMON, "--data", str(data), "--out", str(out),
+                                 "--max-steps", str(steps), "--set", f"runtime.seed={seed}", "--set", "runtime.log_every=1"],
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+
+    first = start(0, 100_000)
+    try:
+        deadline = time.time() + 120
+        while not (out / "metrics.jsonl").exists() and time.time() < deadline and first.poll() is None:
+            time.sleep(0.1)  # the first run holds the lock from preflight on; it is training now
+        assert (out / "metrics.jsonl").exists(), first.communicate()
+        second = start(1, 3)
+        _, err = second.communicate(timeout=120)
+        assert first.poll() is None, "the first run ended before the second was checked; make it longer"
+        assert second.returncode == 2 and err.count("\n") == 1, err
+        assert f"is being written by another d2v run (pid {first.pid} on {socket.gethostname()})" in err
+    finally:
+        first.send_signal(signal.SIGTERM)
+        first.communicate(timeout=120)
+    rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in rows] == list(range(1, len(rows) + 1))  # one run's rows only
+    assert json.loads((out / "summary.json").read_text())["stopped_early"] is True

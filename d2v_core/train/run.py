@@ -70,10 +70,11 @@ def pretrain(
         if start is not None:
             model.encoder.load_extra_state(start["extra"])
         if dist.is_main:
-            check_output_dir(run_dir, resume, checkpoint_bytes(sum(p.numel() for p in model.parameters())))
-            if locked_dir is None:
+            if locked_dir is None:  # d2v's folder and one writer, before anything is checked or written
+                run_folder.claim(run_dir, resume=resume)
                 run_folder.acquire_lock(run_dir)
                 locked_dir = run_dir
+            check_output_dir(run_dir, resume, checkpoint_bytes(sum(p.numel() for p in model.parameters())))
         loader = TrainLoader(
             source, build_record_decoder(cfg, registry), batch_size=micro_batch, rank=dist.rank,
             world_size=dist.world_size, num_workers=cfg.data.num_workers, shuffle_buffer=cfg.data.shuffle_buffer,

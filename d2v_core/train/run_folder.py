@@ -78,13 +78,20 @@ def claim(run_dir: str | Path, *, resume: bool = False) -> Path:
             from d2v_core.train.checkpoint import list_checkpoints
 
             record(run_dir, *[c.path.name for c in list_checkpoints(run_dir)])
-        write_manifest(run_dir)
+        try:
+            write_manifest(run_dir)
+        except OSError as exc:
+            raise _not_writable(run_dir, exc) from exc
         return run_dir
     hint = "" if resume else " (or pass --resume if it holds a d2v run)"
     raise RunFolderError(
         f"--out {run_dir} is not empty and is not a d2v run folder (no {MANIFEST}); d2v writes only into new or "
         f"empty folders or its own runs: choose another --out{hint}"
     )
+
+
+def _not_writable(run_dir: Path, exc: OSError) -> RunFolderError:
+    return RunFolderError(f"output directory {run_dir} is not writable ({exc.strerror or exc}); choose another with --out")
 
 
 # -- the names d2v wrote under checkpoints/ ------------------------------------------------
@@ -130,7 +137,10 @@ def acquire_lock(run_dir: str | Path) -> Path:
     lock = run_dir / LOCK
     host, pid = socket.gethostname(), os.getpid()
     tmp = run_dir / f".d2v-lock.{host}.{pid}.tmp"
-    tmp.write_text(json.dumps({"pid": pid, "host": host, "time": time.time()}), encoding="utf-8")
+    try:
+        tmp.write_text(json.dumps({"pid": pid, "host": host, "time": time.time()}), encoding="utf-8")
+    except OSError as exc:
+        raise _not_writable(run_dir, exc) from exc
     try:
         for _ in range(3):
             try:
