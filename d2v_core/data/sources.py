@@ -6,13 +6,16 @@ dict as in webdataset: ``{"__key__": str, "__url__": file or shard, "<ext>": byt
 
 - folder: every file below it (recursively, hidden entries skipped) whose name ends in one of
   ``extensions``; key = path relative to the folder without the extension. A folder with no
-  such file but with ``.tar`` files is read as shards.
+  such file but with ``.tar`` files is read as shards. Symlinks are followed, but every directory
+  and every file is visited once (a link to ``.`` or a loop adds nothing); files are opened
+  non-blocking and must be regular (a FIFO is a counted skip, never a wait).
 - ``.csv`` / ``.tsv``: column ``path`` (relative to the manifest's folder, or absolute); an
   optional ``key`` column; other columns become ``__meta__``. A ``.tsv`` whose first line is a
   directory is read as a fairseq manifest (root line, then ``relpath<TAB>n_samples``).
 - ``.jsonl``: one object per line with ``path`` or ``text`` (payload ``{"txt": text bytes}``);
   optional ``key``/``id``; other fields become ``__meta__``.
 - ``.txt``: one text record per non-empty line (key = 1-based line number, 9 digits).
+  Lines of ``.jsonl`` / ``.txt`` that are not UTF-8 are counted as ``invalid_utf8``.
 - shards: a ``.tar`` path, a glob (``shards/*.tar``) or a brace pattern
   (``shards/audio-{000000..000003}.tar``).
 """

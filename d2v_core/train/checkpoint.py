@@ -6,7 +6,9 @@ Layout of ``RUN/checkpoints/step_00000100/``: ``student.safetensors``, ``teacher
 ``extra/`` (non-tensor state such as a tokenizer). A checkpoint is written under a temporary name
 and renamed when complete, so a crash never leaves a torn checkpoint that looks complete;
 old ones are renamed before they are deleted. Leftover ``.tmp-*`` / ``.trash-*`` directories of
-dead processes are removed before the next write (see ``docs/reliability.md``).
+dead processes are removed before the next write. Every name is recorded in the run folder's
+journal before it is created, and only recorded names are ever deleted (:mod:`run_folder`);
+``meta.json`` holds the SHA-256 of every other file, verified on load (see ``docs/reliability.md``).
 """
 
 from __future__ import annotations
@@ -223,6 +225,8 @@ def verify_checksums(path: Path, meta: Mapping[str, Any]) -> None:
         return
     for rel, want in sums.items():
         f = path / rel
+        if Path(rel).is_absolute() or ".." in Path(rel).parts:
+            raise CheckpointError(f"checkpoint {path}: meta.json names {rel!r}, outside the checkpoint; it was not written by d2v")
         if not f.is_file():
             raise CheckpointError(f"checkpoint {path} is missing {rel}; it is damaged (delete it to resume from an earlier one)")
         if _sha256(f) != want:
