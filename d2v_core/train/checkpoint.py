@@ -8,7 +8,7 @@ and renamed when complete, so a crash never leaves a torn checkpoint that looks 
 old ones are renamed before they are deleted. Leftover ``.tmp-*`` / ``.trash-*`` directories of
 dead processes are removed before the next write. Every name is recorded in the run folder's
 journal before it is created, and only recorded names are ever deleted (:mod:`run_folder`);
-``meta.json`` holds the SHA-256 of every other file, verified on load (see ``docs/reliability.md``).
+``meta.json`` holds the SHA-256 of each tensor file, verified on load (see ``docs/reliability.md``).
 """
 
 from __future__ import annotations
@@ -210,10 +210,14 @@ def _sha256(path: Path) -> str:
     return h.hexdigest()
 
 
+#: The tensor files of a checkpoint, whose SHA-256 ``meta.json`` records (``config.yaml`` and
+#: ``extra/`` are plain files that tools may edit on purpose, e.g. decoding options).
+TENSOR_FILES = ("student.safetensors", "teacher.safetensors", "trainer_state.pt")
+
+
 def _checksums(folder: Path) -> dict[str, str]:
-    """SHA-256 of every file of a checkpoint but ``meta.json`` (which holds them)."""
-    return {f.relative_to(folder).as_posix(): _sha256(f) for f in sorted(folder.rglob("*"))
-            if f.is_file() and f.name != COMPLETE_MARKER}
+    """SHA-256 of each tensor file of a checkpoint."""
+    return {name: _sha256(folder / name) for name in TENSOR_FILES if (folder / name).is_file()}
 
 
 def verify_checksums(path: Path, meta: Mapping[str, Any]) -> None:
