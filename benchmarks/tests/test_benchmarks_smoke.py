@@ -120,3 +120,10 @@ def test_text_probe_capacity_runs(tmp_path: Path) -> None:
                "--out", str(tmp_path))
     result = json.loads((tmp_path / "text_probe_capacity.json").read_text())
     assert 0.0 <= result["tfidf_pieces"] <= 1.0 and set(result["mean_random_embeddings"]) == {"8", "one-hot"}
+
+
+def test_size_limits_runs(tmp_path: Path) -> None:
+    run_script("size_limits.py", "--quick", "--out", str(tmp_path))
+    result = json.loads((tmp_path / "size_limits_quick.json").read_text())
+    assert result["pack_rows"]["rows"] == -(-50_000 // 511)
+    assert result["text_decode"]["note"] == "truncated" and result["text_decode"]["batch_rows"] <= 8
