@@ -135,8 +135,8 @@ def test_invalid_utf8_lines_are_counted_not_crashing_nor_replaced(tmp_path, kind
             f.write(raw + b"\n")
     source = resolve_source(str(path), ("txt",))
     loader = TrainLoader(source, TextRecordDecoder(load_tokenizer(None), block_size=64), batch_size=1, shuffle_buffer=0)
-    keys = [k for b in loader.iter_epoch(0) for k in b["keys"]]
-    assert keys == ["000000001", "000000002", "000000004"]
+    docs = sorted(doc for b in loader.iter_epoch(0) for row in b["keys"] for doc in row.split("+"))  # rows pack documents
+    assert docs == ["000000001", "000000002", "000000004"]
     assert dict(loader.stats.counts) == {"invalid_utf8": 1}
     assert "line 3: not UTF-8" in loader.stats.examples[0][2]
 
@@ -161,7 +161,8 @@ def test_a_huge_text_document_is_cut_to_the_size_limit_before_tokenizing_and_cou
 
     (tmp_path / "c.txt").write_bytes(b"first line\n" + huge + b"\nthird line\n")
     loader = TrainLoader(resolve_source(str(tmp_path / "c.txt"), ("txt",)), decoder, batch_size=1, shuffle_buffer=0)
-    assert len(list(loader.iter_epoch(0))) == 3
+    rows = list(loader.iter_epoch(0))  # one row per batch: 1 + the cut document's 4 rows + 1
+    assert len(rows) == 1 + 4 + 1 and sum(r["keys"] == ["000000002"] for r in rows) == 4
     assert dict(loader.stats.notes) == {"truncated": 1} and loader.stats.bad == 0
     assert loader.stats.state_dict()["notes"] == {"truncated": 1}
 

@@ -204,7 +204,7 @@ class _EpochStream(IterableDataset):
             window.skip(f"error:{type(exc).__name__}", url, key, exception_text(exc))
         else:
             if isinstance(sample, dict) and "_note" in sample:  # used after a change (cut to the size limit)
-                window.note(str(sample.pop("_note")))
+                window.note(str(sample.pop("_note")), url, key)
             return sample
         return None
 
