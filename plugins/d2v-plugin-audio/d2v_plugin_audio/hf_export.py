@@ -245,7 +245,7 @@ class AudioHFExporter(Exporter):
         raw = json.loads((src / "config.json").read_text(encoding="utf-8"))
         if raw.get("model_type") != "data2vec-audio":
             raise ExportError(f"{src} holds a {raw.get('model_type')!r} model; --modality audio imports 'data2vec-audio' models")
-        c = _transformers().Data2VecAudioConfig.from_pretrained(str(src))
+        c = _transformers().Data2VecAudioConfig.from_pretrained(str(src), local_files_only=True, trust_remote_code=False)
         if c.hidden_act != "gelu" or c.feat_extract_activation != "gelu":
             raise ExportError(f"{src}: activations {c.hidden_act!r}/{c.feat_extract_activation!r}; d2v's audio model uses exact 'gelu'")
         if getattr(c, "add_adapter", False):
@@ -282,7 +282,7 @@ class AudioHFExporter(Exporter):
         tf = _transformers()
         try:
             with _quiet(tf):
-                hf, info = tf.Data2VecAudioModel.from_pretrained(str(src), output_loading_info=True, local_files_only=True,
+                hf, info = tf.Data2VecAudioModel.from_pretrained(str(src), output_loading_info=True, local_files_only=True, trust_remote_code=False,
                                                                  ignore_mismatched_sizes=True)  # reported below
         except (OSError, ValueError, RuntimeError) as exc:  # no weights file, unreadable or wrongly shaped weights
             first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__

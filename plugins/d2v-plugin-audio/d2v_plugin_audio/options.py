@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Literal, Optional, Union
 
-from pydantic import Field, NonNegativeInt, PositiveInt, model_validator
+from pydantic import Field, NonNegativeInt, PositiveFloat, PositiveInt, model_validator
 
 from d2v_core.config import StrictModel
 
@@ -98,6 +98,8 @@ class AudioDataOptions(StrictModel):
     ``min_sample_size`` samples and randomly cropped to ``max_sample_size``. ``batching``:
     ``crop`` cuts every clip of a batch to the shortest one at a random offset (no padding,
     fairseq pretraining); ``pad`` pads with zeros and returns a sample-level padding mask.
+    ``max_duration_s``: the size limit, the duration in the file's header, checked before any
+    sample is decoded; longer files are skipped as ``too_long``.
     """
 
     sample_rate: PositiveInt = 16000
@@ -105,6 +107,7 @@ class AudioDataOptions(StrictModel):
     min_sample_size: NonNegativeInt = 32000
     normalize: bool = True
     batching: Literal["crop", "pad"] = "crop"
+    max_duration_s: PositiveFloat = 3600.0
 
     @model_validator(mode="after")
     def _sizes(self) -> "AudioDataOptions":

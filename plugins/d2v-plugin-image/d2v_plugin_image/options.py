@@ -53,6 +53,8 @@ class ImageDataOptions(StrictModel):
     fraction ``crop_scale``, aspect ``crop_ratio``, ``interpolation``) to ``image_size``, then
     ImageNet mean/std normalisation. Without ``augment``: resize the short side and centre-crop.
     ``image_size`` ``None`` means the encoder's ``image_size`` (the two must agree).
+    ``max_pixels``: the size limit, width x height read from the file's header before decoding;
+    larger images are skipped as ``too_large`` (a 12000x12000 PNG would take ~3 GB to decode).
     """
 
     image_size: Optional[PositiveInt] = None
@@ -62,6 +64,7 @@ class ImageDataOptions(StrictModel):
     crop_scale: tuple[float, float] = (0.08, 1.0)
     crop_ratio: tuple[float, float] = (3.0 / 4.0, 4.0 / 3.0)
     interpolation: Literal["bicubic", "bilinear"] = "bicubic"
+    max_pixels: PositiveInt = 40_000_000
 
     @model_validator(mode="after")
     def _ranges(self) -> "ImageDataOptions":
