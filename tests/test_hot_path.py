@@ -74,7 +74,9 @@ def make_trainer(tmp_path, *overrides: str, loader=None):  # noqa: ANN001, ANN20
     cfg = resolve_config(get_registry(), "vectors", None, None, [
         "data.batch_size=4", f"runtime.out_dir={tmp_path / 'run'}", "runtime.progress=false",
         "runtime.tensorboard=false", "optim.clip_norm=1.0", *overrides])
-    (tmp_path / "run").mkdir(parents=True, exist_ok=True)
+    from d2v_core.train import run_folder
+
+    run_folder.claim(tmp_path / "run")  # a d2v run folder, as pretrain() makes it
     torch.manual_seed(0)
     return Trainer(cfg, build_model(cfg, get_registry()), loader or FixedBatches(), torch.device("cpu"), DistInfo())
 
