@@ -43,6 +43,8 @@ _LAZY = {
     "Batch": "d2v_core.interfaces",
     "Exporter": "d2v_core.interfaces",
     "Decoder": "d2v_core.interfaces",
+    "BuildContext": "d2v_core.interfaces",
+    "Options": "d2v_core.config",
     "exact_count": "d2v_core.mask_counts",
     "uniform_keys": "d2v_core.mask_counts",
     "ConvDecoderOptions": "d2v_core.decoder_options",

@@ -1,15 +1,16 @@
 """Typed configuration of a whole run (pydantic v2). Unknown keys are errors everywhere.
 
-Modality-specific parts (``encoder``, ``masking.options``, ``data.options``) are plain dicts
-here and are validated against the option models the plugin declares, by
-:func:`d2v_core.config_resolve.resolve_config`.
+The plugin sections (``encoder``, ``masking.options``, ``decoder.options``, ``data.options``)
+hold what the YAML gave (a dict) until :func:`d2v_core.config_resolve.resolve_options` validates
+each once against the :class:`Options` model its component declares and keeps that object; a
+resolved config serialises them back to plain mappings.
 """
 
 from __future__ import annotations
 
 from typing import Any, Literal, Optional, Union
 
-from pydantic import BaseModel, ConfigDict, Field, NonNegativeFloat, NonNegativeInt, PositiveInt, model_validator
+from pydantic import BaseModel, ConfigDict, Field, NonNegativeFloat, NonNegativeInt, PositiveInt, SerializeAsAny, model_validator
 
 Probability = Field(ge=0.0, lt=1.0)
 
@@ -18,6 +19,15 @@ class StrictModel(BaseModel):
     """Base for every config section: unknown keys and wrong types are errors."""
 
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class Options(StrictModel):
+    """Base of a plugin component's options (an encoder's, a masker's, ...): unknown keys and
+    wrong types are errors, validated once when the run config is resolved."""
+
+
+#: A plugin section: the raw mapping of a YAML file, or (once resolved) the component's options.
+PluginSection = Union[dict[str, Any], SerializeAsAny[BaseModel]]
 
 
 class TransformerConfig(StrictModel):
@@ -55,7 +65,7 @@ class MaskingConfig(StrictModel):
     teacher runs once per sample and its targets are repeated."""
 
     name: Optional[str] = None
-    options: dict[str, Any] = Field(default_factory=dict)
+    options: PluginSection = Field(default_factory=dict)
     clone_batch: PositiveInt = 1
 
 
@@ -67,7 +77,7 @@ class DecoderConfig(StrictModel):
     masked steps get the mask embedding and a head predicts)."""
 
     name: Optional[str] = None
-    options: dict[str, Any] = Field(default_factory=dict)
+    options: PluginSection = Field(default_factory=dict)
     mask_noise_std: NonNegativeFloat = 0.01
 
 
@@ -160,7 +170,7 @@ class DataConfig(StrictModel):
     shuffle_buffer: NonNegativeInt = 1000
     resampled: bool = False
     max_bad_fraction: float = Field(0.5, gt=0.0, le=1.0)
-    options: dict[str, Any] = Field(default_factory=dict)
+    options: PluginSection = Field(default_factory=dict)
 
 
 class RuntimeConfig(StrictModel):
@@ -189,7 +199,7 @@ class RunConfig(StrictModel):
     modality: str
     preset: Optional[str] = None
     model: TransformerConfig = Field(default_factory=TransformerConfig)
-    encoder: dict[str, Any] = Field(default_factory=dict)
+    encoder: PluginSection = Field(default_factory=dict)
     masking: MaskingConfig = Field(default_factory=MaskingConfig)
     decoder: DecoderConfig = Field(default_factory=DecoderConfig)
     targets: TargetsConfig = Field(default_factory=TargetsConfig)

@@ -17,7 +17,7 @@ def test_precedence_preset_then_yaml_then_overrides(example_plugins, tmp_path):
     assert cfg.optim.weight_decay == 0.5  # YAML beats preset
     assert cfg.model.depth == 3
     assert cfg.model.dim == 32  # from the preset
-    assert cfg.masking.name == "random" and cfg.masking.options == {"mask_prob": 0.3}
+    assert cfg.masking.name == "random" and cfg.masking.options.model_dump() == {"mask_prob": 0.3}
     assert cfg.preset == "tiny" and cfg.modality == "vectors"
 
 

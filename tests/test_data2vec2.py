@@ -330,7 +330,7 @@ def test_decoder_config_is_resolved_against_the_component(example_plugins):
 
     reg = example_plugins.registry
     cfg = resolve_config(reg, "vectors", "tiny", overrides=["decoder.name=conv1d", "decoder.options.channels=16"])
-    assert cfg.decoder.options["channels"] == 16 and cfg.decoder.options["kernel"] == 5  # the rest: defaults
+    assert cfg.decoder.options.channels == 16 and cfg.decoder.options.kernel == 5  # the rest: defaults
     with pytest.raises(ConfigError, match=r"decoder\.options: channels \(20\) must be divisible by groups \(16\)"):
         resolve_config(reg, "vectors", "tiny", overrides=["decoder.name=conv1d", "decoder.options.channels=20"])
     with pytest.raises(UnknownComponentError, match="unknown decoder 'conv3d'"):

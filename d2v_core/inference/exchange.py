@@ -9,7 +9,7 @@ from pathlib import Path
 from pydantic import ValidationError
 
 from d2v_core.config import RunConfig
-from d2v_core.config_resolve import config_to_yaml, deep_merge, format_validation_error, parse_override, preset_dict
+from d2v_core.config_resolve import config_to_yaml, deep_merge, format_validation_error, parse_override, preset_dict, resolve_options
 from d2v_core.errors import ConfigError, ExportError, UnknownComponentError
 from d2v_core.interfaces import Exporter
 from d2v_core.model.ema_teacher import EMATeacher
@@ -73,6 +73,7 @@ def import_checkpoint(src_dir: str | Path, modality: str, out_dir: str | Path, r
         cfg = RunConfig.model_validate(merged)
     except ValidationError as exc:
         raise ConfigError(f"imported config: {format_validation_error(exc)} (adjust with --set)") from None
+    cfg = resolve_options(cfg, registry)
     model = build_model(cfg, registry)
     exporter.import_weights(src, model)
     teacher = EMATeacher(model.teacher_scope(), cfg.ema)

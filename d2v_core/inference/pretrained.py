@@ -9,7 +9,8 @@ import torch
 import yaml
 
 from d2v_core.config import RunConfig
-from d2v_core.errors import CheckpointError
+from d2v_core.config_resolve import resolve_options
+from d2v_core.errors import CheckpointError, D2VError
 from d2v_core.interfaces import RecordDecoder
 from d2v_core.model.data2vec import Data2Vec
 from d2v_core.registry import Registry
@@ -31,10 +32,12 @@ def self_contained_config(cfg: RunConfig, extra_dir: Path, extra: dict[str, byte
     tokenizer) at the checkpoint's own copy, so a checkpoint works without the original files."""
     if not extra:
         return cfg
-    encoder = dict(cfg.encoder)
-    for key, value in encoder.items():
-        if isinstance(value, str) and Path(value).name in extra:
-            encoder[key] = str(extra_dir / Path(value).name)
+    values = cfg.encoder if isinstance(cfg.encoder, dict) else cfg.encoder.model_dump()
+    moved = {key: str(extra_dir / Path(value).name) for key, value in values.items()
+             if isinstance(value, str) and Path(value).name in extra}
+    if not moved:
+        return cfg
+    encoder = {**cfg.encoder, **moved} if isinstance(cfg.encoder, dict) else cfg.encoder.model_copy(update=moved)
     return cfg.model_copy(update={"encoder": encoder})
 
 
@@ -43,7 +46,9 @@ def load_pretrained(path: str | Path, registry: Registry, *, random_init: bool =
     untrained, for baselines), its config and a record decoder."""
     ck = load_checkpoint(path)
     try:
-        cfg = RunConfig.model_validate(yaml.safe_load(ck["config_yaml"]))
+        cfg = resolve_options(RunConfig.model_validate(yaml.safe_load(ck["config_yaml"])), registry)
+    except D2VError:
+        raise
     except Exception as exc:  # noqa: BLE001 - a config that no longer validates is a checkpoint problem
         raise CheckpointError(f"{ck['path']}: stored config does not validate with this d2v: {exc}") from exc
     cfg = self_contained_config(cfg, Path(ck["path"]) / "extra", ck["extra"])

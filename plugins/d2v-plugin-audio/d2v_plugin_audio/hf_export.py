@@ -107,7 +107,7 @@ def check_exportable(cfg: RunConfig) -> None:
         reasons.append(f"model.qkv_bias is {m.qkv_bias!r} (Data2VecAudioModel has biases on q, k and v)")
     if m.final_norm:
         reasons.append("model.final_norm is true (Data2VecAudioModel has no LayerNorm after its layers)")
-    if cfg.encoder.get("alibi"):
+    if AudioEncoderOptions.model_validate(cfg.encoder).alibi:
         reasons.append("encoder.alibi is true (Data2VecAudioModel has no ALiBi attention bias; data2vec 2.0 audio "
                        "models have no transformers counterpart)")
     if reasons:

@@ -45,10 +45,10 @@ def test_base_preset_is_the_papers_recipe(registry):
     m = cfg.model
     assert (m.dim, m.depth, m.heads, m.ffn_dim, m.layout) == (768, 12, 12, 3072, "post_ln")
     assert (m.dropout, m.attention_dropout, m.activation_dropout, m.layerdrop) == (0.1, 0.1, 0.0, 0.05)
-    assert cfg.encoder["conv_kernels"] == [10, 3, 3, 3, 3, 2, 2] and cfg.encoder["conv_strides"] == [5, 2, 2, 2, 2, 2, 2]
-    assert (cfg.encoder["conv_channels"], cfg.encoder["pos_conv_depth"], cfg.encoder["pos_conv_kernel"]) == (512, 5, 19)
+    assert cfg.encoder.conv_kernels == [10, 3, 3, 3, 3, 2, 2] and cfg.encoder.conv_strides == [5, 2, 2, 2, 2, 2, 2]
+    assert (cfg.encoder.conv_channels, cfg.encoder.pos_conv_depth, cfg.encoder.pos_conv_kernel) == (512, 5, 19)
     assert cfg.masking.name == "span"
-    assert cfg.masking.options["mask_prob"] == 0.65 and cfg.masking.options["mask_length"] == 10
+    assert cfg.masking.options.mask_prob == 0.65 and cfg.masking.options.mask_length == 10
     t = cfg.targets
     assert (t.top_k, t.source, t.layer_norm, t.post_norm) == (8, "ffn", "instance", "none")
     assert (cfg.loss.beta, cfg.loss.scale, cfg.loss.head) == (0.0, "inv_sqrt_dim", "linear")

@@ -48,10 +48,10 @@ def test_base_preset_is_the_data2vec_vision_recipe(registry):
     assert (m.dim, m.depth, m.heads, m.ffn_dim) == (768, 12, 12, 3072)
     assert (m.layout, m.layer_scale_init, m.qkv_bias, m.final_norm, m.norm_eps, m.init) == ("pre_ln", 1e-4, "qv", True, 1e-6, "beit")
     assert (m.drop_path, m.attention_dropout, m.dropout) == (0.25, 0.05, 0.0)
-    assert cfg.encoder == {"image_size": 224, "patch_size": 16, "init_std": 0.02, "position": "relative",
+    assert cfg.encoder.model_dump() == {"image_size": 224, "patch_size": 16, "init_std": 0.02, "position": "relative",
                            "input_norm": False, "init": "beit"}
-    assert cfg.masking.name == "block" and cfg.masking.options["mask_ratio"] * 196 == pytest.approx(120)
-    assert cfg.masking.options["min_num_patches"] == 16 and cfg.masking.options["max_aspect"] == pytest.approx(1 / 0.3)
+    assert cfg.masking.name == "block" and cfg.masking.options.mask_ratio * 196 == pytest.approx(120)
+    assert cfg.masking.options.min_num_patches == 16 and cfg.masking.options.max_aspect == pytest.approx(1 / 0.3)
     t = cfg.targets
     assert (t.top_k, t.source, t.layer_norm, t.post_norm) == (6, "block", "layer", "layer")
     assert (cfg.loss.beta, cfg.loss.scale, cfg.loss.head) == (2.0, "inv_dim", "linear")
@@ -64,8 +64,8 @@ def test_base_preset_is_the_data2vec_vision_recipe(registry):
     assert cfg.data.batch_size == 2048
     assert (o.schedule.name, o.schedule.warmup_steps, o.schedule.min_lr) == ("cosine", 6250, 1e-5)
     assert cfg.runtime.max_steps == 500_000
-    assert cfg.data.options["crop_scale"] == (0.08, 1.0) and cfg.data.options["color_jitter"] == 0.4
-    assert cfg.data.options["hflip"] == 0.5 and cfg.data.options["interpolation"] == "bicubic"
+    assert cfg.data.options.crop_scale == (0.08, 1.0) and cfg.data.options.color_jitter == 0.4
+    assert cfg.data.options.hflip == 0.5 and cfg.data.options.interpolation == "bicubic"
 
 
 def test_large_preset(registry):
