@@ -1,5 +1,8 @@
 """d2v core: modality-agnostic data2vec (Transformer, EMA teacher, targets, loss, trainer).
 
+``__all__`` is the whole plugin API: a plugin's (non-test) code imports these names from
+``d2v_core`` and nothing else (``tests/test_plugin_api.py`` checks every plugin in the repo).
+
 Importing ``d2v_core`` is cheap (no torch). Torch-backed names (``FeatureEncoder``, ``Masker``,
 ``Normalizer``, ...) load on first access, so plugin registration modules and fast CLI paths
 never pay for torch.
@@ -53,6 +56,12 @@ _LAZY = {
     "Transformer": "d2v_core.model.transformer",
     "pad_sequences": "d2v_core.data.collate",
     "lengths_to_padding_mask": "d2v_core.data.collate",
+    "alibi_bias": "d2v_core.model.alibi",
+    "RunConfig": "d2v_core.config",
+    "deep_merge": "d2v_core.config_resolve",
+    "transformers_module": "d2v_core.interop",
+    "quiet_transformers": "d2v_core.interop",
+    "first_line": "d2v_core.errors",
 }
 
 __all__ = [

@@ -26,7 +26,7 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
-from d2v_core.errors import CheckpointError
+from d2v_core.errors import CheckpointError, first_line
 
 STEP_DIR = re.compile(r"^step_(\d{8})$")
 COMPLETE_MARKER = "meta.json"  # written last
@@ -116,11 +116,6 @@ def _delete_dir(path: Path) -> None:
     shutil.rmtree(trash, ignore_errors=True)
 
 
-def _first_line(exc: BaseException) -> str:
-    text = (exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)).strip()
-    return text.splitlines()[0] if text else type(exc).__name__
-
-
 def _free_space(path: Path) -> str:
     try:
         return f"{shutil.disk_usage(path).free / 2**20:.0f} MiB free there"
@@ -179,7 +174,7 @@ def save_checkpoint(
         previous = latest_checkpoint(run_dir)
         kept = f"; the previous checkpoint {previous.path} is intact" if previous else "; no earlier checkpoint exists"
         raise CheckpointError(
-            f"cannot write checkpoint at step {step} in {root}: {_first_line(exc)} ({_free_space(root)}){kept}"
+            f"cannot write checkpoint at step {step} in {root}: {first_line(exc)} ({_free_space(root)}){kept}"
         ) from exc
     for old in list_checkpoints(run_dir)[:-keep_last]:
         _delete_dir(old.path)
@@ -211,7 +206,7 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
     except CheckpointError:
         raise
     except (OSError, ValueError, RuntimeError, EOFError, pickle.UnpicklingError, SafetensorError) as exc:
-        raise CheckpointError(f"cannot read checkpoint {p}: {_first_line(exc)}") from exc
+        raise CheckpointError(f"cannot read checkpoint {p}: {first_line(exc)}") from exc
     return out
 
 
@@ -224,7 +219,7 @@ def _load_trainer_state(path: Path) -> Any:
             return torch.load(path, weights_only=True, map_location="cpu")
     except pickle.UnpicklingError as exc:
         found = re.search(r"WeightsUnpickler error:\s*(.+)", str(exc))
-        detail = found.group(1).split(". ")[0].strip() if found else _first_line(exc)
+        detail = found.group(1).split(". ")[0].strip() if found else first_line(exc)
         raise CheckpointError(
             f"refusing to load {path}: it holds more than tensors and plain data ({detail}), and unpickling it "
             "could run code; use checkpoints written by d2v, from a source you trust"

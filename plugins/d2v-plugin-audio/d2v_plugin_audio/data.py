@@ -14,9 +14,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from d2v_core.data.collate import pad_sequences
-from d2v_core.errors import DataError
-from d2v_core.interfaces import Batch, BuildContext, RecordDecoder, SkipRecord
+from d2v_core import pad_sequences
+from d2v_core import DataError
+from d2v_core import Batch, BuildContext, RecordDecoder, SkipRecord
 
 from d2v_plugin_audio.audio_io import load_waveform
 from d2v_plugin_audio.options import AudioDataOptions

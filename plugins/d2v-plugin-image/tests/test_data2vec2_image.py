@@ -41,7 +41,7 @@ def test_v2_base_preset_is_the_spec_recipe(registry):
     assert {k: getattr(cfg.masking.options, k) for k in ("mask_prob", "mask_length", "mask_prob_adjust")} == {
         "mask_prob": 0.8, "mask_length": 3, "mask_prob_adjust": 0.07}
     d = cfg.decoder
-    assert d.name == "conv2d" and {k: d.options[k] for k in ("channels", "kernel", "groups", "layers", "residual", "input_dropout")} == {
+    assert d.name == "conv2d" and {k: getattr(d.options, k) for k in ("channels", "kernel", "groups", "layers", "residual", "input_dropout")} == {
         "channels": 768, "kernel": 3, "groups": 16, "layers": 6, "residual": True, "input_dropout": 0.0}
     assert (cfg.targets.top_k, cfg.targets.layer_norm, cfg.targets.post_norm) == (10, "instance", "layer")
     assert (cfg.loss.beta, cfg.loss.scale, cfg.loss.cls_weight) == (0.0, "inv_sqrt_dim", 0.01)

@@ -13,8 +13,8 @@ from typing import Any, Mapping
 
 import torch
 
-from d2v_core.errors import ConfigError
-from d2v_core.interfaces import Batch, BuildContext, RecordDecoder, SkipRecord
+from d2v_core import ConfigError
+from d2v_core import Batch, BuildContext, RecordDecoder, SkipRecord
 
 from d2v_plugin_text.options import TextDataOptions, TextEncoderOptions
 from d2v_plugin_text.packing import pack_rows

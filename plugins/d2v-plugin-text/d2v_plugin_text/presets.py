@@ -20,7 +20,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from d2v_core.config_resolve import deep_merge
+from d2v_core import deep_merge
 
 _EMBEDDINGS = ["encoder.embed_tokens.*", "encoder.embed_positions.*", "encoder.layernorm_embedding.*"]
 

@@ -19,7 +19,7 @@ from typing import Iterable, Iterator, Sequence
 
 import sentencepiece as spm
 
-from d2v_core.errors import ConfigError, DataError
+from d2v_core import ConfigError, DataError
 
 BOS_ID, PAD_ID, EOS_ID, UNK_ID = 0, 1, 2, 3
 MODEL_TYPES = ("bpe", "unigram")
