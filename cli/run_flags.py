@@ -33,14 +33,18 @@ MODALITY = typer.Option(None, "--modality", "-m", help="Modality (see d2v list-p
 PRESET = typer.Option(None, "--preset", "-p", help="Preset, e.g. tiny or audio/base.")
 CONFIG = typer.Option(None, "--config", "-c", help="YAML file applied over the preset.")
 SET = typer.Option([], "--set", help="Override, e.g. --set optim.lr=1e-4 (repeatable; the value is read as YAML).")
-DATA = typer.Option([], "--data", "-d", help="Folder, CSV/JSONL manifest, or tar shards ('shards/x-{000000..000003}.tar'). Default: the plugin's demo data.")
+DATA = typer.Option(
+    [], "--data", "-d", help="Folder, CSV/JSONL manifest, or tar shards ('shards/x-{000000..000003}.tar'). Default: the plugin's demo data."
+)
 OUT = typer.Option([], "--out", "-o", help="Run directory (runtime.out_dir).")
 MASKER = typer.Option([], "--masker", help="Masker name (masking.name).")
 MAX_STEPS = typer.Option([], "--max-steps", help="Number of updates (runtime.max_steps).")
 MAX_BAD_FRACTION = typer.Option(
     [], "--max-bad-fraction", help="Abort when more than this fraction of records is unusable (data.max_bad_fraction, default 0.5)."
 )
-INIT_FROM = typer.Option(None, "--init-from", help="Start from the weights of this checkpoint (e.g. made by d2v import), with a fresh optimiser.")
+INIT_FROM = typer.Option(
+    None, "--init-from", help="Start from the weights of this checkpoint (e.g. made by d2v import), with a fresh optimiser."
+)
 
 
 def flag_overrides(flags: dict[str, Sequence[Any]]) -> list[Any]:
@@ -96,11 +100,12 @@ def run_config(
 
 def checkpoint_dir(path: str) -> Path:
     """The checkpoint directory ``path`` names, or the newest complete one of a run directory."""
-    from d2v_core.train.checkpoint import latest_checkpoint
+    from d2v_core.train.checkpoint import checkpoint_dir as find
 
-    p = Path(path)
-    latest = latest_checkpoint(p)
-    found = latest.path if latest else p
+    try:
+        found = find(path)
+    except CheckpointError as exc:
+        raise CheckpointError(f"--init-from {path}: {exc}") from None
     if not (found / "config.yaml").is_file():
         raise CheckpointError(f"--init-from {path}: no complete checkpoint with a config.yaml there")
     return found

@@ -297,7 +297,7 @@ def _csv_manifest(spec: str, path: Path, exts: tuple[str, ...]) -> Source:
         root = _fairseq_root(path, first) if path.name.lower().endswith(".tsv") else None
         entries: list[Entry] = []
         if root is not None:
-            for lineno, line in enumerate(f, start=2):
+            for line in f:
                 cols = line.rstrip("\r\n").split("\t")
                 if not cols[0]:
                     continue

@@ -12,7 +12,7 @@ from torch import Tensor, nn
 
 from d2v_core.config import RunConfig
 from d2v_core.errors import ConfigError
-from d2v_core.interfaces import Batch, Decoder, FeatureEncoder, Features, MaskRequest, Masker, Normalizer
+from d2v_core.interfaces import Batch, Decoder, FeatureEncoder, Features, Masker, MaskRequest, Normalizer
 from d2v_core.model.losses import feature_std, loss_scale, regression_loss
 from d2v_core.model.regression_head import build_regression_head
 from d2v_core.model.sparse_student import keep_context, keep_index, restore_order

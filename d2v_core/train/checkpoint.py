@@ -12,8 +12,8 @@ dead processes are removed before the next write (see ``docs/reliability.md``).
 from __future__ import annotations
 
 import json
-import pickle
 import os
+import pickle
 import re
 import shutil
 import time
@@ -37,10 +37,66 @@ TEMP_DIR = re.compile(r"^\.(tmp|trash)-.*-(\d+)$")
 WRITE_ERRORS = (OSError, RuntimeError, SafetensorError)
 
 
-@dataclass
-class Checkpoint:
+@dataclass(frozen=True)
+class StoredCheckpoint:
+    """A complete checkpoint directory on disk and its step (not loaded)."""
+
     path: Path
     step: int
+
+
+@dataclass(frozen=True)
+class Checkpoint:
+    """One loaded checkpoint, the only way the trainer (``--resume``), ``--init-from``,
+    embed/probe and export read one: student and teacher weights, the trainer state (``None``
+    for an imported checkpoint), the stored config, the meta record (versions, modality, step)
+    and the encoder's extra files. ``ck["student"]``-style access reads the same fields."""
+
+    path: Path
+    step: int
+    student: dict[str, torch.Tensor]
+    teacher: dict[str, torch.Tensor]
+    trainer_state: dict[str, Any] | None
+    config_yaml: str
+    meta: dict[str, Any]
+    extra: dict[str, bytes]
+
+    @property
+    def versions(self) -> dict[str, str]:
+        """d2v's and each plugin distribution's version when it was written."""
+        return dict(self.meta.get("versions") or {})
+
+    @property
+    def modality(self) -> str | None:
+        return self.meta.get("modality")
+
+    @property
+    def extra_dir(self) -> Path:
+        return self.path / "extra"
+
+    def config(self, registry: Any) -> Any:
+        """The stored config as a resolved :class:`~d2v_core.config.RunConfig` (its plugin
+        sections validated by this installation's plugins), with files of ``extra`` (a
+        tokenizer) pointed at the checkpoint's own copies."""
+        import yaml
+
+        from d2v_core.config import RunConfig
+        from d2v_core.config_resolve import resolve_options
+        from d2v_core.errors import D2VError
+        from d2v_core.inference.pretrained import self_contained_config
+
+        try:
+            cfg = resolve_options(RunConfig.model_validate(yaml.safe_load(self.config_yaml)), registry)
+        except D2VError:
+            raise
+        except Exception as exc:  # noqa: BLE001 - a config that no longer validates is a checkpoint problem
+            raise CheckpointError(f"{self.path}: stored config does not validate with this d2v: {first_line(exc)}") from exc
+        return self_contained_config(cfg, self.extra_dir, self.extra)
+
+    def __getitem__(self, field: str) -> Any:
+        if field not in self.__dataclass_fields__:
+            raise KeyError(field)
+        return getattr(self, field)
 
 
 def _fsync_dir(path: Path) -> None:
@@ -61,7 +117,7 @@ def _tensors(state: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     return {k: v.detach().to("cpu").clone().contiguous() for k, v in state.items()}
 
 
-def list_checkpoints(run_dir: str | Path) -> list[Checkpoint]:
+def list_checkpoints(run_dir: str | Path) -> list[StoredCheckpoint]:
     """Complete checkpoints, oldest first (temporary and torn directories are ignored)."""
     root = Path(run_dir) / "checkpoints"
     if not root.is_dir():
@@ -70,11 +126,11 @@ def list_checkpoints(run_dir: str | Path) -> list[Checkpoint]:
     for p in root.iterdir():
         m = STEP_DIR.match(p.name)
         if m and p.is_dir() and (p / COMPLETE_MARKER).is_file():
-            out.append(Checkpoint(p, int(m.group(1))))
+            out.append(StoredCheckpoint(p, int(m.group(1))))
     return sorted(out, key=lambda c: c.step)
 
 
-def latest_checkpoint(run_dir: str | Path) -> Checkpoint | None:
+def latest_checkpoint(run_dir: str | Path) -> StoredCheckpoint | None:
     found = list_checkpoints(run_dir)
     return found[-1] if found else None
 
@@ -181,9 +237,8 @@ def save_checkpoint(
     return final
 
 
-def load_checkpoint(path: str | Path) -> dict[str, Any]:
-    """Load a checkpoint directory (or a run directory: its latest checkpoint). Never unpickles
-    arbitrary objects: tensors come from safetensors, the rest through ``weights_only=True``."""
+def checkpoint_dir(path: str | Path) -> Path:
+    """The complete checkpoint directory ``path`` names: itself, or a run directory's newest."""
     p = Path(path)
     if (p / "checkpoints").is_dir() and not (p / COMPLETE_MARKER).exists():
         latest = latest_checkpoint(p)
@@ -192,22 +247,33 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
         p = latest.path
     if not (p / COMPLETE_MARKER).is_file():
         raise CheckpointError(f"{p} is not a complete d2v checkpoint (no {COMPLETE_MARKER})")
+    return p
+
+
+def load_checkpoint(path: str | Path) -> Checkpoint:
+    """Load a checkpoint directory (or a run directory: its latest checkpoint). Never unpickles
+    arbitrary objects: tensors come from safetensors, the rest through ``weights_only=True``."""
+    p = checkpoint_dir(path)
     try:
-        out = {
-            "path": p,
-            "student": load_file(str(p / "student.safetensors")),
-            "teacher": load_file(str(p / "teacher.safetensors")),
-            "config_yaml": (p / "config.yaml").read_text(encoding="utf-8"),
-            "meta": json.loads((p / COMPLETE_MARKER).read_text(encoding="utf-8")),
-            "extra": {f.name: f.read_bytes() for f in (p / "extra").iterdir()} if (p / "extra").is_dir() else {},
-        }
+        meta = json.loads((p / COMPLETE_MARKER).read_text(encoding="utf-8"))
+        if not isinstance(meta, dict):
+            raise ValueError(f"{COMPLETE_MARKER} is not a JSON object")
         state_file = p / "trainer_state.pt"
-        out["trainer_state"] = _load_trainer_state(state_file) if state_file.exists() else None
+        m = STEP_DIR.match(p.name)
+        return Checkpoint(
+            path=p,
+            step=int(meta.get("step", m.group(1) if m else 0)),
+            student=load_file(str(p / "student.safetensors")),
+            teacher=load_file(str(p / "teacher.safetensors")),
+            trainer_state=_load_trainer_state(state_file) if state_file.exists() else None,
+            config_yaml=(p / "config.yaml").read_text(encoding="utf-8"),
+            meta=meta,
+            extra={f.name: f.read_bytes() for f in (p / "extra").iterdir()} if (p / "extra").is_dir() else {},
+        )
     except CheckpointError:
         raise
     except (OSError, ValueError, RuntimeError, EOFError, pickle.UnpicklingError, SafetensorError) as exc:
         raise CheckpointError(f"cannot read checkpoint {p}: {first_line(exc)}") from exc
-    return out
 
 
 def _load_trainer_state(path: Path) -> Any:

@@ -16,7 +16,7 @@ from d2v_core.errors import CheckpointError, ConfigError, DataError
 from d2v_core.inference.pretrained import self_contained_config
 from d2v_core.registry import Registry
 from d2v_core.train import checkpoint as ckpt
-from d2v_core.train.build import build_model, build_record_decoder
+from d2v_core.train.build import build_components
 from d2v_core.train.distributed import init_distributed, shutdown
 from d2v_core.train.preflight import check_batch, check_distributed, check_output_dir, checkpoint_bytes, resolve_device
 from d2v_core.train.trainer import Trainer, TrainResult
@@ -55,27 +55,28 @@ def pretrain(
         latest = ckpt.latest_checkpoint(run_dir) if resume else None
         start = ckpt.load_checkpoint(init_from) if init_from is not None and latest is None else None
         if start is not None:  # the weights come with their files (a tokenizer): use the checkpoint's copies
-            cfg = self_contained_config(cfg, Path(start["path"]) / "extra", start["extra"])
-        model = build_model(cfg, registry)
+            cfg = self_contained_config(cfg, start.extra_dir, start.extra)
+        parts = build_components(cfg, registry)
+        model = parts.model
         if start is not None:
-            model.encoder.load_extra_state(start["extra"])
+            model.encoder.load_extra_state(start.extra)
         if dist.is_main:
             check_output_dir(run_dir, resume, checkpoint_bytes(sum(p.numel() for p in model.parameters())))
         loader = TrainLoader(
-            source, build_record_decoder(cfg, registry), batch_size=micro_batch, rank=dist.rank,
+            source, parts.record_decoder, batch_size=micro_batch, rank=dist.rank,
             world_size=dist.world_size, num_workers=cfg.data.num_workers, shuffle_buffer=cfg.data.shuffle_buffer,
             seed=cfg.runtime.seed, resampled=cfg.data.resampled, max_bad_fraction=cfg.data.max_bad_fraction,
         )
         trainer = Trainer(cfg, model, loader, device, dist, versions)
         if start is not None:
             try:
-                model.load_state_dict(start["student"])
-                trainer.teacher.load_state_dict(start["teacher"])
+                model.load_state_dict(start.student)
+                trainer.teacher.load_state_dict(start.teacher)
             except (RuntimeError, KeyError) as exc:
                 problem = next((line.strip() for line in str(exc).splitlines()[1:] if line.strip()), str(exc))
                 raise CheckpointError(
                     f"--init-from {init_from}: its weights do not fit this config ({problem}); "
-                    f"pass its config: --config {Path(start['path']) / 'config.yaml'}"
+                    f"pass its config: --config {start.path / 'config.yaml'}"
                 ) from None
         if latest is not None:
             trainer.restore(ckpt.load_checkpoint(latest.path))

@@ -18,7 +18,7 @@ from torch.nn.parallel import DistributedDataParallel as DDP
 from d2v_core import __version__
 from d2v_core.config import RunConfig
 from d2v_core.config_resolve import config_to_yaml
-from d2v_core.errors import TrainingError
+from d2v_core.errors import CheckpointError, TrainingError
 from d2v_core.model.data2vec import Data2Vec
 from d2v_core.model.ema_teacher import EMATeacher
 from d2v_core.train import checkpoint as ckpt
@@ -94,10 +94,12 @@ class Trainer:
             "bad_records": self.loader.stats.state_dict(),
         }
 
-    def restore(self, loaded: dict[str, Any]) -> None:
-        self.model.load_state_dict(loaded["student"])
-        self.teacher.load_state_dict(loaded["teacher"])
-        st = loaded["trainer_state"]
+    def restore(self, loaded: ckpt.Checkpoint) -> None:
+        self.model.load_state_dict(loaded.student)
+        self.teacher.load_state_dict(loaded.teacher)
+        st = loaded.trainer_state
+        if st is None:
+            raise CheckpointError(f"{loaded.path} has no trainer state (an imported checkpoint?); start from it with --init-from")
         self.optimizer.load_state_dict(st["optimizer"])
         self.scheduler.load_state_dict(st["scheduler"])
         if self.scaler and st.get("scaler"):

@@ -25,7 +25,7 @@ import torch
 from torch import Tensor, nn
 
 from d2v_core import RunConfig
-from d2v_core import ExportError, first_line, transformers_module
+from d2v_core import ExportError, first_line, quiet_transformers, transformers_module
 from d2v_core import Exporter
 from d2v_plugin_image.options import ImageDataOptions
 
@@ -266,7 +266,7 @@ class ImageHFExporter(Exporter):
         if not diff <= EXPORT_TOLERANCE:
             raise ExportError(f"the exported model's outputs differ from d2v's by {diff:.2e} (> {EXPORT_TOLERANCE:g}) "
                               f"with transformers {tf.__version__}; nothing was written")
-        with _quiettransformers_module():
+        with quiet_transformers():
             hf.save_pretrained(str(out_dir))
         image_processor(cfg, int(model.encoder.image_size)).save_pretrained(str(out_dir))
 
@@ -290,7 +290,7 @@ class ImageHFExporter(Exporter):
         tf = transformers_module()
         config = _hf_config_of(src_dir)[0]
         try:
-            with _quiettransformers_module():
+            with quiet_transformers():
                 hf, info = tf.Data2VecVisionModel.from_pretrained(str(src_dir), config=config, add_pooling_layer=False,
                                                                   output_loading_info=True)
         except (OSError, ValueError, RuntimeError) as exc:

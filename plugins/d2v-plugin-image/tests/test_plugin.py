@@ -81,9 +81,9 @@ def test_large_preset(registry):
 def test_tiny_preset_builds_a_small_model(registry):
     cfg = resolve_config(registry, "image", "tiny")
     spec = registry.modality("image")
-    enc = load_ref(spec.encoder)(cfg)
+    enc = testing.build_encoder(spec, cfg)
     assert enc.grid == (8, 8) and cfg.model.dim <= 256
-    dec = load_ref(spec.record_decoder)(cfg)
+    dec = testing.build_record_decoder(spec, cfg)
     masker = load_ref(registry.component("masker", "block").factory)(
         load_ref(registry.component("masker", "block").options).model_validate(cfg.masking.options)
     )

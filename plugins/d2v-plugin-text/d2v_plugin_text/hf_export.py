@@ -19,7 +19,7 @@ from typing import Any, Iterator, Mapping
 import torch
 from torch import Tensor, nn
 
-from d2v_core import ExportError, transformers_module
+from d2v_core import ExportError, quiet_transformers, transformers_module
 from d2v_core import Exporter
 
 from d2v_plugin_text.encoder import TextFeatureEncoder
@@ -168,7 +168,7 @@ class TextHFExporter(Exporter):
             hf.load_state_dict({k: v.detach().float().cpu() for k, v in state.items()}, strict=True)
         except RuntimeError as exc:
             raise ExportError(f"weights do not fit Data2VecTextModel: {_load_problem(exc)}") from None
-        with _quiettransformers_module():
+        with quiet_transformers():
             hf.save_pretrained(str(out))
             write_hf_tokenizer(enc.tokenizer, out, enc.max_positions)
 
@@ -223,7 +223,7 @@ class TextHFExporter(Exporter):
         if not isinstance(getattr(model, "encoder", None), TextFeatureEncoder):
             raise ExportError("the hf text importer needs a model with the text plugin's encoder")
         transformers = transformers_module()
-        with _quiettransformers_module():
+        with quiet_transformers():
             hf, info = transformers.Data2VecTextModel.from_pretrained(
                 str(src), add_pooling_layer=False, output_loading_info=True, local_files_only=True
             )

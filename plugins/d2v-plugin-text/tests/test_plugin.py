@@ -74,8 +74,8 @@ def test_tiny_preset_is_cpu_sized(registry):
 def test_one_student_step_on_the_demo_corpus(registry):
     spec = registry.modality("text")
     cfg = resolve_config(registry, "text", "tiny")
-    encoder = load_ref(spec.encoder)(cfg)
-    decoder = load_ref(spec.record_decoder)(cfg)
+    encoder = testing.build_encoder(spec, cfg)
+    decoder = testing.build_record_decoder(spec, cfg)
     path = Path(load_ref(spec.demo_data)())
     lines = path.read_text(encoding="utf-8").splitlines()
     records = [{"txt": json.loads(line)["text"].encode(), "__key__": str(i)} for i, line in enumerate(lines[:32])]
