@@ -4,7 +4,7 @@ learned encoder out."""
 from __future__ import annotations
 
 import json
-from typing import List, Optional
+from typing import Any, List, Optional
 
 import typer
 
@@ -74,17 +74,19 @@ def probe(
     from d2v_core.plugin_loader import get_registry
 
     check_probe_args(train is not None, test is not None, split_by)
+    assert train is not None  # check_probe_args: --train is required
     if baseline not in (None, "random-init"):
         raise ConfigError(f"--baseline must be random-init, got {baseline!r}")
     registry = get_registry()
     report: dict = {"checkpoint": checkpoint, "label_column": label_column, "split_by": split_by}
     for name, random_init in [("pretrained", False)] + ([("random-init", True)] if baseline else []):
         pre = load_pretrained(checkpoint, registry, random_init=random_init, seed=seed)
-        kw = dict(layer=layer, top_k=top_k, pool=pool)
+        kw: dict[str, Any] = dict(layer=layer, top_k=top_k, pool=pool)
         tr = embed_source(pre.model, pre.decoder, _source(train, pre.decoder.extensions), **kw)
         if split_by:
             split = split_by_group(tr, label_column, split_by, test_fraction, seed)
         else:
+            assert test is not None  # check_probe_args: --test unless --split-by
             te = embed_source(pre.model, pre.decoder, _source(test, pre.decoder.extensions), **kw)
             import numpy as np
 

@@ -136,6 +136,7 @@ class FeatureEncoder(nn.Module):
 
     dim: int
     num_prefix_tokens: int = 0
+    mask_embedding: nn.Parameter
 
     @abstractmethod
     def embed(self, batch: Batch) -> Features:

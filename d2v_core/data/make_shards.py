@@ -90,7 +90,7 @@ class ShardPackResult:
 
 def _members(record: dict) -> dict:
     """Tar members of one record: payload bytes under their extensions, metadata as json."""
-    sample = {"__key__": shard_key(str(record["__key__"]))}
+    sample: dict[str, Any] = {"__key__": shard_key(str(record["__key__"]))}
     for k, v in record.items():
         if k.startswith("__"):
             continue

@@ -301,7 +301,7 @@ def _csv_manifest(spec: str, path: Path, exts: tuple[str, ...]) -> Source:
                 cols = line.rstrip("\r\n").split("\t")
                 if not cols[0]:
                     continue
-                meta = {"n_samples": int(cols[1])} if len(cols) > 1 and cols[1].isdigit() else {}
+                meta: dict[str, Any] = {"n_samples": int(cols[1])} if len(cols) > 1 and cols[1].isdigit() else {}
                 entries.append(_entry_for_path(cols[0], root, exts, None, meta))
             _require_some_match(spec, entries, exts)
             return Source(spec, "csv", entries=tuple(entries), manifest=str(path.resolve()))

@@ -5,6 +5,7 @@ layer targets."""
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import cast
 
 import torch
 import torch.nn.functional as F
@@ -98,7 +99,7 @@ class Data2Vec(nn.Module):
     @torch.no_grad()
     def targets(self, teacher: nn.ModuleDict, batch: Batch, feats: Features) -> Tensor:
         """The teacher's targets (B, T, D) for the unmasked input."""
-        enc = teacher["encoder"]
+        enc = cast(FeatureEncoder, teacher["encoder"])
         if self.cfg.ema.teacher_input == "features":
             t_in, pad = feats.x.detach(), feats.padding_mask
         else:
@@ -115,6 +116,7 @@ class Data2Vec(nn.Module):
         """data2vec 1.0: mask embedding at the masked steps, all steps encoded; (states, predictions)."""
         ctx = self.encoder.contextualize(self.encoder.apply_mask(x, mask, generator), pad)
         states = self.transformer(ctx.x, ctx.padding_mask, ctx.attn_bias).x
+        assert self.head is not None  # data2vec 1.0 always has a head
         return states, self.head(states[:, self.encoder.num_prefix_tokens :][mask])
 
     def _sparse_student(self, x: Tensor, pad: Tensor | None, mask: Tensor, grid: tuple[int, ...] | None) -> tuple[Tensor, Tensor]:
@@ -125,8 +127,10 @@ class Data2Vec(nn.Module):
         ctx = self.encoder.contextualize(x.masked_fill(mask.unsqueeze(-1), 0.0), pad)
         ctx = keep_context(ctx, index.keep, p)
         states = self.transformer(ctx.x, ctx.padding_mask, ctx.attn_bias).x
-        kept = F.dropout(states[:, p:], self.decoder.input_dropout, self.training)
-        pred = self.decoder(restore_order(kept, index.restore, self.cfg.decoder.mask_noise_std), pad, grid)
+        decoder = self.decoder
+        assert decoder is not None  # the sparse student is used only with a decoder
+        kept = F.dropout(states[:, p:], decoder.input_dropout, self.training)
+        pred = decoder(restore_order(kept, index.restore, self.cfg.decoder.mask_noise_std), pad, grid)
         return states, pred[mask]
 
     def forward(self, batch: Batch, generator: torch.Generator, teacher: nn.ModuleDict) -> StepOutput:

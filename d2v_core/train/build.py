@@ -66,8 +66,8 @@ def _model(cfg: RunConfig, registry: Registry, ctx: BuildContext) -> Data2Vec:
     spec = registry.modality(cfg.modality)
     encoder = _check(load_ref(spec.encoder, f"modality {spec.name!r} encoder")(_options(cfg.encoder), ctx),
                      FeatureEncoder, f"modality {spec.name!r}: encoder factory")
-    norms = [_normalizer(n, registry) for n in (cfg.targets.layer_norm, cfg.targets.post_norm)]
-    return Data2Vec(encoder, cfg, _masker(cfg, registry), *norms, decoder=_decoder(cfg, registry, ctx))
+    per_layer, post = _normalizer(cfg.targets.layer_norm, registry), _normalizer(cfg.targets.post_norm, registry)
+    return Data2Vec(encoder, cfg, _masker(cfg, registry), per_layer, post, decoder=_decoder(cfg, registry, ctx))
 
 
 def _record_decoder(cfg: RunConfig, registry: Registry, ctx: BuildContext) -> RecordDecoder:

@@ -232,8 +232,8 @@ def save_checkpoint(
         raise CheckpointError(
             f"cannot write checkpoint at step {step} in {root}: {first_line(exc)} ({_free_space(root)}){kept}"
         ) from exc
-    for old in list_checkpoints(run_dir)[:-keep_last]:
-        _delete_dir(old.path)
+    for stale in list_checkpoints(run_dir)[:-keep_last]:
+        _delete_dir(stale.path)
     return final
 
 
@@ -262,7 +262,7 @@ def load_checkpoint(path: str | Path) -> Checkpoint:
         m = STEP_DIR.match(p.name)
         return Checkpoint(
             path=p,
-            step=int(meta.get("step", m.group(1) if m else 0)),
+            step=int(meta.get("step") or (m.group(1) if m else 0)),
             student=load_file(str(p / "student.safetensors")),
             teacher=load_file(str(p / "teacher.safetensors")),
             trainer_state=_load_trainer_state(state_file) if state_file.exists() else None,

@@ -10,7 +10,7 @@ import signal
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Iterator, cast
 
 import torch
 from torch.nn.parallel import DistributedDataParallel as DDP
@@ -146,7 +146,7 @@ class Trainer:
         for micro in range(accum):
             batch = to_device(self._next_batch(), self.device)
             sync = micro == accum - 1 or not isinstance(self.ddp, DDP)
-            with (contextlib.nullcontext() if sync else self.ddp.no_sync()), self._autocast():
+            with (contextlib.nullcontext() if sync else cast(DDP, self.ddp).no_sync()), self._autocast():
                 out = self.ddp(batch, mask_generator(cfg.runtime.seed, self.step, micro, self.dist.rank), self.teacher.model)
             (self.scaler.scale(out.loss_sum) if self.scaler else out.loss_sum).backward()
             sums += torch.stack([out.loss_sum.detach().double(), out.sample_size.double(), out.pred_var.double(),
