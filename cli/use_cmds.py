@@ -38,11 +38,11 @@ def embed(
         raise ConfigError(f"--pool must be mean, cls or none, got {pool!r}")
     pre = load_pretrained(checkpoint, get_registry())
     total = Embeddings()
-    sources = [_source(s, pre.decoder.extensions) for s in inputs]
+    sources = [_source(s, pre.record_decoder.extensions) for s in inputs]
     with Progress(transient=True) as bar:
         task = bar.add_task("embedding", total=sum(len(s) for s in sources))
         for src in sources:
-            emb = embed_source(pre.model, pre.decoder, src, layer=layer, top_k=top_k, pool=pool, batch_size=batch_size,
+            emb = embed_source(pre.model, pre.record_decoder, src, layer=layer, top_k=top_k, pool=pool, batch_size=batch_size,
                                progress=lambda n: bar.advance(task, n))
             total.keys += emb.keys
             total.vectors += emb.vectors
@@ -82,12 +82,12 @@ def probe(
     for name, random_init in [("pretrained", False)] + ([("random-init", True)] if baseline else []):
         pre = load_pretrained(checkpoint, registry, random_init=random_init, seed=seed)
         kw: dict[str, Any] = dict(layer=layer, top_k=top_k, pool=pool)
-        tr = embed_source(pre.model, pre.decoder, _source(train, pre.decoder.extensions), **kw)
+        tr = embed_source(pre.model, pre.record_decoder, _source(train, pre.record_decoder.extensions), **kw)
         if split_by:
             split = split_by_group(tr, label_column, split_by, test_fraction, seed)
         else:
             assert test is not None  # check_probe_args: --test unless --split-by
-            te = embed_source(pre.model, pre.decoder, _source(test, pre.decoder.extensions), **kw)
+            te = embed_source(pre.model, pre.record_decoder, _source(test, pre.record_decoder.extensions), **kw)
             import numpy as np
 
             split = ProbeSplit(np.stack(tr.vectors), labels_of(tr, label_column), np.stack(te.vectors), labels_of(te, label_column))

@@ -52,6 +52,7 @@ _LAZY = {
     "uniform_keys": "d2v_core.mask_counts",
     "ConvDecoderOptions": "d2v_core.decoder_options",
     "ConvDecoder": "d2v_core.model.conv_decoder",
+    "ConvBlock": "d2v_core.model.conv_decoder",
     "Context": "d2v_core.interfaces",
     "Transformer": "d2v_core.model.transformer",
     "pad_sequences": "d2v_core.data.collate",

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from dataclasses import replace
-from typing import Iterator
 
 from d2v_core.errors import DuplicateComponentError, UnknownComponentError
 from d2v_core.specs import COMPONENT_KINDS, ComponentSpec, ModalitySpec
@@ -106,8 +105,3 @@ class Registry:
 
     def names(self, kind: str, modality: str | None = None) -> list[str]:
         return sorted(n for n, s in self._components[kind].items() if modality is None or s.supports(modality))
-
-    def __iter__(self) -> Iterator[ModalitySpec | ComponentSpec]:
-        yield from self._modalities.values()
-        for table in self._components.values():
-            yield from table.values()

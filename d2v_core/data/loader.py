@@ -289,14 +289,6 @@ class TrainLoader:
                     stacklevel=2,
                 )
 
-    def batches_per_epoch(self) -> int | None:
-        """Batches each rank yields per epoch when no record is skipped (list sources), or
-        None for shards (unknown until read) and resampled shards (endless)."""
-        if self.source.is_sharded:
-            return None
-        per_rank = len(self.source.entries) // self.world_size
-        return per_rank // self.batch_size + (0 if self.drop_last or per_rank % self.batch_size == 0 else 1)
-
     def _plan(self, epoch: int) -> _EpochPlan:
         return _EpochPlan(
             self.source, self.decoder, self.batch_size, self.rank, self.world_size, self.seed, epoch,

@@ -202,7 +202,3 @@ def pack_shards(
         raise DataError(f"no readable record in {src_spec!r} ({', '.join(f'{r} {n}' for r, n in result.skipped.items()) or 'empty'})")
     return result
 
-
-def make_shards(src_spec: str, out_dir: str | Path, prefix: str, extensions: tuple[str, ...], **options: Any) -> list[Path]:
-    """Pack ``src_spec`` into tar shards; returns the shard paths (options: see :func:`pack_shards`)."""
-    return pack_shards(src_spec, out_dir, prefix, extensions, **options).paths

@@ -18,9 +18,12 @@ from d2v_core.train.checkpoint import load_checkpoint
 
 @dataclass
 class Pretrained:
+    """A checkpoint's student model, its resolved config and the record decoder of its data
+    (``record_decoder``: stored records to batches; not data2vec 2.0's ``model.decoder``)."""
+
     model: Data2Vec
     cfg: RunConfig
-    decoder: RecordDecoder
+    record_decoder: RecordDecoder
     path: Path
     extra: dict[str, bytes]
 
