@@ -142,7 +142,7 @@ class ReferenceStep:
             self._teacher(batch)
         layers = self._captured[-t.top_k :]
         self._captured = []
-        y = sum(_norm(layer[:, self.prefix :].float(), t.layer_norm) for layer in layers) / len(layers)
+        y = sum(_norm(layer[:, self.prefix :].float(), t.per_layer_norm) for layer in layers) / len(layers)
         return _norm(y, t.post_norm)
 
     def loss(self, batch: dict, gen: torch.Generator) -> tuple[Tensor, Tensor]:

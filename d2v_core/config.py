@@ -83,12 +83,20 @@ class DecoderConfig(StrictModel):
 
 class TargetsConfig(StrictModel):
     """Teacher targets: mean of the top-K layers' ``ffn`` (FFN output before the residual) or
-    ``block`` (block output) intermediates, normalised per layer and optionally after averaging."""
+    ``block`` (block output) intermediates, each normalised by the ``per_layer_norm`` normaliser
+    (instance norm for audio, layer norm for images and text) and the mean by ``post_norm``."""
 
     top_k: PositiveInt = 8
     source: Literal["ffn", "block"] = "ffn"
-    layer_norm: str = "instance"
+    per_layer_norm: str = "instance"
     post_norm: str = "none"
+
+    @model_validator(mode="before")
+    @classmethod
+    def _renamed(cls, data: Any) -> Any:
+        if isinstance(data, dict) and "layer_norm" in data:
+            raise ValueError("layer_norm was renamed per_layer_norm (the normaliser of each teacher layer: instance, layer or none)")
+        return data
 
 
 class LossConfig(StrictModel):

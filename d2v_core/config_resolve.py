@@ -185,7 +185,7 @@ def resolve_options(cfg: RunConfig, registry: Registry) -> RunConfig:
     spec = registry.modality(cfg.modality)
     masker_name = cfg.masking.name or spec.default_masker
     masker = registry.component("masker", masker_name, modality=spec.name)
-    for field in ("layer_norm", "post_norm"):
+    for field in ("per_layer_norm", "post_norm"):
         registry.component("normalizer", getattr(cfg.targets, field))
     decoder = cfg.decoder
     if decoder.name is not None:

@@ -38,7 +38,8 @@ def test_parse_override_types():
         (["model.heads=5"], "must be divisible by model.heads"),
         (["encoder.input_dim=zero"], "encoder.input_dim"),
         (["masking.options.mask_prob=2"], "masking.options.mask_prob"),
-        (["targets.layer_norm=bogus"], "unknown normalizer 'bogus'"),
+        (["targets.per_layer_norm=bogus"], "unknown normalizer 'bogus'"),
+        (["targets.layer_norm=instance"], "targets: layer_norm was renamed per_layer_norm"),
     ],
 )
 def test_bad_values_name_the_dotted_path(example_plugins, overrides, message):

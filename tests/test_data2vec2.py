@@ -73,7 +73,7 @@ def _cfg(**over) -> RunConfig:
     base = {
         "modality": "toy",
         "model": {"dim": 16, "depth": 3, "heads": 2, "ffn_dim": 32, "dropout": 0.0, "attention_dropout": 0.0},
-        "targets": {"top_k": 2, "layer_norm": "instance", "post_norm": "none"},
+        "targets": {"top_k": 2, "per_layer_norm": "instance", "post_norm": "none"},
         "masking": {"name": "exact", "clone_batch": 3},
         "decoder": {"name": "conv1d", "options": {"channels": 8, "kernel": 3, "groups": 2, "layers": 2, "input_dropout": 0.0}},
         "ema": {"teacher_input": "features"},

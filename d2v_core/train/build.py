@@ -66,7 +66,7 @@ def _model(cfg: RunConfig, registry: Registry, ctx: BuildContext) -> Data2Vec:
     spec = registry.modality(cfg.modality)
     encoder = _check(load_ref(spec.encoder, f"modality {spec.name!r} encoder")(_options(cfg.encoder), ctx),
                      FeatureEncoder, f"modality {spec.name!r}: encoder factory")
-    per_layer, post = _normalizer(cfg.targets.layer_norm, registry), _normalizer(cfg.targets.post_norm, registry)
+    per_layer, post = _normalizer(cfg.targets.per_layer_norm, registry), _normalizer(cfg.targets.post_norm, registry)
     return Data2Vec(encoder, cfg, _masker(cfg, registry), per_layer, post, decoder=_decoder(cfg, registry, ctx))
 
 

@@ -86,7 +86,11 @@ class Checkpoint:
         from d2v_core.inference.pretrained import self_contained_config
 
         try:
-            cfg = resolve_options(RunConfig.model_validate(yaml.safe_load(self.config_yaml)), registry)
+            data = yaml.safe_load(self.config_yaml)
+            targets = data.get("targets") if isinstance(data, dict) else None
+            if isinstance(targets, dict) and "layer_norm" in targets:  # written before the rename
+                targets["per_layer_norm"] = targets.pop("layer_norm")
+            cfg = resolve_options(RunConfig.model_validate(data), registry)
         except D2VError:
             raise
         except Exception as exc:  # noqa: BLE001 - a config that no longer validates is a checkpoint problem

@@ -36,7 +36,7 @@ def test_v2_base_preset_is_the_spec_recipe(registry):
     assert d.name == "conv1d" and d.mask_noise_std == 0.01
     assert {k: getattr(d.options, k) for k in ("channels", "kernel", "groups", "layers", "residual", "projection_layers", "input_dropout")} == {
         "channels": 384, "kernel": 7, "groups": 16, "layers": 4, "residual": True, "projection_layers": 1, "input_dropout": 0.1}
-    assert (cfg.targets.top_k, cfg.targets.source, cfg.targets.layer_norm, cfg.targets.post_norm) == (8, "ffn", "instance", "none")
+    assert (cfg.targets.top_k, cfg.targets.source, cfg.targets.per_layer_norm, cfg.targets.post_norm) == (8, "ffn", "instance", "none")
     assert (cfg.loss.beta, cfg.loss.scale) == (0.0, "inv_sqrt_dim")
     e = cfg.ema
     assert (e.decay, e.end_decay, e.anneal_end_step, e.teacher_input, e.copy_params) == (0.999, 0.99999, 75000, "features", [])

@@ -51,7 +51,7 @@ def test_base_preset_is_the_papers_recipe(registry):
     assert cfg.masking.name == "span"
     assert cfg.masking.options.mask_prob == 0.65 and cfg.masking.options.mask_length == 10
     t = cfg.targets
-    assert (t.top_k, t.source, t.layer_norm, t.post_norm) == (8, "ffn", "instance", "none")
+    assert (t.top_k, t.source, t.per_layer_norm, t.post_norm) == (8, "ffn", "instance", "none")
     assert (cfg.loss.beta, cfg.loss.scale, cfg.loss.head) == (0.0, "inv_sqrt_dim", "linear")
     e = cfg.ema
     assert (e.decay, e.end_decay, e.anneal_end_step, e.teacher_input) == (0.999, 0.9999, 30000, "features")

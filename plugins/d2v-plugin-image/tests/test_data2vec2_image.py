@@ -43,7 +43,7 @@ def test_v2_base_preset_is_the_spec_recipe(registry):
     d = cfg.decoder
     assert d.name == "conv2d" and {k: getattr(d.options, k) for k in ("channels", "kernel", "groups", "layers", "residual", "input_dropout")} == {
         "channels": 768, "kernel": 3, "groups": 16, "layers": 6, "residual": True, "input_dropout": 0.0}
-    assert (cfg.targets.top_k, cfg.targets.layer_norm, cfg.targets.post_norm) == (10, "instance", "layer")
+    assert (cfg.targets.top_k, cfg.targets.per_layer_norm, cfg.targets.post_norm) == (10, "instance", "layer")
     assert (cfg.loss.beta, cfg.loss.scale, cfg.loss.cls_weight) == (0.0, "inv_sqrt_dim", 0.01)
     e = cfg.ema
     assert (e.decay, e.end_decay, e.anneal_end_step, e.teacher_input) == (0.9998, 0.99999, 100_000, "raw")

@@ -53,7 +53,7 @@ def test_base_preset_is_the_data2vec_vision_recipe(registry):
     assert cfg.masking.name == "block" and cfg.masking.options.mask_ratio * 196 == pytest.approx(120)
     assert cfg.masking.options.min_num_patches == 16 and cfg.masking.options.max_aspect == pytest.approx(1 / 0.3)
     t = cfg.targets
-    assert (t.top_k, t.source, t.layer_norm, t.post_norm) == (6, "block", "layer", "layer")
+    assert (t.top_k, t.source, t.per_layer_norm, t.post_norm) == (6, "block", "layer", "layer")
     assert (cfg.loss.beta, cfg.loss.scale, cfg.loss.head) == (2.0, "inv_dim", "linear")
     e = cfg.ema
     assert (e.decay, e.end_decay, e.teacher_input) == (0.9998, 0.9998, "raw") and not e.copy_params and not e.exclude_params

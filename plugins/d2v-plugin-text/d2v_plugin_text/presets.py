@@ -27,7 +27,7 @@ _EMBEDDINGS = ["encoder.embed_tokens.*", "encoder.embed_positions.*", "encoder.l
 _COMMON: dict[str, Any] = {
     "masking": {"name": "bert", "options": {}},
     "encoder": {"random_token_prob": 0.1, "leave_unmasked_prob": 0.1},
-    "targets": {"top_k": 10, "source": "ffn", "layer_norm": "layer", "post_norm": "none"},
+    "targets": {"top_k": 10, "source": "ffn", "per_layer_norm": "layer", "post_norm": "none"},
     "loss": {"beta": 4.0, "scale": 1.0, "head": "mlp", "head_hidden_mult": 2},
     "ema": {"teacher_input": "raw", "copy_params": list(_EMBEDDINGS), "exclude_params": []},
 }
@@ -85,7 +85,7 @@ _V2: dict[str, Any] = {
     "decoder": {"name": "conv1d", "mask_noise_std": 0.01,
                 "options": {"channels": 768, "kernel": 9, "groups": 1, "layers": 5, "residual": False,
                             "projection_layers": 2, "projection_ratio": 2.0, "input_dropout": 0.1}},
-    "targets": {"top_k": 12, "source": "ffn", "layer_norm": "instance", "post_norm": "none"},
+    "targets": {"top_k": 12, "source": "ffn", "per_layer_norm": "instance", "post_norm": "none"},
     "loss": {"beta": 0.0, "scale": 1.0, "head": "linear"},
     # fairseq ema_encoder_only: the teacher is the Transformer, fed the student's embeddings
     "ema": {"decay": 0.9999, "end_decay": 0.99999, "anneal_end_step": 100_000, "teacher_input": "features",

@@ -35,7 +35,7 @@ def test_v2_base_preset_is_the_spec_recipe(registry):
     assert d.name == "conv1d" and d.mask_noise_std == 0.01
     assert {k: getattr(d.options, k) for k in ("channels", "kernel", "groups", "layers", "residual", "projection_layers", "projection_ratio")} == {
         "channels": 768, "kernel": 9, "groups": 1, "layers": 5, "residual": False, "projection_layers": 2, "projection_ratio": 2.0}
-    assert (cfg.targets.top_k, cfg.targets.source, cfg.targets.layer_norm, cfg.targets.post_norm) == (12, "ffn", "instance", "none")
+    assert (cfg.targets.top_k, cfg.targets.source, cfg.targets.per_layer_norm, cfg.targets.post_norm) == (12, "ffn", "instance", "none")
     assert (cfg.loss.beta, cfg.loss.scale, cfg.loss.cls_weight) == (0.0, 1.0, 0.0)
     e = cfg.ema
     assert (e.decay, e.end_decay, e.anneal_end_step, e.teacher_input) == (0.9999, 0.99999, 100_000, "features")

@@ -44,7 +44,7 @@ def test_base_preset_follows_the_spec(registry):
     assert m.final_norm is False and m.norm_eps == 1e-5
     assert cfg.masking.name == "bert" and cfg.masking.options.model_dump() == {"mask_prob": 0.15}
     assert (cfg.encoder.random_token_prob, cfg.encoder.leave_unmasked_prob, cfg.encoder.max_positions) == (0.1, 0.1, 512)
-    assert cfg.targets.model_dump() == {"top_k": 10, "source": "ffn", "layer_norm": "layer", "post_norm": "none"}
+    assert cfg.targets.model_dump() == {"top_k": 10, "source": "ffn", "per_layer_norm": "layer", "post_norm": "none"}
     assert cfg.loss.model_dump() == {"beta": 4.0, "scale": 1.0, "head": "mlp", "head_hidden_mult": 2, "cls_weight": 0.0}
     e = cfg.ema
     assert (e.decay, e.end_decay, e.anneal_end_step, e.teacher_input) == (0.999, 0.9999, 300_000, "raw")
