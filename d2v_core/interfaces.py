@@ -30,6 +30,16 @@ from torch import Tensor, nn
 #: A collated batch: tensors named by the modality, plus ``"keys"`` (record keys, a list).
 Batch = dict
 
+#: The positional arguments the core passes to each kind of factory (the list above).
+FACTORY_ARGS: dict[str, tuple[str, ...]] = {
+    "encoder": ("options", "ctx"),
+    "record_decoder": ("options", "encoder_options", "ctx"),
+    "masker": ("options",),
+    "normalizer": (),
+    "decoder": ("options", "ctx"),
+    "exporter": (),
+}
+
 
 @dataclass(frozen=True)
 class BuildContext:

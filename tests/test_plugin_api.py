@@ -50,3 +50,60 @@ def test_every_public_name_resolves_and_is_documented(name):
     getattr(d2v_core, name)
     docs = (ROOT / "docs" / "architecture.md").read_text(encoding="utf-8")
     assert f"`{name}`" in docs, f"{name} is in d2v_core.__all__ but docs/architecture.md does not list it"
+
+
+def _repo_registry():
+    import importlib
+
+    from d2v_core.plugin_loader import module_source, plugin_context
+
+    names = ("audio", "image", "text", "maskers", "example")
+    return plugin_context(*(module_source(importlib.import_module(f"d2v_plugin_{n}.plugin"), name=n) for n in names))
+
+
+def test_every_factory_in_the_repo_takes_the_documented_arguments():
+    """Each factory accepts exactly the arguments ``interfaces.FACTORY_ARGS`` (and the plugin
+    guide) say the core passes: no more required, no fewer accepted."""
+    import inspect
+
+    from d2v_core.interfaces import FACTORY_ARGS
+    from d2v_core.specs import COMPONENT_KINDS, load_ref
+
+    def takes(factory, n: int) -> bool:
+        sig = inspect.signature(factory)
+        try:
+            sig.bind(*range(n))
+        except TypeError:
+            return False
+        return True
+
+    checked = []
+    with _repo_registry() as loaded:
+        reg = loaded.registry
+        assert not loaded.errors(), [p.error for p in loaded.errors()]
+        for name in reg.modalities():
+            spec = reg.modality(name)
+            for kind, ref in (("encoder", spec.encoder), ("record_decoder", spec.record_decoder)):
+                n = len(FACTORY_ARGS[kind])
+                assert takes(load_ref(ref), n) and (not takes(load_ref(ref), n + 1) or _varargs(load_ref(ref))), (name, kind)
+                checked.append(f"{name}:{kind}")
+        for kind in COMPONENT_KINDS:
+            for cname in reg.names(kind):
+                factory = reg.component(kind, cname).load_factory()
+                assert takes(factory, len(FACTORY_ARGS[kind])), (kind, cname, len(FACTORY_ARGS[kind]))
+                checked.append(f"{kind}:{cname}")
+    assert {"audio:encoder", "text:record_decoder", "masker:span", "decoder:conv2d", "normalizer:instance"} <= set(checked)
+
+
+def _varargs(factory) -> bool:
+    import inspect
+
+    return any(p.kind is p.VAR_POSITIONAL for p in inspect.signature(factory).parameters.values())
+
+
+def test_the_plugin_guide_lists_the_factory_signatures():
+    from d2v_core.interfaces import FACTORY_ARGS
+
+    guide = (ROOT / "docs" / "plugin-guide.md").read_text(encoding="utf-8")
+    for kind, args in FACTORY_ARGS.items():
+        assert f"factory({', '.join(args)})" in guide, kind
