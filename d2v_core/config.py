@@ -8,9 +8,9 @@ resolved config serialises them back to plain mappings.
 
 from __future__ import annotations
 
-from typing import Any, Literal, Optional, Union
+from typing import Annotated, Any, Literal, Optional, Union
 
-from pydantic import BaseModel, ConfigDict, Field, NonNegativeFloat, NonNegativeInt, PositiveInt, SerializeAsAny, model_validator
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, NonNegativeFloat, NonNegativeInt, PositiveInt, model_validator
 
 Probability = Field(ge=0.0, lt=1.0)
 
@@ -26,8 +26,15 @@ class Options(StrictModel):
     wrong types are errors, validated once when the run config is resolved."""
 
 
-#: A plugin section: the raw mapping of a YAML file, or (once resolved) the component's options.
-PluginSection = Union[dict[str, Any], SerializeAsAny[BaseModel]]
+def _plugin_section(value: Any) -> Any:
+    if isinstance(value, (dict, BaseModel)):
+        return value
+    raise ValueError(f"must be a mapping of the component's options, not {type(value).__name__}")
+
+
+#: A plugin section: the raw mapping of a YAML file, or (once resolved) the component's options
+#: object (serialised as the mapping of its fields).
+PluginSection = Annotated[Any, BeforeValidator(_plugin_section)]
 
 
 class TransformerConfig(StrictModel):

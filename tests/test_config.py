@@ -40,6 +40,7 @@ def test_parse_override_types():
         (["masking.options.mask_prob=2"], "masking.options.mask_prob"),
         (["targets.per_layer_norm=bogus"], "unknown normalizer 'bogus'"),
         (["targets.layer_norm=instance"], "targets: layer_norm was renamed per_layer_norm"),
+        (["encoder=3"], "encoder: must be a mapping of the component's options, not int"),
     ],
 )
 def test_bad_values_name_the_dotted_path(example_plugins, overrides, message):
