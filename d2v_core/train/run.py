@@ -11,7 +11,7 @@ import torch
 
 from d2v_core import __version__
 from d2v_core.config import RunConfig
-from d2v_core.config_resolve import config_to_yaml
+from d2v_core.config_resolve import config_to_yaml, resolve_options
 from d2v_core.errors import CheckpointError, ConfigError, DataError
 from d2v_core.inference.pretrained import self_contained_config
 from d2v_core.registry import Registry
@@ -38,6 +38,7 @@ def pretrain(
 
     if not cfg.data.train:
         raise ConfigError("no training data: pass --data PATH (a folder, a CSV/JSONL manifest or tar shards)")
+    cfg = resolve_options(cfg, registry)  # a no-op for a config that resolve_config made
     check_distributed(cfg)
     device = resolve_device(cfg)
     dist = init_distributed(device.type)
