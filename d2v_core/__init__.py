@@ -47,6 +47,7 @@ _LAZY = {
     "Exporter": "d2v_core.interfaces",
     "Decoder": "d2v_core.interfaces",
     "BuildContext": "d2v_core.interfaces",
+    "ScheduleContext": "d2v_core.interfaces",
     "Options": "d2v_core.config",
     "exact_count": "d2v_core.mask_counts",
     "uniform_keys": "d2v_core.mask_counts",

@@ -134,12 +134,14 @@ class EMAConfig(StrictModel):
 
 
 class ScheduleConfig(StrictModel):
-    """Learning-rate schedule. ``tri_stage`` (fairseq: linear warm-up from ``init_lr_scale``,
-    hold, exponential decay to ``final_lr_scale``, in ``phase_ratio`` of the steps); ``cosine``
-    (linear warm-up from ``warmup_init_lr`` over ``warmup_steps``, half-cosine to ``min_lr``);
-    ``constant``."""
+    """Learning-rate schedule: a ``schedule`` component. The core's: ``tri_stage`` (fairseq:
+    linear warm-up from ``init_lr_scale``, hold, exponential decay to ``final_lr_scale``, in
+    ``phase_ratio`` of the steps); ``cosine`` (linear warm-up from ``warmup_init_lr`` over
+    ``warmup_steps``, half-cosine to ``min_lr``); ``constant``. A plugin's schedule takes its
+    own ``options``."""
 
-    name: Literal["tri_stage", "cosine", "constant"] = "tri_stage"
+    name: str = "tri_stage"
+    options: PluginSection = Field(default_factory=dict)
     phase_ratio: tuple[float, float, float] = (0.03, 0.9, 0.07)
     init_lr_scale: float = Field(0.01, ge=0.0)
     final_lr_scale: float = Field(0.01, gt=0.0)

@@ -187,6 +187,9 @@ def resolve_options(cfg: RunConfig, registry: Registry) -> RunConfig:
     masker = registry.component("masker", masker_name, modality=spec.name)
     for field in ("per_layer_norm", "post_norm"):
         registry.component("normalizer", getattr(cfg.targets, field))
+    sched = cfg.optim.schedule
+    sched_spec = registry.component("schedule", sched.name)
+    schedule = sched.model_copy(update={"options": _validate_options(sched_spec.options, sched.options, "optim.schedule.options")})
     decoder = cfg.decoder
     if decoder.name is not None:
         decoder_spec = registry.component("decoder", decoder.name, modality=spec.name)
@@ -202,6 +205,7 @@ def resolve_options(cfg: RunConfig, registry: Registry) -> RunConfig:
         ),
         "data": cfg.data.model_copy(update={"options": _validate_options(spec.data_options, cfg.data.options, "data.options")}),
         "decoder": decoder,
+        "optim": cfg.optim.model_copy(update={"schedule": schedule}),
     }
     return cfg.model_copy(update=updates)
 

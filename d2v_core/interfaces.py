@@ -16,6 +16,7 @@ where it needs more of the run, a :class:`BuildContext`; never from the whole ru
 - ``masker``: ``factory(options) -> Masker``; ``normalizer``: ``factory() -> Normalizer`` (no options yet)
 - ``decoder`` (data2vec 2.0): ``factory(options, ctx) -> Decoder``
 - ``exporter``: ``factory() -> Exporter``
+- ``schedule``: ``factory(options, ctx: ScheduleContext) -> Callable[[int], float]`` (update -> learning rate)
 """
 
 from __future__ import annotations
@@ -30,6 +31,16 @@ from torch import Tensor, nn
 #: A collated batch: tensors named by the modality, plus ``"keys"`` (record keys, a list).
 Batch = dict
 
+@dataclass(frozen=True)
+class ScheduleContext:
+    """What a ``schedule`` factory may know: the peak learning rate (``optim.lr``), the number
+    of updates and the run's ``optim.schedule`` section (the core's schedules read its fields)."""
+
+    peak_lr: float
+    max_steps: int
+    schedule: Any
+
+
 #: The positional arguments the core passes to each kind of factory (the list above).
 FACTORY_ARGS: dict[str, tuple[str, ...]] = {
     "encoder": ("options", "ctx"),
@@ -38,6 +49,7 @@ FACTORY_ARGS: dict[str, tuple[str, ...]] = {
     "normalizer": (),
     "decoder": ("options", "ctx"),
     "exporter": (),
+    "schedule": ("options", "ctx"),
 }
 
 

@@ -7,11 +7,11 @@ Each factory gets its validated options and a :class:`~d2v_core.interfaces.Build
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Callable
 
 from d2v_core.config import RunConfig
 from d2v_core.config_resolve import resolve_options
-from d2v_core.interfaces import BuildContext, Decoder, FeatureEncoder, Masker, Normalizer, RecordDecoder
+from d2v_core.interfaces import BuildContext, Decoder, FeatureEncoder, Masker, Normalizer, RecordDecoder, ScheduleContext
 from d2v_core.model.data2vec import Data2Vec
 from d2v_core.registry import Registry
 from d2v_core.specs import load_ref
@@ -95,6 +95,17 @@ def build_record_decoder(cfg: RunConfig, registry: Registry) -> RecordDecoder:
     """Only the record decoder of :func:`build_components` (data benchmarks)."""
     cfg = resolve_options(cfg, registry)
     return _record_decoder(cfg, registry, build_context(cfg))
+
+
+def build_schedule(cfg: RunConfig, registry: Registry) -> Callable[[int], float]:
+    """The learning rate of each update (``optim.schedule``, a ``schedule`` component)."""
+    cfg = resolve_options(cfg, registry)
+    spec = registry.component("schedule", cfg.optim.schedule.name)
+    ctx = ScheduleContext(peak_lr=cfg.optim.lr, max_steps=cfg.runtime.max_steps, schedule=cfg.optim.schedule)
+    schedule = spec.load_factory()(_options(cfg.optim.schedule.options), ctx)
+    if not callable(schedule):
+        raise TypeError(f"schedule {spec.name!r} from {spec.distribution} returned {type(schedule).__name__}, not a function of the step")
+    return schedule
 
 
 def build_masker(cfg: RunConfig, registry: Registry) -> Masker:

@@ -16,7 +16,7 @@ from d2v_core.errors import CheckpointError, ConfigError, DataError
 from d2v_core.inference.pretrained import self_contained_config
 from d2v_core.registry import Registry
 from d2v_core.train import checkpoint as ckpt
-from d2v_core.train.build import build_components
+from d2v_core.train.build import build_components, build_schedule
 from d2v_core.train.distributed import init_distributed, shutdown
 from d2v_core.train.preflight import check_batch, check_distributed, check_output_dir, checkpoint_bytes, resolve_device
 from d2v_core.train.trainer import Trainer, TrainResult
@@ -36,9 +36,9 @@ def pretrain(
     from d2v_core.data.loader import TrainLoader
     from d2v_core.data.sources import resolve_source
 
+    cfg = resolve_options(cfg, registry)  # a no-op for a config that resolve_config made
     if not cfg.data.train:
         raise ConfigError("no training data: pass --data PATH (a folder, a CSV/JSONL manifest or tar shards)")
-    cfg = resolve_options(cfg, registry)  # a no-op for a config that resolve_config made
     check_distributed(cfg)
     device = resolve_device(cfg)
     dist = init_distributed(device.type)
@@ -68,7 +68,7 @@ def pretrain(
             world_size=dist.world_size, num_workers=cfg.data.num_workers, shuffle_buffer=cfg.data.shuffle_buffer,
             seed=cfg.runtime.seed, resampled=cfg.data.resampled, max_bad_fraction=cfg.data.max_bad_fraction,
         )
-        trainer = Trainer(cfg, model, loader, device, dist, versions)
+        trainer = Trainer(cfg, model, loader, device, dist, versions, schedule=build_schedule(cfg, registry))
         if start is not None:
             try:
                 model.load_state_dict(start.student)

@@ -10,7 +10,7 @@ import signal
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator, cast
+from typing import Any, Callable, Iterator, cast
 
 import torch
 from torch.nn.parallel import DistributedDataParallel as DDP
@@ -66,7 +66,9 @@ class Trainer:
     :class:`d2v_core.data.loader.TrainLoader`); only rank 0 writes."""
 
     def __init__(self, cfg: RunConfig, model: Data2Vec, loader, device: torch.device, dist: DistInfo,
-                 versions: dict[str, str] | None = None) -> None:
+                 versions: dict[str, str] | None = None, schedule: Callable[[int], float] | None = None) -> None:
+        """``schedule``: update -> learning rate (``build_schedule``); default: the core's
+        schedule that ``cfg.optim.schedule`` names."""
         self.cfg, self.model, self.loader, self.device, self.dist = cfg, model.to(device), loader, device, dist
         self.run_dir = Path(cfg.runtime.out_dir)
         self.versions = {"d2v": __version__, **(versions or {})}
@@ -77,7 +79,8 @@ class Trainer:
         self.ddp = model if dist.world_size == 1 else DDP(model, find_unused_parameters=unused)
         self.optimizer = build_optimizer(model, cfg.optim)
         peak, total = cfg.optim.lr, cfg.runtime.max_steps
-        self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, lambda s: lr_at(s, peak, total, cfg.optim.schedule) / peak)
+        lr = schedule or (lambda s: lr_at(s, peak, total, cfg.optim.schedule))
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, lambda s: lr(s) / peak)
         self.scaler = torch.amp.GradScaler("cuda") if cfg.runtime.precision == "fp16" else None
         self.step, self.epoch, self.batch_in_epoch = 0, 0, 0
         self._batches: Iterator[dict] | None = None
