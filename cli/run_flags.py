@@ -80,11 +80,14 @@ def run_config(
     registry = get_registry()
     overrides = [parse_set(s) for s in set_] + flag_overrides(flags)
     start = None
+    file_layer: Any = config
     if init_from is not None:
         start = checkpoint_dir(init_from)
-        if config is None and preset is None:
-            config = str(start / "config.yaml")  # the architecture of the weights we start from
-    cfg = resolve_config(registry, modality, preset, config, overrides)
+        if config is None and preset is None:  # the architecture of the weights we start from
+            from d2v_core.train.checkpoint import stored_config
+
+            file_layer = stored_config((start / "config.yaml").read_text(encoding="utf-8"))
+    cfg = resolve_config(registry, modality, preset, file_layer, overrides)
     if start is not None and (start / "extra").is_dir():
         extra = {f.name: b"" for f in (start / "extra").iterdir()}
         cfg = self_contained_config(cfg, start / "extra", extra)

@@ -235,13 +235,14 @@ def resolve_config(
     registry: Registry,
     modality: str | None,
     preset: str | None = None,
-    config_file: str | Path | None = None,
+    config_file: str | Path | Mapping[str, Any] | None = None,
     overrides: Iterable[Union[str, Override]] = (),
 ) -> RunConfig:
     """The validated :class:`RunConfig` for a modality (or the one the YAML file names):
     preset, then ``config_file``, then ``overrides`` (``--set`` strings or typed
-    :class:`Override` values, one layer in which each path may appear once)."""
-    file_data = load_yaml_file(config_file) if config_file else {}
+    :class:`Override` values, one layer in which each path may appear once). ``config_file``
+    may also be the already-read mapping (a checkpoint's stored config)."""
+    file_data = dict(config_file) if isinstance(config_file, Mapping) else load_yaml_file(config_file) if config_file else {}
     cli = overrides_layer([parse_set(o) if isinstance(o, str) else o for o in overrides])
     modality = modality or file_data.get("modality")
     if not modality:

@@ -127,3 +127,13 @@ def test_init_from_config_comes_from_the_checkpoint(example_plugins, cli, tmp_pa
         from d2v_cli.run_flags import flag_overrides
 
         flag_overrides({"--out": ["a", "b"]})
+
+
+def test_init_from_a_checkpoint_written_before_the_per_layer_norm_rename(example_plugins, cli, tmp_path):
+    ck = tmp_path / "run" / "checkpoints" / "step_00000001"
+    ck.mkdir(parents=True)
+    old = show(cli, "--set", "targets.per_layer_norm=layer")
+    old["targets"]["layer_norm"] = old["targets"].pop("per_layer_norm")
+    (ck / "config.yaml").write_text(yaml.safe_dump(old))
+    (ck / "meta.json").write_text("{}")
+    assert show(cli, "--init-from", str(tmp_path / "run"))["targets"]["per_layer_norm"] == "layer"

@@ -78,19 +78,13 @@ class Checkpoint:
         """The stored config as a resolved :class:`~d2v_core.config.RunConfig` (its plugin
         sections validated by this installation's plugins), with files of ``extra`` (a
         tokenizer) pointed at the checkpoint's own copies."""
-        import yaml
-
         from d2v_core.config import RunConfig
         from d2v_core.config_resolve import resolve_options
         from d2v_core.errors import D2VError
         from d2v_core.inference.pretrained import self_contained_config
 
         try:
-            data = yaml.safe_load(self.config_yaml)
-            targets = data.get("targets") if isinstance(data, dict) else None
-            if isinstance(targets, dict) and "layer_norm" in targets:  # written before the rename
-                targets["per_layer_norm"] = targets.pop("layer_norm")
-            cfg = resolve_options(RunConfig.model_validate(data), registry)
+            cfg = resolve_options(RunConfig.model_validate(stored_config(self.config_yaml)), registry)
         except D2VError:
             raise
         except Exception as exc:  # noqa: BLE001 - a config that no longer validates is a checkpoint problem
@@ -101,6 +95,18 @@ class Checkpoint:
         if field not in self.__dataclass_fields__:
             raise KeyError(field)
         return getattr(self, field)
+
+
+def stored_config(config_yaml: str) -> Any:
+    """A checkpoint's ``config.yaml`` as data, with the names of older d2v versions updated
+    (``targets.layer_norm`` is now ``targets.per_layer_norm``)."""
+    import yaml
+
+    data = yaml.safe_load(config_yaml)
+    targets = data.get("targets") if isinstance(data, dict) else None
+    if isinstance(targets, dict) and "layer_norm" in targets:
+        targets["per_layer_norm"] = targets.pop("layer_norm")
+    return data
 
 
 def _fsync_dir(path: Path) -> None:
