@@ -59,6 +59,7 @@ _LAZY = {
     "pad_sequences": "d2v_core.data.collate",
     "lengths_to_padding_mask": "d2v_core.data.collate",
     "alibi_bias": "d2v_core.model.alibi",
+    "pack_blocks": "d2v_core.data.batching",
     "RunConfig": "d2v_core.config",
     "deep_merge": "d2v_core.config_resolve",
     "transformers_module": "d2v_core.interop",

@@ -67,6 +67,7 @@ def pretrain(
             source, parts.record_decoder, batch_size=micro_batch, rank=dist.rank,
             world_size=dist.world_size, num_workers=cfg.data.num_workers, shuffle_buffer=cfg.data.shuffle_buffer,
             seed=cfg.runtime.seed, resampled=cfg.data.resampled, max_bad_fraction=cfg.data.max_bad_fraction,
+            max_tokens=cfg.data.max_tokens, bucket_window=cfg.data.bucket_window,
         )
         trainer = Trainer(cfg, model, loader, device, dist, versions, schedule=build_schedule(cfg, registry))
         if start is not None:
