@@ -20,6 +20,7 @@ def pretrain(
     max_steps: List[int] = rf.MAX_STEPS,
     resume: bool = typer.Option(False, "--resume", help="Continue from the newest complete checkpoint in the run directory."),
     init_from: Optional[str] = rf.INIT_FROM,
+    compile_: bool = rf.COMPILE,
     allow_pipe_urls: bool = typer.Option(False, "--allow-pipe-urls", help="Allow webdataset 'pipe:' URLs (they run shell commands)."),
     max_bad_fraction: List[float] = rf.MAX_BAD_FRACTION,
 ) -> None:
@@ -29,7 +30,8 @@ def pretrain(
     from d2v_core.train.run import pretrain as run_pretrain
 
     loaded = get_plugins()
-    flags = {"--data": data, "--out": out, "--masker": masker, "--max-steps": max_steps, "--max-bad-fraction": max_bad_fraction}
+    flags = {"--data": data, "--out": out, "--masker": masker, "--max-steps": max_steps, "--max-bad-fraction": max_bad_fraction,
+             "--compile": [True] if compile_ else []}
     cfg = rf.run_config(modality=modality, preset=preset, config=config, set_=set_, flags=flags, init_from=init_from,
                         note=typer.echo)
     typer.echo(f"pretraining {cfg.modality}/{cfg.preset} -> {cfg.runtime.out_dir}")

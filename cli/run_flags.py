@@ -26,6 +26,7 @@ FLAG_PATHS = {
     "--masker": "masking.name",
     "--max-steps": "runtime.max_steps",
     "--max-bad-fraction": "data.max_bad_fraction",
+    "--compile": "runtime.compile",
 }
 
 # Shared option declarations. Flags are lists so that a flag given twice is seen (and refused).
@@ -42,6 +43,7 @@ MAX_STEPS = typer.Option([], "--max-steps", help="Number of updates (runtime.max
 MAX_BAD_FRACTION = typer.Option(
     [], "--max-bad-fraction", help="Abort when more than this fraction of records is unusable (data.max_bad_fraction, default 0.5)."
 )
+COMPILE = typer.Option(False, "--compile", help="torch.compile the student and the teacher (runtime.compile=true).")
 INIT_FROM = typer.Option(
     None, "--init-from", help="Start from the weights of this checkpoint (e.g. made by d2v import), with a fresh optimiser."
 )
