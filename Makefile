@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 PLUGINS := plugins/d2v-plugin-audio plugins/d2v-plugin-image plugins/d2v-plugin-text plugins/d2v-plugin-maskers
 STAMP := $(VENV)/.d2v-installed
 
-.PHONY: demo test install clean
+.PHONY: demo test lint install clean
 
 $(STAMP): pyproject.toml $(addsuffix /pyproject.toml,$(PLUGINS))
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -19,9 +19,14 @@ install: $(STAMP)
 demo: $(STAMP)
 	$(BIN)/d2v pretrain --modality audio --out runs/demo-audio $(ARGS)
 
-## The whole test suite (slow end-to-end tests included).
-test: $(STAMP)
+## Lint (ruff) and type-check (mypy) the core and the CLI, then the whole test suite (slow
+## end-to-end tests included). The settings of both tools are in pyproject.toml.
+test: $(STAMP) lint
 	HF_HUB_OFFLINE=1 $(BIN)/python -m pytest -q -n 2 $(ARGS)
+
+lint: $(STAMP)
+	$(BIN)/ruff check d2v_core cli
+	$(BIN)/python -m mypy
 
 clean:
 	rm -rf $(VENV) runs

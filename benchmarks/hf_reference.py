@@ -33,6 +33,11 @@ from d2v_core.train.schedules import lr_at
 from d2v_core.train.trainer import mask_generator
 
 
+def _plain(section: Any) -> dict:
+    """A config's plugin section as a mapping (resolved configs hold the options object)."""
+    return section if isinstance(section, dict) else section.model_dump()
+
+
 def _norm(x: Tensor, kind: str) -> Tensor:
     if kind == "instance":  # per channel over time (fairseq audio)
         return F.instance_norm(x.transpose(1, 2)).transpose(1, 2)
@@ -137,7 +142,7 @@ class ReferenceStep:
             self._teacher(batch)
         layers = self._captured[-t.top_k :]
         self._captured = []
-        y = sum(_norm(layer[:, self.prefix :].float(), t.layer_norm) for layer in layers) / len(layers)
+        y = sum(_norm(layer[:, self.prefix :].float(), t.per_layer_norm) for layer in layers) / len(layers)
         return _norm(y, t.post_norm)
 
     def loss(self, batch: dict, gen: torch.Generator) -> tuple[Tensor, Tensor]:
@@ -200,7 +205,7 @@ class AudioReference(ReferenceStep):
     def _build_student(self) -> nn.Module:
         from transformers import Data2VecAudioConfig, Data2VecAudioModel
 
-        m, e = self.cfg.model, self.cfg.encoder
+        m, e = self.cfg.model, _plain(self.cfg.encoder)
         kernels = e.get("conv_kernels", [10, 3, 3, 3, 3, 2, 2])
         ch = e.get("conv_channels", 512)
         conf = Data2VecAudioConfig(
@@ -229,7 +234,7 @@ class AudioReference(ReferenceStep):
         return [layer.feed_forward.output_dense for layer in self.teacher.layers]
 
     def _frames(self, batch: dict) -> int:
-        n, enc = batch["source"].shape[1], self.cfg.encoder
+        n, enc = batch["source"].shape[1], _plain(self.cfg.encoder)
         for k, s in zip(enc.get("conv_kernels", [10, 3, 3, 3, 3, 2, 2]), enc.get("conv_strides", [5, 2, 2, 2, 2, 2, 2])):
             n = (n - k) // s + 1
         return n
@@ -254,7 +259,7 @@ class VisionReference(ReferenceStep):
     def _build_student(self) -> nn.Module:
         from transformers import Data2VecVisionConfig, Data2VecVisionModel
 
-        m, e = self.cfg.model, self.cfg.encoder
+        m, e = self.cfg.model, _plain(self.cfg.encoder)
         conf = Data2VecVisionConfig(
             hidden_size=m.dim, num_hidden_layers=m.depth, num_attention_heads=m.heads, intermediate_size=m.ffn_dim,
             hidden_act="gelu", hidden_dropout_prob=m.dropout, attention_probs_dropout_prob=m.attention_dropout,
@@ -272,7 +277,7 @@ class VisionReference(ReferenceStep):
         return list(self.teacher.encoder.layer)
 
     def _mask(self, batch: dict, gen: torch.Generator) -> Tensor:
-        p = self.cfg.encoder.get("patch_size", 16)
+        p = _plain(self.cfg.encoder).get("patch_size", 16)
         h, w = batch["image"].shape[-2] // p, batch["image"].shape[-1] // p
         return self.masker(MaskRequest(batch["image"].shape[0], h * w, None, (h, w)), gen)
 
@@ -304,7 +309,7 @@ class TextReference(ReferenceStep):
             vocab_size=self.tok.vocab_size, hidden_size=m.dim, num_hidden_layers=m.depth, num_attention_heads=m.heads,
             intermediate_size=m.ffn_dim, hidden_act="gelu", hidden_dropout_prob=m.dropout,
             attention_probs_dropout_prob=m.attention_dropout,
-            max_position_embeddings=self.cfg.encoder.get("max_positions", 512) + self.tok.pad_id + 1, type_vocab_size=1,
+            max_position_embeddings=_plain(self.cfg.encoder).get("max_positions", 512) + self.tok.pad_id + 1, type_vocab_size=1,
             layer_norm_eps=m.norm_eps, pad_token_id=self.tok.pad_id, bos_token_id=self.tok.bos_id,
             eos_token_id=self.tok.eos_id, attn_implementation="sdpa",
         )
@@ -326,7 +331,7 @@ class TextReference(ReferenceStep):
     def masked_ids(self, tokens: Tensor, mask: Tensor, gen: torch.Generator) -> Tensor:
         """BERT corruption with d2v's draw order: one uniform per step (keep / random / <mask>),
         then one random replacement index per step."""
-        enc = self.cfg.encoder
+        enc = _plain(self.cfg.encoder)
         keep_p, rand_p = enc.get("leave_unmasked_prob", 0.1), enc.get("random_token_prob", 0.1)
         m = mask.cpu()
         u = torch.rand(m.shape, generator=gen)

@@ -102,9 +102,9 @@ def make_batch(cfg, a: argparse.Namespace, tokenizer=None) -> dict:  # noqa: ANN
         wav = torch.randn(B, a.length, generator=g)
         return {"source": torch.nn.functional.layer_norm(wav, wav.shape[-1:]), "padding_mask": None, "keys": [str(i) for i in range(B)]}
     if a.modality == "image":
-        s = cfg.encoder.get("image_size", 224)
+        s = cfg.encoder.image_size
         return {"image": torch.randn(B, 3, s, s, generator=g), "keys": [str(i) for i in range(B)]}
-    T = a.length or cfg.data.options.get("block_size", 512)
+    T = a.length or cfg.data.options.block_size
     special = set(tokenizer.special_ids)
     normal = torch.tensor([i for i in range(tokenizer.vocab_size) if i not in special])
     tokens = normal[torch.randint(normal.numel(), (B, T), generator=g)]

@@ -13,7 +13,7 @@ from typing import Optional
 import typer
 
 from d2v_core import __version__
-from d2v_core.errors import D2VError
+from d2v_core.errors import D2VError, first_line
 
 app = typer.Typer(
     name="d2v",
@@ -88,8 +88,7 @@ def main(argv: list[str] | None = None) -> None:
     except Exception as exc:  # noqa: BLE001 - the boundary: never a bare traceback without --debug
         if debug:
             traceback.print_exc()
-        first = str(exc).splitlines()[0] if str(exc) else ""
-        print(f"error: unexpected {type(exc).__name__}: {first} (rerun with --debug for the traceback)", file=sys.stderr)
+        print(f"error: unexpected {type(exc).__name__}: {first_line(exc)} (rerun with --debug for the traceback)", file=sys.stderr)
         sys.exit(1)
     sys.exit(0)
 

@@ -6,19 +6,30 @@ from typing import List, Optional
 
 import typer
 
+from d2v_cli import run_flags as rf
+
 config_app = typer.Typer(help="Inspect run configurations.", no_args_is_help=True)
 
 
 @config_app.command("show")
 def show(
-    modality: Optional[str] = typer.Option(None, "--modality", "-m", help="Modality name (see d2v list-plugins)."),
-    preset: Optional[str] = typer.Option(None, "--preset", "-p", help="Preset, e.g. base or audio/base."),
-    config: Optional[str] = typer.Option(None, "--config", "-c", help="YAML file applied over the preset."),
-    set_: List[str] = typer.Option([], "--set", help="Override, e.g. --set optim.lr=1e-4 (repeatable)."),
+    modality: Optional[str] = rf.MODALITY,
+    preset: Optional[str] = rf.PRESET,
+    config: Optional[str] = rf.CONFIG,
+    set_: List[str] = rf.SET,
+    data: List[str] = rf.DATA,
+    out: List[str] = rf.OUT,
+    masker: List[str] = rf.MASKER,
+    max_steps: List[int] = rf.MAX_STEPS,
+    init_from: Optional[str] = rf.INIT_FROM,
+    max_bad_fraction: List[float] = rf.MAX_BAD_FRACTION,
+    compile_: bool = rf.COMPILE,
 ) -> None:
-    """Print the resolved configuration (preset, then --config, then --set) as YAML."""
-    from d2v_core.config_resolve import config_to_yaml, resolve_config
-    from d2v_core.plugin_loader import get_registry
+    """Print the config `d2v pretrain` would store for the same flags, as YAML."""
+    from d2v_core.config_resolve import config_to_yaml
 
-    cfg = resolve_config(get_registry(), modality, preset, config, set_)
+    flags = {"--data": data, "--out": out, "--masker": masker, "--max-steps": max_steps, "--max-bad-fraction": max_bad_fraction,
+             "--compile": [True] if compile_ else []}
+    cfg = rf.run_config(modality=modality, preset=preset, config=config, set_=set_, flags=flags, init_from=init_from,
+                        note=lambda line: typer.echo(line, err=True))
     typer.echo(config_to_yaml(cfg), nl=False)

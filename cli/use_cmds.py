@@ -4,7 +4,7 @@ learned encoder out."""
 from __future__ import annotations
 
 import json
-from typing import List, Optional
+from typing import Any, List, Optional
 
 import typer
 
@@ -38,11 +38,11 @@ def embed(
         raise ConfigError(f"--pool must be mean, cls or none, got {pool!r}")
     pre = load_pretrained(checkpoint, get_registry())
     total = Embeddings()
-    sources = [_source(s, pre.decoder.extensions) for s in inputs]
+    sources = [_source(s, pre.record_decoder.extensions) for s in inputs]
     with Progress(transient=True) as bar:
         task = bar.add_task("embedding", total=sum(len(s) for s in sources))
         for src in sources:
-            emb = embed_source(pre.model, pre.decoder, src, layer=layer, top_k=top_k, pool=pool, batch_size=batch_size,
+            emb = embed_source(pre.model, pre.record_decoder, src, layer=layer, top_k=top_k, pool=pool, batch_size=batch_size,
                                progress=lambda n: bar.advance(task, n))
             total.keys += emb.keys
             total.vectors += emb.vectors
@@ -74,18 +74,20 @@ def probe(
     from d2v_core.plugin_loader import get_registry
 
     check_probe_args(train is not None, test is not None, split_by)
+    assert train is not None  # check_probe_args: --train is required
     if baseline not in (None, "random-init"):
         raise ConfigError(f"--baseline must be random-init, got {baseline!r}")
     registry = get_registry()
     report: dict = {"checkpoint": checkpoint, "label_column": label_column, "split_by": split_by}
     for name, random_init in [("pretrained", False)] + ([("random-init", True)] if baseline else []):
         pre = load_pretrained(checkpoint, registry, random_init=random_init, seed=seed)
-        kw = dict(layer=layer, top_k=top_k, pool=pool)
-        tr = embed_source(pre.model, pre.decoder, _source(train, pre.decoder.extensions), **kw)
+        kw: dict[str, Any] = dict(layer=layer, top_k=top_k, pool=pool)
+        tr = embed_source(pre.model, pre.record_decoder, _source(train, pre.record_decoder.extensions), **kw)
         if split_by:
             split = split_by_group(tr, label_column, split_by, test_fraction, seed)
         else:
-            te = embed_source(pre.model, pre.decoder, _source(test, pre.decoder.extensions), **kw)
+            assert test is not None  # check_probe_args: --test unless --split-by
+            te = embed_source(pre.model, pre.record_decoder, _source(test, pre.record_decoder.extensions), **kw)
             import numpy as np
 
             split = ProbeSplit(np.stack(tr.vectors), labels_of(tr, label_column), np.stack(te.vectors), labels_of(te, label_column))

@@ -1,5 +1,8 @@
 """d2v core: modality-agnostic data2vec (Transformer, EMA teacher, targets, loss, trainer).
 
+``__all__`` is the whole plugin API: a plugin's (non-test) code imports these names from
+``d2v_core`` and nothing else (``tests/test_plugin_api.py`` checks every plugin in the repo).
+
 Importing ``d2v_core`` is cheap (no torch). Torch-backed names (``FeatureEncoder``, ``Masker``,
 ``Normalizer``, ...) load on first access, so plugin registration modules and fast CLI paths
 never pay for torch.
@@ -43,10 +46,14 @@ _LAZY = {
     "Batch": "d2v_core.interfaces",
     "Exporter": "d2v_core.interfaces",
     "Decoder": "d2v_core.interfaces",
+    "BuildContext": "d2v_core.interfaces",
+    "ScheduleContext": "d2v_core.interfaces",
+    "Options": "d2v_core.config",
     "exact_count": "d2v_core.mask_counts",
     "uniform_keys": "d2v_core.mask_counts",
     "ConvDecoderOptions": "d2v_core.decoder_options",
     "ConvDecoder": "d2v_core.model.conv_decoder",
+    "ConvBlock": "d2v_core.model.conv_decoder",
     "Context": "d2v_core.interfaces",
     "Transformer": "d2v_core.model.transformer",
     "pad_sequences": "d2v_core.data.collate",
@@ -63,6 +70,13 @@ _LAZY = {
     "multi_config": "d2v_core.interop.data2vec_multi",
     "multi_run_config": "d2v_core.interop.data2vec_multi",
     "supported_modality": "d2v_core.interop.data2vec_multi",
+    "alibi_bias": "d2v_core.model.alibi",
+    "pack_blocks": "d2v_core.data.batching",
+    "RunConfig": "d2v_core.config",
+    "deep_merge": "d2v_core.config_resolve",
+    "transformers_module": "d2v_core.interop.optional_transformers",
+    "quiet_transformers": "d2v_core.interop.optional_transformers",
+    "first_line": "d2v_core.errors",
 }
 
 __all__ = [

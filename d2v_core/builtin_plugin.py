@@ -22,6 +22,9 @@ def d2v_register(registry) -> None:  # type: ignore[no-untyped-def]
         ComponentSpec("normalizer", "layer", f"{_NORM}:LayerNormNoAffine",
                       description="each step over channels, no affine (image and text targets)")
     )
+    for name, what in (("tri_stage", "fairseq tri-stage: linear warm-up, hold, exponential decay"),
+                       ("cosine", "linear warm-up, then half a cosine to optim.schedule.min_lr"), ("constant", "optim.lr throughout")):
+        registry.add_component(ComponentSpec("schedule", name, "d2v_core.train.schedules:build_core_schedule", description=what))
     registry.add_component(
         ComponentSpec("decoder", "conv1d", "d2v_core.model.conv_decoder:build_conv_decoder_1d",
                       options="d2v_core.decoder_options:ConvDecoderOptions",

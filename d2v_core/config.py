@@ -1,15 +1,16 @@
 """Typed configuration of a whole run (pydantic v2). Unknown keys are errors everywhere.
 
-Modality-specific parts (``encoder``, ``masking.options``, ``data.options``) are plain dicts
-here and are validated against the option models the plugin declares, by
-:func:`d2v_core.config_resolve.resolve_config`.
+The plugin sections (``encoder``, ``masking.options``, ``decoder.options``, ``data.options``)
+hold what the YAML gave (a dict) until :func:`d2v_core.config_resolve.resolve_options` validates
+each once against the :class:`Options` model its component declares and keeps that object; a
+resolved config serialises them back to plain mappings.
 """
 
 from __future__ import annotations
 
-from typing import Any, Literal, Optional, Union
+from typing import Annotated, Any, Literal, Optional, Union
 
-from pydantic import BaseModel, ConfigDict, Field, NonNegativeFloat, NonNegativeInt, PositiveInt, model_validator
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, NonNegativeFloat, NonNegativeInt, PositiveInt, model_validator
 
 Probability = Field(ge=0.0, lt=1.0)
 
@@ -18,6 +19,22 @@ class StrictModel(BaseModel):
     """Base for every config section: unknown keys and wrong types are errors."""
 
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class Options(StrictModel):
+    """Base of a plugin component's options (an encoder's, a masker's, ...): unknown keys and
+    wrong types are errors, validated once when the run config is resolved."""
+
+
+def _plugin_section(value: Any) -> Any:
+    if isinstance(value, (dict, BaseModel)):
+        return value
+    raise ValueError(f"must be a mapping of the component's options, not {type(value).__name__}")
+
+
+#: A plugin section: the raw mapping of a YAML file, or (once resolved) the component's options
+#: object (serialised as the mapping of its fields).
+PluginSection = Annotated[Any, BeforeValidator(_plugin_section)]
 
 
 class TransformerConfig(StrictModel):
@@ -58,7 +75,7 @@ class MaskingConfig(StrictModel):
     teacher runs once per sample and its targets are repeated."""
 
     name: Optional[str] = None
-    options: dict[str, Any] = Field(default_factory=dict)
+    options: PluginSection = Field(default_factory=dict)
     clone_batch: PositiveInt = 1
 
 
@@ -70,18 +87,26 @@ class DecoderConfig(StrictModel):
     masked steps get the mask embedding and a head predicts)."""
 
     name: Optional[str] = None
-    options: dict[str, Any] = Field(default_factory=dict)
+    options: PluginSection = Field(default_factory=dict)
     mask_noise_std: NonNegativeFloat = 0.01
 
 
 class TargetsConfig(StrictModel):
     """Teacher targets: mean of the top-K layers' ``ffn`` (FFN output before the residual) or
-    ``block`` (block output) intermediates, normalised per layer and optionally after averaging."""
+    ``block`` (block output) intermediates, each normalised by the ``per_layer_norm`` normaliser
+    (instance norm for audio, layer norm for images and text) and the mean by ``post_norm``."""
 
     top_k: PositiveInt = 8
     source: Literal["ffn", "block"] = "ffn"
-    layer_norm: str = "instance"
+    per_layer_norm: str = "instance"
     post_norm: str = "none"
+
+    @model_validator(mode="before")
+    @classmethod
+    def _renamed(cls, data: Any) -> Any:
+        if isinstance(data, dict) and "layer_norm" in data:
+            raise ValueError("layer_norm was renamed per_layer_norm (the normaliser of each teacher layer: instance, layer or none)")
+        return data
 
 
 class LossConfig(StrictModel):
@@ -119,12 +144,14 @@ class EMAConfig(StrictModel):
 
 
 class ScheduleConfig(StrictModel):
-    """Learning-rate schedule. ``tri_stage`` (fairseq: linear warm-up from ``init_lr_scale``,
-    hold, exponential decay to ``final_lr_scale``, in ``phase_ratio`` of the steps); ``cosine``
-    (linear warm-up from ``warmup_init_lr`` over ``warmup_steps``, half-cosine to ``min_lr``);
-    ``constant``."""
+    """Learning-rate schedule: a ``schedule`` component. The core's: ``tri_stage`` (fairseq:
+    linear warm-up from ``init_lr_scale``, hold, exponential decay to ``final_lr_scale``, in
+    ``phase_ratio`` of the steps); ``cosine`` (linear warm-up from ``warmup_init_lr`` over
+    ``warmup_steps``, half-cosine to ``min_lr``); ``constant``. A plugin's schedule takes its
+    own ``options``."""
 
-    name: Literal["tri_stage", "cosine", "constant"] = "tri_stage"
+    name: str = "tri_stage"
+    options: PluginSection = Field(default_factory=dict)
     phase_ratio: tuple[float, float, float] = (0.03, 0.9, 0.07)
     init_lr_scale: float = Field(0.01, ge=0.0)
     final_lr_scale: float = Field(0.01, gt=0.0)
@@ -177,7 +204,7 @@ class DataConfig(StrictModel):
     shuffle_buffer: NonNegativeInt = 1000
     resampled: bool = False
     max_bad_fraction: float = Field(0.5, gt=0.0, le=1.0)
-    options: dict[str, Any] = Field(default_factory=dict)
+    options: PluginSection = Field(default_factory=dict)
 
 
 class RuntimeConfig(StrictModel):
@@ -214,7 +241,7 @@ class RunConfig(StrictModel):
     modality: str
     preset: Optional[str] = None
     model: TransformerConfig = Field(default_factory=TransformerConfig)
-    encoder: dict[str, Any] = Field(default_factory=dict)
+    encoder: PluginSection = Field(default_factory=dict)
     masking: MaskingConfig = Field(default_factory=MaskingConfig)
     decoder: DecoderConfig = Field(default_factory=DecoderConfig)
     targets: TargetsConfig = Field(default_factory=TargetsConfig)

@@ -9,10 +9,10 @@ from __future__ import annotations
 
 from pydantic import Field, PositiveFloat, PositiveInt, model_validator
 
-from d2v_core.config import StrictModel
+from d2v_core.config import Options
 
 
-class ConvDecoderOptions(StrictModel):
+class ConvDecoderOptions(Options):
     """``layers`` blocks of ``Conv(k=kernel, groups) -> LayerNorm (no affine) -> GELU`` with
     ``channels`` outputs, a residual around every block whose input has its width (``residual``),
     then a projection back to the model width: one Linear, or with ``projection_layers`` > 1 a

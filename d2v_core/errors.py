@@ -59,3 +59,10 @@ class ExportError(D2VError):
     """A model that the requested export format cannot represent, or an export that failed."""
 
     exit_code = 1
+
+
+def first_line(exc: BaseException) -> str:
+    """The first non-empty line of an exception's message (``strerror`` for an OSError), or its
+    type name: what a one-line error quotes of a library's multi-line message."""
+    text = (exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)).strip()
+    return text.splitlines()[0].strip() if text else type(exc).__name__

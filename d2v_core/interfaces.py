@@ -5,6 +5,18 @@ The path of one step: ``RecordDecoder.decode`` -> ``RecordDecoder.collate`` -> `
 ``FeatureEncoder.contextualize`` -> core Transformer; the teacher runs ``contextualize`` (and
 ``embed`` when it sees the raw input) on the unmasked input, then the core builds targets with
 the ``Normalizer`` chosen by the config.
+
+Factories. Each component is built by the factory its spec names, from its validated options
+(an instance of the spec's :class:`~d2v_core.Options` model, ``None`` where it declares none) and,
+where it needs more of the run, a :class:`BuildContext`; never from the whole run config:
+
+- encoder (``ModalitySpec.encoder``): ``factory(options, ctx) -> FeatureEncoder``
+- record decoder (``ModalitySpec.record_decoder``): ``factory(options, encoder_options, ctx) -> RecordDecoder``
+  (``options``: the data options; ``encoder_options``: the encoder's, e.g. for a tokenizer or an image size)
+- ``masker``: ``factory(options) -> Masker``; ``normalizer``: ``factory() -> Normalizer`` (no options yet)
+- ``decoder`` (data2vec 2.0): ``factory(options, ctx) -> Decoder``
+- ``exporter``: ``factory() -> Exporter``
+- ``schedule``: ``factory(options, ctx: ScheduleContext) -> Callable[[int], float]`` (update -> learning rate)
 """
 
 from __future__ import annotations
@@ -18,6 +30,41 @@ from torch import Tensor, nn
 
 #: A collated batch: tensors named by the modality, plus ``"keys"`` (record keys, a list).
 Batch = dict
+
+@dataclass(frozen=True)
+class ScheduleContext:
+    """What a ``schedule`` factory may know: the peak learning rate (``optim.lr``), the number
+    of updates and the run's ``optim.schedule`` section (the core's schedules read its fields)."""
+
+    peak_lr: float
+    max_steps: int
+    schedule: Any
+
+
+#: The positional arguments the core passes to each kind of factory (the list above).
+FACTORY_ARGS: dict[str, tuple[str, ...]] = {
+    "encoder": ("options", "ctx"),
+    "record_decoder": ("options", "encoder_options", "ctx"),
+    "masker": ("options",),
+    "normalizer": (),
+    "decoder": ("options", "ctx"),
+    "exporter": (),
+    "schedule": ("options", "ctx"),
+}
+
+
+@dataclass(frozen=True)
+class BuildContext:
+    """What a component factory may know of the run besides its own options: the modality, the
+    core Transformer's width, heads, dropout and LayerNorm eps, and the training data source
+    (``None`` when building for inference)."""
+
+    modality: str
+    dim: int
+    heads: int
+    dropout: float
+    norm_eps: float
+    train_data: str | None = None
 
 
 class SkipRecord(Exception):
@@ -111,6 +158,7 @@ class FeatureEncoder(nn.Module):
 
     dim: int
     num_prefix_tokens: int = 0
+    mask_embedding: nn.Parameter
 
     @abstractmethod
     def embed(self, batch: Batch) -> Features:
@@ -145,7 +193,7 @@ class Decoder(nn.Module):
 
     ``forward(x, padding_mask, grid)``: ``x`` (B, T, D) -> (B, T, D); ``grid`` is the
     :class:`Features` grid (a 2-D decoder reshapes T to it). Built by a ``decoder`` component's
-    factory as ``factory(options, dim)``. ``input_dropout`` is applied by the core to the
+    factory as ``factory(options, ctx)`` (``ctx.dim``: the model width). ``input_dropout`` is applied by the core to the
     encoded steps before the masked steps are filled with noise (fairseq ``decoder_input``).
     """
 

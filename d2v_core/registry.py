@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from dataclasses import replace
-from typing import Iterator
 
 from d2v_core.errors import DuplicateComponentError, UnknownComponentError
 from d2v_core.specs import COMPONENT_KINDS, ComponentSpec, ModalitySpec
@@ -60,11 +59,11 @@ class Registry:
 
     def merge(self, staged: "Registry") -> list[str]:
         """Apply ``staged`` all-or-nothing; returns what it provided (``"masker:span"``, ...)."""
-        for spec in staged._modalities.values():
-            self._check_free("modality", spec.name, self._modalities.get(spec.name), spec)
+        for mspec in staged._modalities.values():
+            self._check_free("modality", mspec.name, self._modalities.get(mspec.name), mspec)
         for kind, table in staged._components.items():
-            for spec in table.values():
-                self._check_free(kind, spec.name, self._components[kind].get(spec.name), spec)
+            for cspec in table.values():
+                self._check_free(kind, cspec.name, self._components[kind].get(cspec.name), cspec)
         self._modalities.update(staged._modalities)
         for kind, table in staged._components.items():
             self._components[kind].update(table)
@@ -116,8 +115,3 @@ class Registry:
 
     def names(self, kind: str, modality: str | None = None) -> list[str]:
         return sorted(n for n, s in self._components[kind].items() if modality is None or s.supports(modality))
-
-    def __iter__(self) -> Iterator[ModalitySpec | ComponentSpec]:
-        yield from self._modalities.values()
-        for table in self._components.values():
-            yield from table.values()

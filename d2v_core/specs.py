@@ -15,7 +15,7 @@ from d2v_core.errors import PluginError
 
 Ref = Union[str, Callable[..., Any], type]
 
-COMPONENT_KINDS = ("masker", "normalizer", "decoder", "exporter", "importer")
+COMPONENT_KINDS = ("masker", "normalizer", "decoder", "exporter", "importer", "schedule")
 
 
 def load_ref(ref: Ref, what: str = "object") -> Any:
@@ -39,10 +39,12 @@ def load_ref(ref: Ref, what: str = "object") -> Any:
 
 @dataclass(frozen=True)
 class ComponentSpec:
-    """A swappable component: a masker, normaliser, decoder (v2) or exporter.
+    """A swappable component: a masker, normaliser, decoder (v2), exporter or LR schedule.
 
-    ``factory(options) -> component``, where ``options`` is an instance of ``options`` (a
-    pydantic model) built from the run config, or ``None`` when the component takes none.
+    The factory's signature depends on the kind (``interfaces.py``): ``masker``
+    ``factory(options)``, ``decoder`` and ``schedule`` ``factory(options, ctx)``, ``normalizer`` and ``exporter``
+    ``factory()``; ``options`` is an instance of ``options`` (a :class:`d2v_core.Options` model)
+    validated once from the run config, or ``None`` when the component takes none.
     ``modalities`` limits which modalities may use it (``None``: any).
     """
 
@@ -75,9 +77,10 @@ class ComponentSpec:
 class ModalitySpec:
     """A modality: the defaults and factories the core needs to pretrain on one kind of data.
 
-    - ``encoder(cfg) -> FeatureEncoder`` with ``cfg`` the resolved :class:`RunConfig`
-      (``cfg.encoder`` holds the options validated by ``encoder_options``, a pydantic model).
-    - ``record_decoder(cfg) -> RecordDecoder`` (``cfg.data.options`` validated by ``data_options``).
+    - ``encoder(options, ctx) -> FeatureEncoder``: ``options`` an instance of ``encoder_options``
+      (a :class:`d2v_core.Options` model), ``ctx`` a :class:`d2v_core.BuildContext`.
+    - ``record_decoder(options, encoder_options, ctx) -> RecordDecoder``: ``options`` an instance
+      of ``data_options``, ``encoder_options`` the encoder's (see ``interfaces.py``).
     - ``presets``: preset name -> config dict (or a reference to such a mapping); each dict is a
       partial :class:`d2v_core.config.RunConfig`.
     - ``demo_data() -> path``: small data shipped with the plugin, used when no ``--data`` is given.

@@ -15,7 +15,7 @@ from typing import Any
 import torch
 
 from d2v_core.config_resolve import resolve_config
-from d2v_core.interfaces import FeatureEncoder, Features, MaskRequest, Masker, RecordDecoder
+from d2v_core.interfaces import FeatureEncoder, Features, Masker, MaskRequest, RecordDecoder
 from d2v_core.plugin_loader import plugin_context
 from d2v_core.registry import Registry
 from d2v_core.specs import ModalitySpec, load_ref
@@ -111,3 +111,23 @@ def check_modality(spec: ModalitySpec, registry: Registry | None = None) -> None
     assert spec.default_preset in names, f"default preset {spec.default_preset!r} not among {names}"
     for preset in names:
         resolve_config(reg, spec.name, preset)
+
+
+def build_encoder(spec: ModalitySpec, cfg: Any) -> FeatureEncoder:
+    """The modality's encoder for ``cfg``, built as the core builds it: ``cfg.encoder`` validated
+    against the spec's options model, then ``factory(options, BuildContext)``."""
+    from d2v_core.config_resolve import _validate_options
+    from d2v_core.train.build import build_context
+
+    return load_ref(spec.encoder)(_validate_options(spec.encoder_options, cfg.encoder, "encoder"), build_context(cfg))
+
+
+def build_record_decoder(spec: ModalitySpec, cfg: Any) -> RecordDecoder:
+    """The modality's record decoder for ``cfg``, built as the core builds it."""
+    from d2v_core.config_resolve import _validate_options
+    from d2v_core.train.build import build_context
+
+    return load_ref(spec.record_decoder)(
+        _validate_options(spec.data_options, cfg.data.options, "data.options"),
+        _validate_options(spec.encoder_options, cfg.encoder, "encoder"), build_context(cfg),
+    )

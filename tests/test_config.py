@@ -17,7 +17,7 @@ def test_precedence_preset_then_yaml_then_overrides(example_plugins, tmp_path):
     assert cfg.optim.weight_decay == 0.5  # YAML beats preset
     assert cfg.model.depth == 3
     assert cfg.model.dim == 32  # from the preset
-    assert cfg.masking.name == "random" and cfg.masking.options == {"mask_prob": 0.3}
+    assert cfg.masking.name == "random" and cfg.masking.options.model_dump() == {"mask_prob": 0.3}
     assert cfg.preset == "tiny" and cfg.modality == "vectors"
 
 
@@ -38,7 +38,9 @@ def test_parse_override_types():
         (["model.heads=5"], "must be divisible by model.heads"),
         (["encoder.input_dim=zero"], "encoder.input_dim"),
         (["masking.options.mask_prob=2"], "masking.options.mask_prob"),
-        (["targets.layer_norm=bogus"], "unknown normalizer 'bogus'"),
+        (["targets.per_layer_norm=bogus"], "unknown normalizer 'bogus'"),
+        (["targets.layer_norm=instance"], "targets: layer_norm was renamed per_layer_norm"),
+        (["encoder=3"], "encoder: must be a mapping of the component's options, not int"),
     ],
 )
 def test_bad_values_name_the_dotted_path(example_plugins, overrides, message):

@@ -73,7 +73,7 @@ def _cfg(**over) -> RunConfig:
     base = {
         "modality": "toy",
         "model": {"dim": 16, "depth": 3, "heads": 2, "ffn_dim": 32, "dropout": 0.0, "attention_dropout": 0.0},
-        "targets": {"top_k": 2, "layer_norm": "instance", "post_norm": "none"},
+        "targets": {"top_k": 2, "per_layer_norm": "instance", "post_norm": "none"},
         "masking": {"name": "exact", "clone_batch": 3},
         "decoder": {"name": "conv1d", "options": {"channels": 8, "kernel": 3, "groups": 2, "layers": 2, "input_dropout": 0.0}},
         "ema": {"teacher_input": "features"},
@@ -330,7 +330,7 @@ def test_decoder_config_is_resolved_against_the_component(example_plugins):
 
     reg = example_plugins.registry
     cfg = resolve_config(reg, "vectors", "tiny", overrides=["decoder.name=conv1d", "decoder.options.channels=16"])
-    assert cfg.decoder.options["channels"] == 16 and cfg.decoder.options["kernel"] == 5  # the rest: defaults
+    assert cfg.decoder.options.channels == 16 and cfg.decoder.options.kernel == 5  # the rest: defaults
     with pytest.raises(ConfigError, match=r"decoder\.options: channels \(20\) must be divisible by groups \(16\)"):
         resolve_config(reg, "vectors", "tiny", overrides=["decoder.name=conv1d", "decoder.options.channels=20"])
     with pytest.raises(UnknownComponentError, match="unknown decoder 'conv3d'"):

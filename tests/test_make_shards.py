@@ -13,10 +13,15 @@ from pathlib import Path
 import pytest
 
 from d2v_core import ModalitySpec, hookimpl
-from d2v_core.data.make_shards import make_shards, pack_shards, parse_size
+from d2v_core.data.make_shards import pack_shards, parse_size
 from d2v_core.data.sources import Source
 from d2v_core.errors import ConfigError, DataError
 from d2v_core.plugin_loader import plugin_context
+
+
+def make_shards(*args, **options):
+    """The shard paths :func:`pack_shards` wrote."""
+    return pack_shards(*args, **options).paths
 
 
 def make_folder(root: Path, n: int, seed: int = 0) -> dict[str, bytes]:

@@ -165,3 +165,34 @@ def test_leftovers_of_dead_writers_are_ignored_then_removed_but_a_live_writer_is
     finally:
         live.kill()
         live.wait()
+
+
+def test_a_checkpoint_written_before_the_per_layer_norm_rename_still_loads(tmp_path):
+    """Stored configs name ``targets.layer_norm``; reading them maps it to ``per_layer_norm``."""
+    import yaml
+
+    from d2v_core.config_resolve import config_to_yaml, resolve_config
+    from d2v_core.plugin_loader import plugin_context
+    from d2v_plugin_example import plugin
+
+    with plugin_context(plugin) as loaded:
+        cfg = resolve_config(loaded.registry, "vectors", "tiny", None, ["targets.per_layer_norm=layer"])
+        old = yaml.safe_load(config_to_yaml(cfg))
+        old["targets"]["layer_norm"] = old["targets"].pop("per_layer_norm")
+        path = ck.save_checkpoint(tmp_path / "run", 1, {"w": torch.zeros(1)}, {"w": torch.zeros(1)}, {"step": 1},
+                                  yaml.safe_dump(old), {"modality": "vectors"})
+        assert ck.load_checkpoint(path).config(loaded.registry).targets.per_layer_norm == "layer"
+
+
+def test_load_checkpoint_returns_the_typed_record(tmp_path):
+    state = {"step": 3, "rng": {"torch": torch.zeros(2)}}
+    path = ck.save_checkpoint(tmp_path / "run", 3, {"w": torch.ones(2)}, {"t": torch.zeros(1)}, state, "modality: vectors\n",
+                              {"versions": {"d2v": "9.9"}, "modality": "vectors"}, extra={"tok.model": b"abc"})
+    got = ck.load_checkpoint(tmp_path / "run")  # a run directory: its newest checkpoint
+    assert isinstance(got, ck.Checkpoint) and got.path == path and got.step == 3
+    assert torch.equal(got.student["w"], torch.ones(2)) and list(got.teacher) == ["t"]
+    assert got.trainer_state["step"] == 3 and got.versions == {"d2v": "9.9"} and got.modality == "vectors"
+    assert got.extra == {"tok.model": b"abc"} and got.extra_dir == path / "extra" and got.config_yaml == "modality: vectors\n"
+    assert got["trainer_state"] is got.trainer_state
+    with pytest.raises(KeyError):
+        got["nosuch"]

@@ -269,6 +269,15 @@ class TrainLoader:
     :class:`DataError` once more than that fraction of at least ``min_seen`` records was bad.
     """
 
+    # set by d2v_core.data.budget_stream.init_budget
+    batching: str
+    max_tokens: int | None
+    bucket_window: int
+    block: tuple[int, str, bool] | None
+    bounds: tuple[int, int | None]
+    lengths: Any
+    _blocks: list[Any]
+
     def __init__(
         self,
         source: Source | str,

@@ -93,7 +93,7 @@ class ShardPackResult:
 
 def _members(record: dict) -> dict:
     """Tar members of one record: payload bytes under their extensions, metadata as json."""
-    sample = {"__key__": shard_key(str(record["__key__"]))}
+    sample: dict[str, Any] = {"__key__": shard_key(str(record["__key__"]))}
     for k, v in record.items():
         if k.startswith("__"):
             continue
@@ -205,7 +205,3 @@ def pack_shards(
         raise DataError(f"no readable record in {src_spec!r} ({', '.join(f'{r} {n}' for r, n in result.skipped.items()) or 'empty'})")
     return result
 
-
-def make_shards(src_spec: str, out_dir: str | Path, prefix: str, extensions: tuple[str, ...], **options: Any) -> list[Path]:
-    """Pack ``src_spec`` into tar shards; returns the shard paths (options: see :func:`pack_shards`)."""
-    return pack_shards(src_spec, out_dir, prefix, extensions, **options).paths

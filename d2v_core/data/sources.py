@@ -362,11 +362,11 @@ def _csv_manifest(spec: str, path: Path, exts: tuple[str, ...]) -> Source:
         root = _fairseq_root(path, first) if path.name.lower().endswith(".tsv") else None
         entries: list[Entry] = []
         if root is not None:
-            for lineno, line in enumerate(f, start=2):
+            for line in f:
                 cols = line.rstrip("\r\n").split("\t")
                 if not cols[0]:
                     continue
-                meta = {"n_samples": int(cols[1])} if len(cols) > 1 and cols[1].isdigit() else {}
+                meta: dict[str, Any] = {"n_samples": int(cols[1])} if len(cols) > 1 and cols[1].isdigit() else {}
                 entries.append(_entry_for_path(cols[0], root, exts, None, meta))
             _require_some_match(spec, entries, exts)
             return Source(spec, "csv", entries=tuple(entries), manifest=str(path.resolve()))

@@ -6,7 +6,7 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterable, Iterator
+from typing import Any, Callable, Iterator
 
 import numpy as np
 import torch
@@ -88,7 +88,7 @@ def _batches(source: Source, decoder, batch_size: int, stats: BadRecordStats) ->
 
 
 def embed_source(model: Data2Vec, decoder, source: Source, *, layer: int | None = None, top_k: int | None = None,
-                 pool: str = "mean", batch_size: int = 16, progress: Iterable | None = None) -> Embeddings:
+                 pool: str = "mean", batch_size: int = 16, progress: Callable[[int], Any] | None = None) -> Embeddings:
     """Embed every record of a folder or manifest source; unusable records are skipped and counted."""
     if source.is_sharded:
         raise ConfigError("embedding from tar shards is not supported yet; pass a folder or a CSV/JSONL manifest")
@@ -107,7 +107,7 @@ def embed_source(model: Data2Vec, decoder, source: Source, *, layer: int | None 
         result.keys += [g["key"] for g in group]
         result.meta += [g["meta"] for g in group]
         if progress is not None:
-            progress(len(group))  # type: ignore[operator]
+            progress(len(group))
     return result
 
 

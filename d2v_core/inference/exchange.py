@@ -9,7 +9,15 @@ from pathlib import Path
 from pydantic import ValidationError
 
 from d2v_core.config import RunConfig
-from d2v_core.config_resolve import config_to_yaml, deep_merge, format_validation_error, parse_override, preset_dict
+from d2v_core.config_resolve import (
+    config_to_yaml,
+    deep_merge,
+    format_validation_error,
+    overrides_layer,
+    parse_set,
+    preset_dict,
+    resolve_options,
+)
 from d2v_core.errors import ConfigError, ExportError, UnknownComponentError
 from d2v_core.interfaces import Exporter
 from d2v_core.model.ema_teacher import EMATeacher
@@ -68,13 +76,14 @@ def import_checkpoint(src_dir: str | Path, modality: str, out_dir: str | Path, r
     exporter = find_exporter(registry, spec.name, fmt)
     preset_name, base = preset_dict(spec, preset)
     merged = deep_merge(base, exporter.import_config(src))
-    for item in overrides:  # e.g. targets.top_k=2 for a model shallower than the preset's
-        merged = deep_merge(merged, parse_override(item))
+    # the command line's one layer, e.g. targets.top_k=2 for a model shallower than the preset's
+    merged = deep_merge(merged, overrides_layer([parse_set(item) for item in overrides]))
     merged.update(modality=spec.name, preset=preset_name)
     try:
         cfg = RunConfig.model_validate(merged)
     except ValidationError as exc:
         raise ConfigError(f"imported config: {format_validation_error(exc)} (adjust with --set)") from None
+    cfg = resolve_options(cfg, registry)
     model = build_model(cfg, registry)
     exporter.import_weights(src, model)
     teacher = EMATeacher(model.teacher_scope(), cfg.ema)

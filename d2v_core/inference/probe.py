@@ -21,7 +21,7 @@ class ProbeSplit:
 
 
 def labels_of(emb: Embeddings, column: str) -> list[str]:
-    missing = [k for k, m in zip(emb.keys, emb.meta) if column not in m]
+    missing = [k for k, m in zip(emb.keys, emb.meta, strict=True) if column not in m]
     if missing:
         raise DataError(f"label column {column!r} is missing for {len(missing)} record(s), e.g. {missing[0]!r}; "
                         f"pass --label-column with one of: {', '.join(sorted(emb.meta[0])) if emb.meta else 'none'}")

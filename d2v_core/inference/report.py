@@ -25,11 +25,11 @@ def write_report(run_dir: str | Path) -> tuple[Path, Path]:
     if not rows:
         raise DataError(f"{run} has no metrics.jsonl rows to report on (is it a d2v run directory?)")
     fig, axes = plt.subplots(len(PANELS), 1, figsize=(8, 2.2 * len(PANELS)), sharex=True)
-    for ax, (title, keys) in zip(axes, PANELS):
+    for ax, (title, keys) in zip(axes, PANELS, strict=True):
         for key in keys:
             pts = [(r["step"], r[key]) for r in rows if key in r]
             if pts:
-                ax.plot(*zip(*pts), label=key)
+                ax.plot(*zip(*pts, strict=True), label=key)
         ax.set_title(title, fontsize=9)
         if len(keys) > 1:
             ax.legend(fontsize=8)

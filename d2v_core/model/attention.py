@@ -31,6 +31,8 @@ class Attention(nn.Module):
         self.head_dim = dim // heads
         self.attention_dropout = attention_dropout
         self.qkv = nn.Linear(dim, 3 * dim, bias=qkv_bias == "qkv")
+        self.q_bias: nn.Parameter | None
+        self.v_bias: nn.Parameter | None
         if qkv_bias == "qv":
             self.q_bias = nn.Parameter(torch.zeros(dim))
             self.v_bias = nn.Parameter(torch.zeros(dim))
@@ -40,8 +42,8 @@ class Attention(nn.Module):
 
     def forward(self, x: Tensor, attn_mask: Tensor | None = None) -> Tensor:
         B, T, D = x.shape
-        bias = self.qkv.bias
-        if self.q_bias is not None:
+        bias: Tensor | None = self.qkv.bias
+        if self.q_bias is not None and self.v_bias is not None:
             bias = torch.cat([self.q_bias, torch.zeros_like(self.q_bias), self.v_bias])
         qkv = F.linear(x, self.qkv.weight, bias).view(B, T, 3, self.heads, self.head_dim)
         q, k, v = qkv.permute(2, 0, 3, 1, 4).unbind(0)

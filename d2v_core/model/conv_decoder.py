@@ -12,7 +12,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from d2v_core.decoder_options import ConvDecoderOptions
-from d2v_core.interfaces import Decoder
+from d2v_core.interfaces import BuildContext, Decoder
 
 
 def decoder_projection(channels: int, dim: int, layers: int = 1, ratio: float = 2.0) -> nn.Module:
@@ -79,6 +79,6 @@ class ConvDecoder1d(ConvDecoder):
     """(B, T, D) -> (B, T, D), convolving along time."""
 
 
-def build_conv_decoder_1d(options: ConvDecoderOptions | None, dim: int) -> ConvDecoder1d:
-    """Factory of the core's ``conv1d`` decoder component."""
-    return ConvDecoder1d(options or ConvDecoderOptions(), dim)
+def build_conv_decoder_1d(options: ConvDecoderOptions | None, ctx: BuildContext) -> ConvDecoder1d:
+    """Factory of the core's ``conv1d`` decoder component (``ctx.dim``: the model width)."""
+    return ConvDecoder1d(options or ConvDecoderOptions(), ctx.dim)

@@ -5,6 +5,7 @@ layer targets."""
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import cast
 
 import torch
 import torch.nn.functional as F
@@ -12,7 +13,7 @@ from torch import Tensor, nn
 
 from d2v_core.config import RunConfig
 from d2v_core.errors import ConfigError
-from d2v_core.interfaces import Batch, Decoder, FeatureEncoder, Features, MaskRequest, Masker, Normalizer
+from d2v_core.interfaces import Batch, Decoder, FeatureEncoder, Features, Masker, MaskRequest, Normalizer
 from d2v_core.model.losses import feature_std, loss_scale, regression_loss
 from d2v_core.model.regression_head import build_regression_head
 from d2v_core.model.sparse_student import KeepIndex, keep_context, keep_index, restore_order
@@ -140,7 +141,7 @@ class Data2Vec(nn.Module):
         return self._targets(teacher, batch, feats)
 
     def _targets(self, teacher: nn.ModuleDict, batch: Batch, feats: Features) -> Tensor:
-        enc = teacher["encoder"]
+        enc = cast(FeatureEncoder, teacher["encoder"])
         if self.cfg.ema.teacher_input == "features":
             t_in, pad = feats.x.detach(), feats.padding_mask
         else:
@@ -159,6 +160,7 @@ class Data2Vec(nn.Module):
         plan = plan if isinstance(plan, MaskPlan) else plan_from_mask(plan, x.device, False)
         ctx = self.encoder.contextualize(self.encoder.apply_mask(x, plan.mask, generator), pad)
         states = self.transformer(ctx.x, ctx.padding_mask, ctx.attn_bias).x
+        assert self.head is not None  # data2vec 1.0 always has a head
         return states, self.head(take(states[:, self.encoder.num_prefix_tokens :], plan.index))
 
     def _sparse_student(self, x: Tensor, pad: Tensor | None, plan: MaskPlan | Tensor, grid: tuple[int, ...] | None) -> tuple[Tensor, Tensor]:
@@ -166,12 +168,15 @@ class Data2Vec(nn.Module):
         for positional encoders that look at neighbours); the decoder fills in the rest."""
         plan = plan if isinstance(plan, MaskPlan) else plan_from_mask(plan, x.device, True)
         index, mask = plan.keep, plan.mask
+        assert index is not None  # the plan of a sparse student keeps an index
         p = self.encoder.num_prefix_tokens
         ctx = self.encoder.contextualize(x.masked_fill(mask.unsqueeze(-1), 0.0), pad)
         ctx = keep_context(ctx, index.keep, p)
         states = self.transformer(ctx.x, ctx.padding_mask, ctx.attn_bias).x
-        kept = F.dropout(states[:, p:], self.decoder.input_dropout, self.training)
-        pred = self.decoder(restore_order(kept, index.restore, self.cfg.decoder.mask_noise_std), pad, grid)
+        decoder = self.decoder
+        assert decoder is not None  # the sparse student is used only with a decoder
+        kept = F.dropout(states[:, p:], decoder.input_dropout, self.training)
+        pred = decoder(restore_order(kept, index.restore, self.cfg.decoder.mask_noise_std), pad, grid)
         return states, take(pred, plan.index)
 
     def forward(self, batch: Batch, generator: torch.Generator, teacher: nn.ModuleDict) -> StepOutput:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 from fnmatch import fnmatch
+from typing import cast
 
 import torch
 from torch import nn
@@ -37,7 +38,7 @@ class EMATeacher:
 
     def __init__(self, student: nn.Module, cfg: EMAConfig) -> None:
         self.cfg = cfg
-        self.model = copy.deepcopy(student).float().eval().requires_grad_(False)
+        self.model = cast(nn.ModuleDict, copy.deepcopy(student).float().eval().requires_grad_(False))
         names = [n for n, _ in self.model.named_parameters()]
         self.excluded = [n for n in names if _matches(n, cfg.exclude_params)]
         self.copied = [n for n in names if n not in self.excluded and _matches(n, cfg.copy_params)]

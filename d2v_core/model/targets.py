@@ -16,9 +16,8 @@ def build_targets(
     """``post_norm(mean_k(layer_norm(L_k)))`` in fp32, for layers of shape (B, T, D)."""
     if not layers:
         raise ValueError("no teacher layers to build targets from")
-    y = None
-    for layer in layers:
-        normed = layer_norm(layer.float(), padding_mask)
-        y = normed if y is None else y + normed
+    y = layer_norm(layers[0].float(), padding_mask)
+    for layer in layers[1:]:
+        y = y + layer_norm(layer.float(), padding_mask)
     y = y / len(layers)
     return post_norm(y, padding_mask)

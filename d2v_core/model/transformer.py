@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
+from typing import cast
 
 import torch
 import torch.nn.functional as F
@@ -42,6 +43,8 @@ class TransformerLayer(nn.Module):
         self.dropout = nn.Dropout(cfg.dropout)
         self.activation_dropout = nn.Dropout(cfg.activation_dropout)
         self.drop_path = DropPath(drop_path) if drop_path > 0 else nn.Identity()
+        self.gamma_1: nn.Parameter | None
+        self.gamma_2: nn.Parameter | None
         if cfg.layer_scale_init is not None:
             self.gamma_1 = nn.Parameter(torch.full((cfg.dim,), cfg.layer_scale_init))
             self.gamma_2 = nn.Parameter(torch.full((cfg.dim,), cfg.layer_scale_init))
@@ -91,7 +94,7 @@ class Transformer(nn.Module):
                 nn.init.ones_(m.weight)
                 nn.init.zeros_(m.bias)
         if self.cfg.init == "beit":
-            for i, layer in enumerate(self.layers, start=1):
+            for i, layer in enumerate(cast(list[TransformerLayer], self.layers), start=1):
                 layer.attn.proj.weight.data.div_(math.sqrt(2.0 * i))
                 layer.fc2.weight.data.div_(math.sqrt(2.0 * i))
 

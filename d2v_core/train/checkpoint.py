@@ -29,7 +29,7 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
-from d2v_core.errors import CheckpointError
+from d2v_core.errors import CheckpointError, first_line
 from d2v_core.train import run_folder
 
 STEP_DIR = re.compile(r"^step_(\d{8})$")
@@ -41,10 +41,76 @@ TEMP_DIR = re.compile(r"^\.(tmp|trash)-.*-(\d+)$")
 WRITE_ERRORS = (OSError, RuntimeError, SafetensorError)
 
 
-@dataclass
-class Checkpoint:
+@dataclass(frozen=True)
+class StoredCheckpoint:
+    """A complete checkpoint directory on disk and its step (not loaded)."""
+
     path: Path
     step: int
+
+
+@dataclass(frozen=True)
+class Checkpoint:
+    """One loaded checkpoint, the only way the trainer (``--resume``), ``--init-from``,
+    embed/probe and export read one: student and teacher weights, the trainer state (``None``
+    for an imported checkpoint), the stored config, the meta record (versions, modality, step)
+    and the encoder's extra files. ``ck["student"]``-style access reads the same fields."""
+
+    path: Path
+    step: int
+    student: dict[str, torch.Tensor]
+    teacher: dict[str, torch.Tensor]
+    trainer_state: dict[str, Any] | None
+    config_yaml: str
+    meta: dict[str, Any]
+    extra: dict[str, bytes]
+
+    @property
+    def versions(self) -> dict[str, str]:
+        """d2v's and each plugin distribution's version when it was written."""
+        return dict(self.meta.get("versions") or {})
+
+    @property
+    def modality(self) -> str | None:
+        return self.meta.get("modality")
+
+    @property
+    def extra_dir(self) -> Path:
+        return self.path / "extra"
+
+    def config(self, registry: Any) -> Any:
+        """The stored config as a resolved :class:`~d2v_core.config.RunConfig` (its plugin
+        sections validated by this installation's plugins), with files of ``extra`` (a
+        tokenizer) pointed at the checkpoint's own copies."""
+        from d2v_core.config import RunConfig
+        from d2v_core.config_resolve import resolve_options
+        from d2v_core.errors import D2VError
+        from d2v_core.inference.pretrained import self_contained_config
+
+        try:
+            cfg = resolve_options(RunConfig.model_validate(stored_config(self.config_yaml)), registry)
+        except D2VError:
+            raise
+        except Exception as exc:  # noqa: BLE001 - a config that no longer validates is a checkpoint problem
+            raise CheckpointError(f"{self.path}: stored config does not validate with this d2v: {first_line(exc)}") from exc
+        return self_contained_config(cfg, self.extra_dir, self.extra)
+
+    def __getitem__(self, field: str) -> Any:
+        if field not in self.__dataclass_fields__:
+            raise KeyError(field)
+        return getattr(self, field)
+
+
+def stored_config(config_yaml: str) -> Any:
+    """A checkpoint's ``config.yaml`` as data, with the names of older d2v versions updated
+    (``targets.layer_norm`` is now ``targets.per_layer_norm``)."""
+    import yaml
+
+    data = yaml.safe_load(config_yaml)
+    targets = data.get("targets") if isinstance(data, dict) else None
+    if isinstance(targets, dict) and "layer_norm" in targets:
+        targets["per_layer_norm"] = targets.pop("layer_norm")
+    return data
 
 
 def _fsync_dir(path: Path) -> None:
@@ -65,7 +131,7 @@ def _tensors(state: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     return {k: v.detach().to("cpu").clone().contiguous() for k, v in state.items()}
 
 
-def list_checkpoints(run_dir: str | Path) -> list[Checkpoint]:
+def list_checkpoints(run_dir: str | Path) -> list[StoredCheckpoint]:
     """Complete checkpoints, oldest first (temporary and torn directories are ignored)."""
     root = Path(run_dir) / "checkpoints"
     if not root.is_dir():
@@ -74,11 +140,11 @@ def list_checkpoints(run_dir: str | Path) -> list[Checkpoint]:
     for p in root.iterdir():
         m = STEP_DIR.match(p.name)
         if m and p.is_dir() and (p / COMPLETE_MARKER).is_file():
-            out.append(Checkpoint(p, int(m.group(1))))
+            out.append(StoredCheckpoint(p, int(m.group(1))))
     return sorted(out, key=lambda c: c.step)
 
 
-def latest_checkpoint(run_dir: str | Path) -> Checkpoint | None:
+def latest_checkpoint(run_dir: str | Path) -> StoredCheckpoint | None:
     found = list_checkpoints(run_dir)
     return found[-1] if found else None
 
@@ -121,11 +187,6 @@ def _delete_dir(path: Path) -> None:
     except OSError:
         trash = path
     shutil.rmtree(trash, ignore_errors=True)
-
-
-def _first_line(exc: BaseException) -> str:
-    text = (exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)).strip()
-    return text.splitlines()[0] if text else type(exc).__name__
 
 
 def _free_space(path: Path) -> str:
@@ -194,7 +255,7 @@ def save_checkpoint(
         previous = latest_checkpoint(run_dir)
         kept = f"; the previous checkpoint {previous.path} is intact" if previous else "; no earlier checkpoint exists"
         raise CheckpointError(
-            f"cannot write checkpoint at step {step} in {root}: {_first_line(exc)} ({_free_space(root)}){kept}"
+            f"cannot write checkpoint at step {step} in {root}: {first_line(exc)} ({_free_space(root)}){kept}"
         ) from exc
     ours = run_folder.recorded(run_dir)
     for old in [c for c in list_checkpoints(run_dir) if c.path.name in ours][:-keep_last]:
@@ -240,9 +301,8 @@ def verify_checksums(path: Path, meta: Mapping[str, Any]) -> None:
             )
 
 
-def load_checkpoint(path: str | Path) -> dict[str, Any]:
-    """Load a checkpoint directory (or a run directory: its latest checkpoint). Never unpickles
-    arbitrary objects: tensors come from safetensors, the rest through ``weights_only=True``."""
+def checkpoint_dir(path: str | Path) -> Path:
+    """The complete checkpoint directory ``path`` names: itself, or a run directory's newest."""
     p = Path(path)
     if (p / "checkpoints").is_dir() and not (p / COMPLETE_MARKER).exists():
         latest = latest_checkpoint(p)
@@ -251,24 +311,34 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
         p = latest.path
     if not (p / COMPLETE_MARKER).is_file():
         raise CheckpointError(f"{p} is not a complete d2v checkpoint (no {COMPLETE_MARKER})")
+    return p
+
+
+def load_checkpoint(path: str | Path) -> Checkpoint:
+    """Load a checkpoint directory (or a run directory: its latest checkpoint). Never unpickles
+    arbitrary objects: tensors come from safetensors, the rest through ``weights_only=True``."""
+    p = checkpoint_dir(path)
     try:
         meta = json.loads((p / COMPLETE_MARKER).read_text(encoding="utf-8"))
-        verify_checksums(p, meta if isinstance(meta, dict) else {})
-        out = {
-            "path": p,
-            "student": load_file(str(p / "student.safetensors")),
-            "teacher": load_file(str(p / "teacher.safetensors")),
-            "config_yaml": (p / "config.yaml").read_text(encoding="utf-8"),
-            "meta": meta,
-            "extra": {f.name: f.read_bytes() for f in (p / "extra").iterdir()} if (p / "extra").is_dir() else {},
-        }
+        if not isinstance(meta, dict):
+            raise ValueError(f"{COMPLETE_MARKER} is not a JSON object")
+        verify_checksums(p, meta)
         state_file = p / "trainer_state.pt"
-        out["trainer_state"] = _load_trainer_state(state_file) if state_file.exists() else None
+        m = STEP_DIR.match(p.name)
+        return Checkpoint(
+            path=p,
+            step=int(meta.get("step") or (m.group(1) if m else 0)),
+            student=load_file(str(p / "student.safetensors")),
+            teacher=load_file(str(p / "teacher.safetensors")),
+            trainer_state=_load_trainer_state(state_file) if state_file.exists() else None,
+            config_yaml=(p / "config.yaml").read_text(encoding="utf-8"),
+            meta=meta,
+            extra={f.name: f.read_bytes() for f in (p / "extra").iterdir()} if (p / "extra").is_dir() else {},
+        )
     except CheckpointError:
         raise
     except (OSError, ValueError, RuntimeError, EOFError, pickle.UnpicklingError, SafetensorError) as exc:
-        raise CheckpointError(f"cannot read checkpoint {p}: {_first_line(exc)}") from exc
-    return out
+        raise CheckpointError(f"cannot read checkpoint {p}: {first_line(exc)}") from exc
 
 
 def _load_trainer_state(path: Path) -> Any:
@@ -280,7 +350,7 @@ def _load_trainer_state(path: Path) -> Any:
             return torch.load(path, weights_only=True, map_location="cpu")
     except pickle.UnpicklingError as exc:
         found = re.search(r"WeightsUnpickler error:\s*(.+)", str(exc))
-        detail = found.group(1).split(". ")[0].strip() if found else _first_line(exc)
+        detail = found.group(1).split(". ")[0].strip() if found else first_line(exc)
         raise CheckpointError(
             f"refusing to load {path}: it holds more than tensors and plain data ({detail}), and unpickling it "
             "could run code; use checkpoints written by d2v, from a source you trust"

@@ -19,7 +19,7 @@ import torch
 from torch import nn
 
 
-def compile_encoder_and_transformer(scope: nn.Module, dynamic: bool | None) -> None:
+def compile_encoder_and_transformer(scope: nn.ModuleDict, dynamic: bool | None) -> None:
     """Compile ``scope["encoder"]``'s ``embed`` / ``contextualize`` and ``scope["transformer"]``
     in place (parameter names and state dicts do not change). Call it after the EMA teacher was
     copied from the student: the compiled methods are bound to the module they were taken from."""

@@ -12,12 +12,16 @@ same safetensors layout); resuming loads the full state on every rank and keeps 
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, cast
 
 import torch
 from torch import nn
 from torch.distributed.checkpoint.state_dict import (
-    StateDictOptions, get_model_state_dict, get_optimizer_state_dict, set_model_state_dict, set_optimizer_state_dict,
+    StateDictOptions,
+    get_model_state_dict,
+    get_optimizer_state_dict,
+    set_model_state_dict,
+    set_optimizer_state_dict,
 )
 from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard, register_fsdp_forward_method
 from torch.distributed.tensor import DTensor
@@ -41,11 +45,11 @@ def shard(student: nn.Module, teacher: nn.ModuleDict, precision: str, teacher_pr
     place. ``teacher_precision`` ``fp32`` (``ema.teacher_precision``) keeps the teacher's
     gathered parameters in fp32."""
     mp = mixed_precision(precision)
-    for layer in student.transformer.layers:
+    for layer in cast(Any, student).transformer.layers:
         fully_shard(layer, mp_policy=mp)
     fully_shard(student, mp_policy=mp)
     tmp = mixed_precision("fp32" if teacher_precision == "fp32" else precision)
-    for layer in teacher["transformer"].layers:
+    for layer in cast(Any, teacher["transformer"]).layers:
         fully_shard(layer, mp_policy=tmp)
     fully_shard(teacher["transformer"], mp_policy=tmp)
     fully_shard(teacher["encoder"], mp_policy=tmp)
@@ -57,7 +61,7 @@ def reshard_teacher(teacher: nn.ModuleDict) -> None:
     """Free the teacher's gathered parameters after its forward: FSDP2 keeps a root's parameters
     gathered until its backward, and the teacher has none (and its EMA update needs the shards)."""
     for name in ("encoder", "transformer"):
-        teacher[name].reshard()
+        cast(Any, teacher[name]).reshard()
 
 
 def local(t: torch.Tensor) -> torch.Tensor:
@@ -72,11 +76,11 @@ def full(t: torch.Tensor) -> torch.Tensor:
 
 def full_state_dict(module: nn.Module) -> dict[str, torch.Tensor]:
     """The unsharded state dict, on the CPU, on rank 0 (empty elsewhere); every rank must call it."""
-    return get_model_state_dict(module, options=_FULL)
+    return cast(dict[str, torch.Tensor], get_model_state_dict(module, options=_FULL))
 
 
 def load_full_state_dict(module: nn.Module, state: dict[str, torch.Tensor], strict: bool = True) -> None:
-    set_model_state_dict(module, state, options=StateDictOptions(full_state_dict=True, strict=strict))
+    set_model_state_dict(module, cast(Any, state), options=StateDictOptions(full_state_dict=True, strict=strict))
 
 
 def full_optimizer_state(model: nn.Module, optimizer: torch.optim.Optimizer) -> dict[str, Any]:

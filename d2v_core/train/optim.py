@@ -19,7 +19,8 @@ def no_decay(name: str, param: torch.Tensor, cfg: OptimConfig) -> bool:
 
 
 def param_groups(model: nn.Module, cfg: OptimConfig) -> list[dict]:
-    decay, exempt = [], []
+    decay: list[nn.Parameter] = []
+    exempt: list[nn.Parameter] = []
     for name, p in model.named_parameters():
         if p.requires_grad:
             (exempt if no_decay(name, p, cfg) else decay).append(p)

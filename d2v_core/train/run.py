@@ -11,13 +11,13 @@ import torch
 
 from d2v_core import __version__
 from d2v_core.config import RunConfig
-from d2v_core.config_resolve import config_to_yaml
+from d2v_core.config_resolve import config_to_yaml, resolve_options
 from d2v_core.errors import CheckpointError, ConfigError, DataError
 from d2v_core.inference.pretrained import self_contained_config
 from d2v_core.registry import Registry
 from d2v_core.train import checkpoint as ckpt
 from d2v_core.train import run_folder
-from d2v_core.train.build import build_model, build_record_decoder
+from d2v_core.train.build import build_components, build_schedule
 from d2v_core.train.distributed import init_distributed, shutdown
 from d2v_core.train.preflight import check_batch, check_distributed, check_output_dir, checkpoint_bytes, resolve_device
 from d2v_core.train.resume import check_resume_config, record_run
@@ -39,6 +39,7 @@ def pretrain(
     from d2v_core.data.loader import TrainLoader
     from d2v_core.data.sources import resolve_source
 
+    cfg = resolve_options(cfg, registry)  # a no-op for a config that resolve_config made
     if not cfg.data.train:
         raise ConfigError("no training data: pass --data PATH (a folder, a CSV/JSONL manifest or tar shards)")
     check_distributed(cfg)
@@ -65,10 +66,11 @@ def pretrain(
         changes = check_resume_config(loaded["config_yaml"], cfg, allow_config_change) if loaded is not None else {}
         start = ckpt.load_checkpoint(init_from) if init_from is not None and latest is None else None
         if start is not None:  # the weights come with their files (a tokenizer): use the checkpoint's copies
-            cfg = self_contained_config(cfg, Path(start["path"]) / "extra", start["extra"])
-        model = build_model(cfg, registry)
+            cfg = self_contained_config(cfg, start.extra_dir, start.extra)
+        parts = build_components(cfg, registry)
+        model = parts.model
         if start is not None:
-            model.encoder.load_extra_state(start["extra"])
+            model.encoder.load_extra_state(start.extra)
         if dist.is_main:
             if locked_dir is None:  # d2v's folder and one writer, before anything is checked or written
                 run_folder.claim(run_dir, resume=resume)
@@ -76,22 +78,22 @@ def pretrain(
                 locked_dir = run_dir
             check_output_dir(run_dir, resume, checkpoint_bytes(sum(p.numel() for p in model.parameters())))
         loader = TrainLoader(
-            source, build_record_decoder(cfg, registry), batch_size=micro_batch, rank=dist.rank,
+            source, parts.record_decoder, batch_size=micro_batch, rank=dist.rank,
             world_size=dist.world_size, num_workers=cfg.data.num_workers, shuffle_buffer=cfg.data.shuffle_buffer,
             seed=cfg.runtime.seed, resampled=cfg.data.resampled, max_bad_fraction=cfg.data.max_bad_fraction,
             max_tokens=cfg.data.max_tokens, bucket_window=cfg.data.bucket_window,
             pin_memory=device.type == "cuda",  # page-locked batches: the trainer's copies to the GPU do not block
         )
-        trainer = Trainer(cfg, model, loader, device, dist, versions)
+        trainer = Trainer(cfg, model, loader, device, dist, versions, schedule=build_schedule(cfg, registry))
         if start is not None:
             try:
-                model.load_state_dict(start["student"])
-                trainer.teacher.load_state_dict(start["teacher"])
+                model.load_state_dict(start.student)
+                trainer.teacher.load_state_dict(start.teacher)
             except (RuntimeError, KeyError) as exc:
                 problem = next((line.strip() for line in str(exc).splitlines()[1:] if line.strip()), str(exc))
                 raise CheckpointError(
                     f"--init-from {init_from}: its weights do not fit this config ({problem}); "
-                    f"pass its config: --config {Path(start['path']) / 'config.yaml'}"
+                    f"pass its config: --config {start.path / 'config.yaml'}"
                 ) from None
         if latest is not None and loaded is not None:
             problem = ckpt.describe_mismatch(loaded["student"], model.state_dict())

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import math
+from typing import Callable
 
 from d2v_core.config import ScheduleConfig
+from d2v_core.interfaces import ScheduleContext
 
 
 def tri_stage_lr(step: int, peak_lr: float, max_steps: int, cfg: ScheduleConfig) -> float:
@@ -36,9 +38,17 @@ def cosine_lr(step: int, peak_lr: float, max_steps: int, cfg: ScheduleConfig) ->
 
 
 def lr_at(step: int, peak_lr: float, max_steps: int, cfg: ScheduleConfig) -> float:
-    """The learning rate of update ``step`` (0-based)."""
+    """The learning rate of update ``step`` (0-based) under one of the core's schedules."""
     if cfg.name == "tri_stage":
         return tri_stage_lr(step, peak_lr, max_steps, cfg)
     if cfg.name == "cosine":
         return cosine_lr(step, peak_lr, max_steps, cfg)
-    return peak_lr
+    if cfg.name == "constant":
+        return peak_lr
+    raise ValueError(f"optim.schedule.name {cfg.name!r} is not one of the core's schedules; build it with build_schedule")
+
+
+def build_core_schedule(options: None, ctx: ScheduleContext) -> Callable[[int], float]:
+    """Factory of the core's ``schedule`` components (their settings are ``optim.schedule``'s
+    own fields, ``ctx.schedule``): step -> learning rate."""
+    return lambda step: lr_at(step, ctx.peak_lr, ctx.max_steps, ctx.schedule)

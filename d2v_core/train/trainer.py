@@ -16,7 +16,7 @@ import signal
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator, cast
 
 import torch
 from torch.nn.parallel import DistributedDataParallel as DDP
@@ -24,7 +24,7 @@ from torch.nn.parallel import DistributedDataParallel as DDP
 from d2v_core import __version__
 from d2v_core.config import RunConfig
 from d2v_core.config_resolve import config_to_yaml
-from d2v_core.errors import TrainingError
+from d2v_core.errors import CheckpointError, TrainingError
 from d2v_core.model.data2vec import Data2Vec
 from d2v_core.model.ema_teacher import EMATeacher
 from d2v_core.train import checkpoint as ckpt
@@ -82,7 +82,9 @@ class Trainer:
     :class:`d2v_core.data.loader.TrainLoader`); only rank 0 writes."""
 
     def __init__(self, cfg: RunConfig, model: Data2Vec, loader, device: torch.device, dist: DistInfo,
-                 versions: dict[str, str] | None = None) -> None:
+                 versions: dict[str, str] | None = None, schedule: Callable[[int], float] | None = None) -> None:
+        """``schedule``: update -> learning rate (``build_schedule``); default: the core's
+        schedule that ``cfg.optim.schedule`` names."""
         self.cfg, self.model, self.loader, self.device, self.dist = cfg, model.to(device), loader, device, dist
         self.run_dir = Path(cfg.runtime.out_dir)
         self.versions = {"d2v": __version__, **(versions or {})}
@@ -94,14 +96,15 @@ class Trainer:
         self.fsdp = cfg.runtime.distributed == "fsdp" and dist.world_size > 1
         if self.fsdp:
             fsdp.shard(model, self.teacher.model, cfg.runtime.precision, cfg.ema.teacher_precision)
-            self.ddp = model
+            self.ddp: torch.nn.Module = model
         else:
             # LayerDrop skips layers; the sparse student (2.0) never uses the mask embedding
             unused = cfg.model.layerdrop > 0 or cfg.decoder.name is not None
             self.ddp = model if dist.world_size == 1 else DDP(model, find_unused_parameters=unused)
         self.optimizer = build_optimizer(model, cfg.optim)
         peak, total = cfg.optim.lr, cfg.runtime.max_steps
-        self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, lambda s: lr_at(s, peak, total, cfg.optim.schedule) / peak)
+        lr = schedule or (lambda s: lr_at(s, peak, total, cfg.optim.schedule))
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, lambda s: lr(s) / peak)
         self.scaler = torch.amp.GradScaler("cuda") if cfg.runtime.precision == "fp16" else None
         self.step, self.epoch, self.batch_in_epoch = 0, 0, 0
         self._batches: Iterator[dict] | None = None
@@ -129,16 +132,18 @@ class Trainer:
             "bad_records": bad if bad is not None else self.loader.stats.state_dict(),
         }
 
-    def restore(self, loaded: dict[str, Any]) -> None:
-        st = loaded["trainer_state"]
+    def restore(self, loaded: ckpt.Checkpoint) -> None:
+        st = loaded.trainer_state
+        if st is None:
+            raise CheckpointError(f"{loaded.path} has no trainer state (an imported checkpoint?); start from it with --init-from")
         if self.fsdp:  # every rank read the full state; each keeps its own rows
-            fsdp.load_full_state_dict(self.model, loaded["student"])
-            self.teacher.check_state_dict(loaded["teacher"])
-            fsdp.load_full_state_dict(self.teacher.model, loaded["teacher"], strict=False)
+            fsdp.load_full_state_dict(self.model, loaded.student)
+            self.teacher.check_state_dict(loaded.teacher)
+            fsdp.load_full_state_dict(self.teacher.model, loaded.teacher, strict=False)
             fsdp.load_full_optimizer_state(self.model, self.optimizer, st["optimizer"])
         else:
-            self.model.load_state_dict(loaded["student"])
-            self.teacher.load_state_dict(loaded["teacher"])
+            self.model.load_state_dict(loaded.student)
+            self.teacher.load_state_dict(loaded.teacher)
             self.optimizer.load_state_dict(st["optimizer"])
         self.scheduler.load_state_dict(st["scheduler"])
         if self.scaler and st.get("scaler"):
@@ -211,9 +216,9 @@ class Trainer:
             samples += len(batch["keys"])
             last = micro == accum - 1
             if self.fsdp:
-                self.ddp.set_requires_gradient_sync(last)
+                cast(Any, self.ddp).set_requires_gradient_sync(last)
             sync = last or not isinstance(self.ddp, DDP)
-            with (contextlib.nullcontext() if sync else self.ddp.no_sync()), self._autocast():
+            with (contextlib.nullcontext() if sync else cast(DDP, self.ddp).no_sync()), self._autocast():
                 out = self.ddp(batch, mask_generator(cfg.runtime.seed, self.step, micro, self.dist.rank), self.teacher.model)
             if self.fsdp:
                 fsdp.reshard_teacher(self.teacher.model)
@@ -232,7 +237,7 @@ class Trainer:
         grad_norm = totals.new_zeros(())
         if cfg.optim.clip_norm > 0:
             params = [p for p in self.model.parameters() if p.grad is not None]
-            grad_norm = fsdp.full(torch.nn.utils.get_total_norm([p.grad for p in params]))
+            grad_norm = fsdp.full(torch.nn.utils.get_total_norm([p.grad for p in params if p.grad is not None]))
             torch.nn.utils.clip_grads_with_norm_(params, cfg.optim.clip_norm, grad_norm)
         self._last_values["lr"] = self.optimizer.param_groups[0]["lr"]
         if self.scaler:  # sync: fp16 only, GradScaler reads whether any gradient overflowed

@@ -24,7 +24,7 @@ import torch
 import torchaudio.functional as AF
 from torch import Tensor
 
-from d2v_core.interfaces import SkipRecord
+from d2v_core import SkipRecord
 
 # libsndfile reports a WAV data chunk that is longer than the file as "data : N (should be M)".
 _SHORT_DATA_CHUNK = re.compile(r"data\s*:\s*(\d+)\s*\(should be (\d+)\)")

@@ -20,7 +20,7 @@ import torch
 from torch import Tensor
 
 from d2v_core import exact_count, uniform_keys
-from d2v_core.interfaces import MaskRequest, Masker
+from d2v_core import MaskRequest, Masker
 
 from d2v_plugin_audio.options import Block1dMaskerOptions
 

@@ -16,10 +16,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from d2v_core.config import RunConfig
-from d2v_core.data.collate import pad_sequences
-from d2v_core.errors import DataError
-from d2v_core.interfaces import Batch, RecordDecoder, SkipRecord
+from d2v_core import pad_sequences
+from d2v_core import DataError
+from d2v_core import Batch, BuildContext, RecordDecoder, SkipRecord
 
 from d2v_plugin_audio.audio_io import load_waveform
 from d2v_plugin_audio.options import AudioDataOptions
@@ -133,6 +132,6 @@ class AudioRecordDecoder(RecordDecoder):
         return f"audio:{self.options.sample_rate}"
 
 
-def build_record_decoder(cfg: RunConfig) -> AudioRecordDecoder:
-    """Factory named by the audio ModalitySpec (options from ``cfg.data.options``)."""
-    return AudioRecordDecoder(AudioDataOptions.model_validate(cfg.data.options))
+def build_record_decoder(options: AudioDataOptions, encoder: object, ctx: BuildContext) -> AudioRecordDecoder:
+    """Factory named by the audio ModalitySpec (the data options alone decide)."""
+    return AudioRecordDecoder(options)

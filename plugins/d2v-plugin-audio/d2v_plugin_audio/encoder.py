@@ -24,10 +24,9 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from d2v_core.config import RunConfig
-from d2v_core.errors import ConfigError, DataError
-from d2v_core.interfaces import Batch, Context, FeatureEncoder, Features
-from d2v_core.model.alibi import alibi_bias
+from d2v_core import ConfigError, DataError
+from d2v_core import Batch, BuildContext, Context, FeatureEncoder, Features
+from d2v_core import alibi_bias
 
 from d2v_plugin_audio.conv_feature_extractor import ConvFeatureExtractor, FeatureProjection, frame_padding_mask
 from d2v_plugin_audio.options import AudioEncoderOptions
@@ -100,9 +99,6 @@ class AudioFeatureEncoder(FeatureEncoder):
         return Context(x, padding_mask, bias)
 
 
-def build_encoder(cfg: RunConfig) -> AudioFeatureEncoder:
-    """Factory named by the audio ModalitySpec: options from ``cfg.encoder``, width, dropout and
-    LayerNorm eps from ``cfg.model``."""
-    opts = AudioEncoderOptions.model_validate(cfg.encoder)
-    return AudioFeatureEncoder(cfg.model.dim, opts, dropout=cfg.model.dropout, norm_eps=cfg.model.norm_eps,
-                               heads=cfg.model.heads)
+def build_encoder(options: AudioEncoderOptions, ctx: BuildContext) -> AudioFeatureEncoder:
+    """Factory named by the audio ModalitySpec: width, heads, dropout and LayerNorm eps from the context."""
+    return AudioFeatureEncoder(ctx.dim, options, dropout=ctx.dropout, norm_eps=ctx.norm_eps, heads=ctx.heads)

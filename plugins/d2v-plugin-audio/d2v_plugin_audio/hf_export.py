@@ -33,9 +33,9 @@ from typing import Any, Iterator, Mapping
 import torch
 from torch import Tensor, nn
 
-from d2v_core.config import RunConfig
-from d2v_core.errors import ExportError
-from d2v_core.interfaces import Exporter
+from d2v_core import RunConfig
+from d2v_core import ExportError, first_line, quiet_transformers, transformers_module
+from d2v_core import Exporter
 
 from d2v_plugin_audio.options import AudioDataOptions, AudioEncoderOptions
 
@@ -71,30 +71,6 @@ PREPROCESSOR = {
 }
 
 
-def _transformers():
-    try:
-        import transformers
-    except ImportError:
-        raise ExportError("the hf format needs the transformers package: pip install transformers") from None
-    return transformers
-
-
-@contextlib.contextmanager
-def _quiet(tf: Any) -> Iterator[None]:
-    """No progress bars or load reports from transformers: the CLI prints one line, and every
-    problem they would report is raised here as an :class:`ExportError`."""
-    log = tf.utils.logging
-    verbosity, bars = log.get_verbosity(), log.is_progress_bar_enabled()
-    log.set_verbosity_error()
-    log.disable_progress_bar()
-    try:
-        yield
-    finally:
-        log.set_verbosity(verbosity)
-        if bars:
-            log.enable_progress_bar()
-
-
 def check_exportable(cfg: RunConfig) -> None:
     """Raise :class:`ExportError` for a model ``Data2VecAudioModel`` cannot represent."""
     m = cfg.model
@@ -107,7 +83,7 @@ def check_exportable(cfg: RunConfig) -> None:
         reasons.append(f"model.qkv_bias is {m.qkv_bias!r} (Data2VecAudioModel has biases on q, k and v)")
     if m.final_norm:
         reasons.append("model.final_norm is true (Data2VecAudioModel has no LayerNorm after its layers)")
-    if cfg.encoder.get("alibi"):
+    if AudioEncoderOptions.model_validate(cfg.encoder).alibi:
         reasons.append("encoder.alibi is true (Data2VecAudioModel has no ALiBi attention bias; data2vec 2.0 audio "
                        "models have no transformers counterpart)")
     if cfg.encoder.get("pos_conv_zero_pads") is False:
@@ -122,7 +98,7 @@ def hf_config(cfg: RunConfig) -> Any:
     m = cfg.model
     opts = AudioEncoderOptions.model_validate(cfg.encoder)
     channels, kernels, strides = (list(v) for v in zip(*opts.conv_layers()))
-    return _transformers().Data2VecAudioConfig(
+    return transformers_module().Data2VecAudioConfig(
         hidden_size=m.dim,
         num_hidden_layers=m.depth,
         num_attention_heads=m.heads,
@@ -220,7 +196,7 @@ class AudioHFExporter(Exporter):
 
     def export(self, model: nn.Module, cfg: Any, extra: Mapping[str, bytes], out_dir: Any) -> None:
         check_exportable(cfg)
-        tf = _transformers()
+        tf = transformers_module()
         out = Path(out_dir)
         hf = tf.Data2VecAudioModel(hf_config(cfg))
         state = to_hf_state_dict(model.encoder.state_dict(), model.transformer.state_dict())
@@ -229,7 +205,7 @@ class AudioHFExporter(Exporter):
         except RuntimeError as exc:  # a name or shape the mapping got wrong: a bug, not user error
             lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
             raise ExportError(f"cannot export to hf: weights do not fit Data2VecAudioModel: {lines[-1] if lines else exc}") from exc
-        with _quiet(tf):
+        with quiet_transformers():
             hf.save_pretrained(out)
         data = AudioDataOptions.model_validate(cfg.data.options)
         pre = {**PREPROCESSOR, "sampling_rate": data.sample_rate, "do_normalize": data.normalize}
@@ -245,7 +221,7 @@ class AudioHFExporter(Exporter):
         raw = json.loads((src / "config.json").read_text(encoding="utf-8"))
         if raw.get("model_type") != "data2vec-audio":
             raise ExportError(f"{src} holds a {raw.get('model_type')!r} model; --modality audio imports 'data2vec-audio' models")
-        c = _transformers().Data2VecAudioConfig.from_pretrained(str(src), local_files_only=True, trust_remote_code=False)
+        c = transformers_module().Data2VecAudioConfig.from_pretrained(str(src), local_files_only=True, trust_remote_code=False)
         if c.hidden_act != "gelu" or c.feat_extract_activation != "gelu":
             raise ExportError(f"{src}: activations {c.hidden_act!r}/{c.feat_extract_activation!r}; d2v's audio model uses exact 'gelu'")
         if getattr(c, "add_adapter", False):
@@ -279,13 +255,13 @@ class AudioHFExporter(Exporter):
         ``masked_spec_embed`` (saved with ``mask_time_prob == 0``) keeps d2v's fresh mask
         embedding, with a warning."""
         src = Path(src_dir)
-        tf = _transformers()
+        tf = transformers_module()
         try:
-            with _quiet(tf):
+            with quiet_transformers():
                 hf, info = tf.Data2VecAudioModel.from_pretrained(str(src), output_loading_info=True, local_files_only=True, trust_remote_code=False,
                                                                  ignore_mismatched_sizes=True)  # reported below
         except (OSError, ValueError, RuntimeError) as exc:  # no weights file, unreadable or wrongly shaped weights
-            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            first = first_line(exc)
             raise ExportError(f"{src}: cannot load Data2VecAudioModel weights: {first}") from exc
         missing = [k for k in info.get("missing_keys", []) if k != _MASK_EMBEDDING[1]]
         shapes = [f"{m[0]} {tuple(m[1])} != {tuple(m[2])}" for m in info.get("mismatched_keys", [])]

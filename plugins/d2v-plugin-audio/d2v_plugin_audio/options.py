@@ -10,14 +10,14 @@ from typing import Literal, Optional, Union
 
 from pydantic import Field, NonNegativeInt, PositiveFloat, PositiveInt, model_validator
 
-from d2v_core.config import StrictModel
+from d2v_core import Options
 
 #: wav2vec 2.0 / data2vec conv stack: kernels and strides of the 7 layers (total stride 320 samples).
 PAPER_CONV_KERNELS = [10, 3, 3, 3, 3, 2, 2]
 PAPER_CONV_STRIDES = [5, 2, 2, 2, 2, 2, 2]
 
 
-class AudioEncoderOptions(StrictModel):
+class AudioEncoderOptions(Options):
     """The local feature encoder: conv feature extractor (layer-norm mode) and the convolutional
     positional embedding. ``model.dim`` (the Transformer width) is the projection's output size.
 
@@ -61,7 +61,7 @@ class AudioEncoderOptions(StrictModel):
         return list(zip(channels, self.conv_kernels, self.conv_strides))
 
 
-class SpanMaskerOptions(StrictModel):
+class SpanMaskerOptions(Options):
     """fairseq ``compute_mask_indices`` (2022) with static span lengths.
 
     ``mask_prob`` is the expected fraction of steps that *start* a span times ``mask_length``
@@ -76,7 +76,7 @@ class SpanMaskerOptions(StrictModel):
     mask_min_space: NonNegativeInt = 1
 
 
-class Block1dMaskerOptions(StrictModel):
+class Block1dMaskerOptions(Options):
     """data2vec 2.0 audio masking (fairseq ``compute_block_mask_1d``, ``require_same_masks``).
 
     ``int(T * (mask_prob + mask_prob_adjust) / mask_length)`` random centres per row, each a span
@@ -90,7 +90,7 @@ class Block1dMaskerOptions(StrictModel):
     mask_prob_adjust: float = Field(0.05, ge=0.0, le=1.0)
 
 
-class AudioDataOptions(StrictModel):
+class AudioDataOptions(Options):
     """Decoding and batching of audio records.
 
     Clips are down-mixed to mono, resampled to ``sample_rate``, normalised to zero mean and unit

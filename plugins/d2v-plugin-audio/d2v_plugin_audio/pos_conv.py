@@ -3,30 +3,15 @@
 fairseq ``TransformerEncoder`` with ``pos_conv_depth > 1`` (``wav2vec2.py:L1019-1047``): each
 block is ``Conv1d(D, D, k, pad=k//2, groups) -> SamePad -> LayerNorm(D, no affine) -> GELU``.
 No weight norm and no special init (PyTorch defaults). Names follow transformers'
-``Data2VecAudioPositionalConvEmbedding`` (``layers.{j}.conv``).
+``Data2VecAudioPositionalConvEmbedding`` (``layers.{j}.conv``). Each block is the core's
+:class:`d2v_core.ConvBlock` (the 2.0 decoders' block).
 """
 
 from __future__ import annotations
 
-import torch.nn.functional as F
 from torch import Tensor, nn
 
-
-class PositionalConvLayer(nn.Module):
-    """One block on (B, D, T); an even kernel drops the last output step to keep length T."""
-
-    def __init__(self, dim: int, kernel: int, groups: int) -> None:
-        super().__init__()
-        self.conv = nn.Conv1d(dim, dim, kernel_size=kernel, padding=kernel // 2, groups=groups)
-        self.remove_last = kernel % 2 == 0
-        self.dim = dim
-
-    def forward(self, x: Tensor) -> Tensor:
-        x = self.conv(x)
-        if self.remove_last:
-            x = x[:, :, :-1]
-        x = F.layer_norm(x.transpose(1, 2), (self.dim,)).transpose(1, 2)
-        return F.gelu(x)
+from d2v_core import ConvBlock
 
 
 class PositionalConvEmbedding(nn.Module):
@@ -34,7 +19,7 @@ class PositionalConvEmbedding(nn.Module):
 
     def __init__(self, dim: int, depth: int = 5, kernel: int = 19, groups: int = 16) -> None:
         super().__init__()
-        self.layers = nn.ModuleList(PositionalConvLayer(dim, kernel, groups) for _ in range(depth))
+        self.layers = nn.ModuleList(ConvBlock(dim, dim, kernel, groups) for _ in range(depth))
 
     def forward(self, x: Tensor) -> Tensor:
         x = x.transpose(1, 2)

@@ -53,7 +53,7 @@ BASE: dict[str, Any] = {
         "name": "span",
         "options": {"mask_prob": 0.65, "mask_length": 10, "min_masks": 1, "require_same_masks": True, "no_overlap": False},
     },
-    "targets": {"top_k": 8, "source": "ffn", "layer_norm": "instance", "post_norm": "none"},
+    "targets": {"top_k": 8, "source": "ffn", "per_layer_norm": "instance", "post_norm": "none"},
     "loss": {"beta": 0.0, "scale": "inv_sqrt_dim", "head": "linear"},
     "ema": {
         "decay": 0.999,

@@ -28,15 +28,15 @@ def test_v2_base_preset_is_the_spec_recipe(registry):
     m = cfg.model
     assert (m.dim, m.depth, m.heads, m.ffn_dim, m.layout, m.norm_eps) == (768, 12, 12, 3072, "post_ln", 1e-5)
     assert (m.dropout, m.attention_dropout, m.layerdrop) == (0.1, 0.1, 0.05)
-    assert cfg.encoder["alibi"] is True and cfg.encoder["pos_conv_depth"] == 5 and cfg.encoder["pos_conv_kernel"] == 19
+    assert cfg.encoder.alibi is True and cfg.encoder.pos_conv_depth == 5 and cfg.encoder.pos_conv_kernel == 19
     assert cfg.masking.name == "block-1d" and cfg.masking.clone_batch == 8
-    assert {k: cfg.masking.options[k] for k in ("mask_prob", "mask_length", "mask_prob_adjust")} == {
+    assert {k: getattr(cfg.masking.options, k) for k in ("mask_prob", "mask_length", "mask_prob_adjust")} == {
         "mask_prob": 0.5, "mask_length": 5, "mask_prob_adjust": 0.05}
     d = cfg.decoder
     assert d.name == "conv1d" and d.mask_noise_std == 0.01
-    assert {k: d.options[k] for k in ("channels", "kernel", "groups", "layers", "residual", "projection_layers", "input_dropout")} == {
+    assert {k: getattr(d.options, k) for k in ("channels", "kernel", "groups", "layers", "residual", "projection_layers", "input_dropout")} == {
         "channels": 384, "kernel": 7, "groups": 16, "layers": 4, "residual": True, "projection_layers": 1, "input_dropout": 0.1}
-    assert (cfg.targets.top_k, cfg.targets.source, cfg.targets.layer_norm, cfg.targets.post_norm) == (8, "ffn", "instance", "none")
+    assert (cfg.targets.top_k, cfg.targets.source, cfg.targets.per_layer_norm, cfg.targets.post_norm) == (8, "ffn", "instance", "none")
     assert (cfg.loss.beta, cfg.loss.scale) == (0.0, "inv_sqrt_dim")
     e = cfg.ema
     assert (e.decay, e.end_decay, e.anneal_end_step, e.teacher_input, e.copy_params) == (0.999, 0.99999, 75000, "features", [])
@@ -48,7 +48,7 @@ def test_v2_base_preset_is_the_spec_recipe(registry):
     tiny = resolve_config(registry, "audio", "v2-tiny")
     v1_tiny = resolve_config(registry, "audio", "tiny")
     assert tiny.model == v1_tiny.model  # the same encoder size, for the v1/v2 comparison
-    assert tiny.masking.clone_batch == 8 and tiny.encoder["alibi"] is True
+    assert tiny.masking.clone_batch == 8 and tiny.encoder.alibi is True
 
 
 def test_encoder_adds_alibi_scaled_per_head(registry):

@@ -168,7 +168,7 @@ def test_import_round_trip(exported, imported, loaded):
         assert all(torch.equal(original[k], back[k]) for k in original), part
     assert pre.cfg.model.model_dump() == exported.cfg.model.model_dump()
     assert pre.cfg.encoder == exported.cfg.encoder
-    assert (pre.cfg.data.options["sample_rate"], pre.cfg.data.options["normalize"]) == (16000, True)
+    assert (pre.cfg.data.options.sample_rate, pre.cfg.data.options.normalize) == (16000, True)
     wav, pad = collated([16000, 9000], seed=3)
     a, pad_a = encoder_states(exported.model, {"source": wav, "padding_mask": pad})
     b, pad_b = encoder_states(pre.model, {"source": wav, "padding_mask": pad})

@@ -8,10 +8,8 @@ from typing import Any, Mapping
 import numpy as np
 import torch
 
-from d2v_core.config import RunConfig
-from d2v_core.data.collate import pad_sequences
-from d2v_core.interfaces import RecordDecoder, SkipRecord
-from d2v_plugin_example.options import VectorDataOptions
+from d2v_core import BuildContext, RecordDecoder, SkipRecord, pad_sequences
+from d2v_plugin_example.options import VectorDataOptions, VectorEncoderOptions
 
 
 class VectorRecordDecoder(RecordDecoder):
@@ -51,5 +49,6 @@ class VectorRecordDecoder(RecordDecoder):
         return self.options.min_len, self.options.max_len
 
 
-def build_record_decoder(cfg: RunConfig) -> VectorRecordDecoder:
-    return VectorRecordDecoder(VectorDataOptions.model_validate(cfg.data.options), int(cfg.encoder["input_dim"]))
+def build_record_decoder(options: VectorDataOptions, encoder: VectorEncoderOptions, ctx: BuildContext) -> VectorRecordDecoder:
+    """The modality's record decoder factory: vectors must have the encoder's ``input_dim``."""
+    return VectorRecordDecoder(options, encoder.input_dim)

@@ -5,8 +5,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from d2v_core.config import RunConfig
-from d2v_core.interfaces import Batch, Context, FeatureEncoder, Features
+from d2v_core import Batch, BuildContext, Context, FeatureEncoder, Features
 from d2v_plugin_example.options import VectorEncoderOptions
 
 
@@ -27,6 +26,6 @@ class VectorEncoder(FeatureEncoder):
         return Context(self.layer_norm(x + self.pos_embed(positions)), padding_mask)
 
 
-def build_encoder(cfg: RunConfig) -> VectorEncoder:
-    opts = VectorEncoderOptions.model_validate(cfg.encoder)
-    return VectorEncoder(opts.input_dim, cfg.model.dim, opts.max_positions, cfg.model.norm_eps)
+def build_encoder(options: VectorEncoderOptions, ctx: BuildContext) -> VectorEncoder:
+    """The modality's encoder factory: its options and the model's width and LayerNorm eps."""
+    return VectorEncoder(options.input_dim, ctx.dim, options.max_positions, ctx.norm_eps)

@@ -14,6 +14,7 @@ import torch
 from d2v_core import testing
 from d2v_core.config_resolve import resolve_config
 from d2v_core.plugin_loader import plugin_context
+from d2v_core.train.build import build_context
 from d2v_plugin_example import plugin
 from d2v_plugin_example.data import build_record_decoder
 from d2v_plugin_example.encoder import build_encoder
@@ -29,11 +30,12 @@ def test_conformance_kit():
         cfg = resolve_config(reg, "vectors", "tiny")
     ratio = testing.check_masker(RandomMasker(), length=100)
     assert ratio == pytest.approx(0.5, abs=0.01)
-    decoder = build_record_decoder(cfg)
+    ctx = build_context(cfg)
+    decoder = build_record_decoder(cfg.data.options, cfg.encoder, ctx)
     demo = sorted((PLUGIN_DIR / "d2v_plugin_example" / "demo").glob("*.npy"))[:3]
     batch = testing.check_record_decoder(decoder, [{"__key__": p.stem, "npy": p.read_bytes()} for p in demo])
     assert batch["vectors"].shape[0] == 3 and batch["padding_mask"] is not None
-    testing.check_feature_encoder(build_encoder(cfg), batch)
+    testing.check_feature_encoder(build_encoder(cfg.encoder, ctx), batch)
 
 
 def test_random_mask_counts_are_exact_per_row():

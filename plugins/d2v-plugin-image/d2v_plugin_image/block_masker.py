@@ -18,7 +18,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from d2v_core.interfaces import MaskRequest, Masker
+from d2v_core import MaskRequest, Masker
 from d2v_plugin_image.options import REFERENCE_PATCHES, BlockMaskOptions
 
 Uniform = Callable[[], float]

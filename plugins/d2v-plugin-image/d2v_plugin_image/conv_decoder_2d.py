@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from torch import Tensor
 
-from d2v_core import ConvDecoder, ConvDecoderOptions
+from d2v_core import BuildContext, ConvDecoder, ConvDecoderOptions
 
 
 class ConvDecoder2d(ConvDecoder):
@@ -22,6 +22,6 @@ class ConvDecoder2d(ConvDecoder):
         return x.transpose(1, 2).reshape(B, D, grid[0], grid[1])
 
 
-def build_conv_decoder_2d(options: ConvDecoderOptions | None, dim: int) -> ConvDecoder2d:
-    """Factory of the image plugin's ``conv2d`` decoder component."""
-    return ConvDecoder2d(options or ConvDecoderOptions(), dim)
+def build_conv_decoder_2d(options: ConvDecoderOptions | None, ctx: BuildContext) -> ConvDecoder2d:
+    """Factory of the image plugin's ``conv2d`` decoder component (``ctx.dim``: the model width)."""
+    return ConvDecoder2d(options or ConvDecoderOptions(), ctx.dim)

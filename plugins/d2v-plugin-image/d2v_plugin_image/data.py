@@ -6,9 +6,8 @@ from typing import Any, Mapping
 
 import torch
 
-from d2v_core.config import RunConfig
-from d2v_core.errors import ConfigError
-from d2v_core.interfaces import Batch, RecordDecoder, SkipRecord
+from d2v_core import ConfigError
+from d2v_core import Batch, BuildContext, RecordDecoder, SkipRecord
 from d2v_plugin_image.image_io import IMAGE_EXTENSIONS, decode_image
 from d2v_plugin_image.options import ImageDataOptions, ImageEncoderOptions
 from d2v_plugin_image.transforms import EvalTransform, TrainAugmentation
@@ -61,13 +60,12 @@ class ImageRecordDecoder(RecordDecoder):
         return {"image": torch.stack([s["image"] for s in samples]), "keys": [s["key"] for s in samples]}
 
 
-def build_record_decoder(cfg: RunConfig) -> ImageRecordDecoder:
+def build_record_decoder(options: ImageDataOptions, encoder: ImageEncoderOptions, ctx: BuildContext) -> ImageRecordDecoder:
     """Factory of the image modality; the image size defaults to ``encoder.image_size``."""
-    opts = ImageDataOptions.model_validate(cfg.data.options)
-    encoder_size = ImageEncoderOptions.model_validate(cfg.encoder).image_size
+    opts, encoder_size = options, encoder.image_size
     if opts.image_size is not None and opts.image_size != encoder_size:
         raise ConfigError(
             f"data.options.image_size ({opts.image_size}) differs from encoder.image_size ({encoder_size}); "
-            "set them equal or leave data.options.image_size unset"
+            "the relative position bias is sized for one grid, so set them equal or leave data.options.image_size unset"
         )
     return ImageRecordDecoder(encoder_size, opts)

@@ -19,9 +19,8 @@ from timm.layers import PatchEmbed
 from timm.layers.pos_embed_sincos import build_sincos2d_pos_embed
 from torch import Tensor, nn
 
-from d2v_core.config import RunConfig
-from d2v_core.errors import ConfigError, DataError
-from d2v_core.interfaces import Batch, Context, FeatureEncoder, Features
+from d2v_core import DataError
+from d2v_core import Batch, BuildContext, Context, FeatureEncoder, Features
 from d2v_plugin_image.options import ImageEncoderOptions
 from d2v_plugin_image.relative_position_bias import RelativePositionBias
 
@@ -133,17 +132,11 @@ class ImageEncoder(FeatureEncoder):
         return Context(x, padding_mask, None if self.rel_pos_bias is None else self.rel_pos_bias())
 
 
-def build_encoder(cfg: RunConfig) -> ImageEncoder:
-    """Factory of the image modality: sizes from ``cfg.model``, patches from ``cfg.encoder``."""
-    opts = ImageEncoderOptions.model_validate(cfg.encoder)
-    data_size = cfg.data.options.get("image_size")
-    if data_size is not None and data_size != opts.image_size:
-        raise ConfigError(
-            f"data.options.image_size ({data_size}) differs from encoder.image_size ({opts.image_size}); "
-            "the relative position bias is sized for one grid, so set them equal (or leave data's unset)"
-        )
+def build_encoder(options: ImageEncoderOptions, ctx: BuildContext) -> ImageEncoder:
+    """Factory of the image modality: width, heads, dropout and eps from the context, patches
+    from the options (the record decoder refuses a different ``data.options.image_size``)."""
+    o = options
     return ImageEncoder(
-        dim=cfg.model.dim, heads=cfg.model.heads, image_size=opts.image_size, patch_size=opts.patch_size,
-        dropout=cfg.model.dropout, init_std=opts.init_std, position=opts.position, input_norm=opts.input_norm,
-        init=opts.init, norm_eps=cfg.model.norm_eps,
+        dim=ctx.dim, heads=ctx.heads, image_size=o.image_size, patch_size=o.patch_size, dropout=ctx.dropout,
+        init_std=o.init_std, position=o.position, input_norm=o.input_norm, init=o.init, norm_eps=ctx.norm_eps,
     )

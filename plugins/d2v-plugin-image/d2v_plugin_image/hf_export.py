@@ -24,9 +24,9 @@ from typing import Any, Iterator, Mapping
 import torch
 from torch import Tensor, nn
 
-from d2v_core.config import RunConfig
-from d2v_core.errors import ExportError
-from d2v_core.interfaces import Exporter
+from d2v_core import RunConfig
+from d2v_core import ExportError, first_line, quiet_transformers, transformers_module
+from d2v_core import Exporter
 from d2v_plugin_image.options import ImageDataOptions
 
 #: d2v name (under ``Data2Vec.teacher_scope()``) -> ``Data2VecVisionModel`` name, outside the layers.
@@ -70,29 +70,6 @@ HEAD_PREFIXES = ("pooler.", "classifier.", "lm_head.", "decode_head.", "auxiliar
 _D2V_LAYER = re.compile(r"^transformer\.layers\.(\d+)\.(.+)$")
 _HF_LAYER = re.compile(r"^encoder\.layer\.(\d+)\.(.+)$")
 _MASK = "encoder.mask_embedding"
-
-
-def _transformers() -> Any:
-    try:
-        import transformers
-    except ImportError:
-        raise ExportError("the hf format needs the transformers package: pip install 'transformers>=4.46'") from None
-    return transformers
-
-
-@contextlib.contextmanager
-def _quiet_transformers() -> Iterator[None]:
-    """No transformers progress bars or load reports: d2v reports problems itself, in one line."""
-    logging = _transformers().utils.logging
-    verbosity, bars = logging.get_verbosity(), logging.is_progress_bar_enabled()
-    logging.set_verbosity_error()
-    logging.disable_progress_bar()
-    try:
-        yield
-    finally:
-        logging.set_verbosity(verbosity)
-        if bars:
-            logging.enable_progress_bar()
 
 
 def to_hf_state_dict(state: Mapping[str, Tensor], depth: int, qkv_bias: str) -> dict[str, Tensor]:
@@ -178,7 +155,7 @@ def check_exportable(model: nn.Module, cfg: RunConfig) -> None:
 def hf_config(model: nn.Module, cfg: RunConfig) -> Any:
     """The ``Data2VecVisionConfig`` of a pretrained data2vec_vision model with these sizes."""
     m, enc = cfg.model, model.encoder
-    return _transformers().Data2VecVisionConfig(
+    return transformers_module().Data2VecVisionConfig(
         hidden_size=m.dim, num_hidden_layers=m.depth, num_attention_heads=m.heads, intermediate_size=m.ffn_dim,
         hidden_act="gelu", hidden_dropout_prob=m.dropout, attention_probs_dropout_prob=m.attention_dropout,
         drop_path_rate=m.drop_path, layer_norm_eps=m.norm_eps, layer_scale_init_value=m.layer_scale_init or 0.0,
@@ -193,7 +170,7 @@ def image_processor(cfg: RunConfig, image_size: int) -> Any:
     ``image_size`` (the data options' interpolation), centre-crop, rescale, ImageNet mean/std."""
     from timm.data.constants import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 
-    tf = _transformers()
+    tf = transformers_module()
     from transformers.image_utils import PILImageResampling
 
     resample = {"bicubic": PILImageResampling.BICUBIC, "bilinear": PILImageResampling.BILINEAR}
@@ -218,11 +195,6 @@ def max_output_difference(model: nn.Module, hf: nn.Module, image_size: int) -> f
     return (ours - hf(pixel_values=x).last_hidden_state).abs().max().item()
 
 
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip()
-    return text.splitlines()[0] if text else type(exc).__name__
-
-
 def _hf_config_of(src_dir: Any) -> tuple[Any, int, int]:
     """The ``Data2VecVisionConfig`` of ``src_dir``, its image size and patch size; an
     :class:`ExportError` listing everything the image encoder cannot represent."""
@@ -233,11 +205,11 @@ def _hf_config_of(src_dir: Any) -> tuple[Any, int, int]:
     try:
         model_type = json.loads(config_file.read_text(encoding="utf-8")).get("model_type")
     except (ValueError, AttributeError) as exc:
-        raise ExportError(f"{config_file} is not a JSON object: {_first_line(exc)}") from None
+        raise ExportError(f"{config_file} is not a JSON object: {first_line(exc)}") from None
     if model_type != "data2vec-vision":
         raise ExportError(f"{src} holds a {model_type!r} model; the image modality imports 'data2vec-vision' "
                           "(Data2VecVisionModel) directories")
-    config = _transformers().Data2VecVisionConfig.from_pretrained(str(src), local_files_only=True, trust_remote_code=False)
+    config = transformers_module().Data2VecVisionConfig.from_pretrained(str(src), local_files_only=True, trust_remote_code=False)
     problems = []
     if config.use_relative_position_bias:
         problems.append("per-layer relative position biases (use_relative_position_bias=true)")
@@ -272,7 +244,7 @@ class ImageHFExporter(Exporter):
 
     def export(self, model: nn.Module, cfg: Any, extra: Mapping[str, bytes], out_dir: Any) -> None:
         """Write ``Data2VecVisionModel`` weights, config and image processor to ``out_dir``."""
-        tf = _transformers()
+        tf = transformers_module()
         check_exportable(model, cfg)
         config = hf_config(model, cfg)
         state = to_hf_state_dict(model.teacher_scope().state_dict(), cfg.model.depth, cfg.model.qkv_bias)
@@ -283,7 +255,7 @@ class ImageHFExporter(Exporter):
         try:
             hf.load_state_dict(state, strict=True)
         except RuntimeError as exc:
-            raise ExportError(f"the weights do not fit Data2VecVisionModel: {_first_line(exc)}") from None
+            raise ExportError(f"the weights do not fit Data2VecVisionModel: {first_line(exc)}") from None
         was_training = model.training
         model.eval()
         hf.eval()
@@ -294,7 +266,7 @@ class ImageHFExporter(Exporter):
         if not diff <= EXPORT_TOLERANCE:
             raise ExportError(f"the exported model's outputs differ from d2v's by {diff:.2e} (> {EXPORT_TOLERANCE:g}) "
                               f"with transformers {tf.__version__}; nothing was written")
-        with _quiet_transformers():
+        with quiet_transformers():
             hf.save_pretrained(str(out_dir))
         image_processor(cfg, int(model.encoder.image_size)).save_pretrained(str(out_dir))
 
@@ -315,15 +287,15 @@ class ImageHFExporter(Exporter):
         Missing or mis-shaped weights are errors; task heads (pooler, classifier) are ignored; the
         regression head keeps its initialisation. Without ``mask_token`` (``use_mask_token=false``)
         the mask embedding keeps its initialisation, with a warning."""
-        tf = _transformers()
+        tf = transformers_module()
         config = _hf_config_of(src_dir)[0]
         try:
-            with _quiet_transformers():
+            with quiet_transformers():
                 hf, info = tf.Data2VecVisionModel.from_pretrained(str(src_dir), config=config, add_pooling_layer=False,
                                                                   output_loading_info=True, local_files_only=True,
                                                                   trust_remote_code=False)
         except (OSError, ValueError, RuntimeError) as exc:
-            raise ExportError(f"cannot load {src_dir} as Data2VecVisionModel: {_first_line(exc)}") from None
+            raise ExportError(f"cannot load {src_dir} as Data2VecVisionModel: {first_line(exc)}") from None
         bad = sorted(str(k) for k in [*info.get("missing_keys", ()), *info.get("mismatched_keys", ())])
         bad += sorted(k for k in info.get("unexpected_keys", ())
                       if not k.startswith(HEAD_PREFIXES) and "relative_position_index" not in k)
@@ -335,7 +307,7 @@ class ImageHFExporter(Exporter):
         try:
             missing, unexpected = model.teacher_scope().load_state_dict(state, strict=False)
         except RuntimeError as exc:
-            raise ExportError(f"{src_dir}: weights do not fit the d2v model: {_first_line(exc)}") from None
+            raise ExportError(f"{src_dir}: weights do not fit the d2v model: {first_line(exc)}") from None
         allowed = set() if config.use_mask_token else {_MASK}
         if set(missing) - allowed or unexpected:
             raise ExportError(f"{src_dir}: weights do not fit the d2v model (missing {sorted(set(missing) - allowed)[:3]}, "

@@ -7,7 +7,7 @@ import io
 import numpy as np
 from PIL import Image
 
-from d2v_core.interfaces import SkipRecord
+from d2v_core import SkipRecord
 
 #: Record extensions holding an image, in order of preference.
 IMAGE_EXTENSIONS = ("jpg", "jpeg", "png", "webp")

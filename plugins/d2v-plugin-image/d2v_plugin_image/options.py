@@ -6,13 +6,13 @@ from typing import Literal, Optional
 
 from pydantic import Field, NonNegativeFloat, PositiveInt, model_validator
 
-from d2v_core.config import StrictModel
+from d2v_core import Options
 
 #: BEiT's block-mask numbers (``min_num_patches``) are given for this many patches (14 x 14).
 REFERENCE_PATCHES = 196
 
 
-class ImageEncoderOptions(StrictModel):
+class ImageEncoderOptions(Options):
     """The patch embedding: square ``image_size`` cut into ``patch_size`` patches (ViT-B/16: 224/16).
 
     The relative position bias table is sized for this grid, so the data must produce images of
@@ -45,7 +45,7 @@ class ImageEncoderOptions(StrictModel):
         return self
 
 
-class ImageDataOptions(StrictModel):
+class ImageDataOptions(Options):
     """Decoding and augmentation (data2vec_vision / BEiT recipe).
 
     Training augmentation, in BEiT's order: ColorJitter(``color_jitter`` for brightness, contrast
@@ -77,7 +77,7 @@ class ImageDataOptions(StrictModel):
         return self
 
 
-class BlockMaskOptions(StrictModel):
+class BlockMaskOptions(Options):
     """BEiT block-wise masking.
 
     ``mask_ratio`` of the patches are masked (BEiT/data2vec: 120 of 196) with rectangular blocks

@@ -32,7 +32,7 @@ def steps_per_epoch(batch_size: int, images: int = IMAGENET_TRAIN_IMAGES) -> int
 
 _NO_DECAY = ["encoder.cls_token", "encoder.pos_embed*"]
 
-_DATA2VEC_VISION_TARGETS = {"top_k": 6, "source": "block", "layer_norm": "layer", "post_norm": "layer"}
+_DATA2VEC_VISION_TARGETS = {"top_k": 6, "source": "block", "per_layer_norm": "layer", "post_norm": "layer"}
 _DATA2VEC_VISION_LOSS = {"beta": 2.0, "scale": "inv_dim", "head": "linear"}
 # data2vec_vision computes the teacher in fp32 whatever the student's autocast
 _CONSTANT_EMA = {"decay": 0.9998, "end_decay": 0.9998, "anneal_end_step": 0, "teacher_input": "raw", "teacher_precision": "fp32"}
@@ -117,7 +117,7 @@ V2_BASE: dict[str, Any] = {
     "masking": {"name": "inverse-block", "options": {"mask_prob": 0.8, "mask_length": 3, "mask_prob_adjust": 0.07},
                 "clone_batch": 16},
     "decoder": copy.deepcopy(_V2_DECODER),
-    "targets": {"top_k": 10, "source": "ffn", "layer_norm": "instance", "post_norm": "layer"},
+    "targets": {"top_k": 10, "source": "ffn", "per_layer_norm": "instance", "post_norm": "layer"},
     "loss": {"beta": 0.0, "scale": "inv_sqrt_dim", "head": "linear", "cls_weight": 0.01},
     "ema": {"decay": 0.9998, "end_decay": 0.99999, "anneal_end_step": 100_000, "teacher_input": "raw",
             "exclude_params": ["encoder.mask_embedding"]},
@@ -136,7 +136,7 @@ V2_TINY: dict[str, Any] = {
     "model": _v2_vit(128, 4, 4),
     "encoder": {"image_size": 32, "patch_size": 4, **_V2_ENCODER},
     "decoder": {**copy.deepcopy(_V2_DECODER), "options": {**_V2_DECODER["options"], "channels": 128}},
-    "targets": {"top_k": 3, "source": "ffn", "layer_norm": "instance", "post_norm": "layer"},
+    "targets": {"top_k": 3, "source": "ffn", "per_layer_norm": "instance", "post_norm": "layer"},
     "ema": {"decay": 0.996, "end_decay": 0.999, "anneal_end_step": 500, "teacher_input": "raw",
             "exclude_params": ["encoder.mask_embedding"]},
     "optim": {**copy.deepcopy(V2_BASE["optim"]),

@@ -14,7 +14,8 @@ from d2v_core.config import RunConfig
 from d2v_core.errors import ConfigError
 from d2v_core.interfaces import SkipRecord
 from d2v_plugin_image.data import ImageRecordDecoder, build_record_decoder
-from d2v_plugin_image.options import ImageDataOptions
+from d2v_core.train.build import build_context
+from d2v_plugin_image.options import ImageDataOptions, ImageEncoderOptions
 
 MEAN = np.array([0.485, 0.456, 0.406])
 STD = np.array([0.229, 0.224, 0.225])
@@ -102,11 +103,11 @@ def test_record_without_image_is_skipped():
 
 def test_factory_takes_the_encoder_image_size():
     cfg = RunConfig(modality="image", encoder={"image_size": 24, "patch_size": 4}, model={"depth": 8})
-    dec = build_record_decoder(cfg)
+    enc = ImageEncoderOptions.model_validate(cfg.encoder)
+    dec = build_record_decoder(ImageDataOptions(), enc, build_context(cfg))
     assert dec.decode(records()[1])["image"].shape == (3, 24, 24)
-    cfg = cfg.model_copy(update={"data": cfg.data.model_copy(update={"options": {"image_size": 32}})})
     with pytest.raises(ConfigError, match="image_size"):
-        build_record_decoder(cfg)
+        build_record_decoder(ImageDataOptions(image_size=32), enc, build_context(cfg))
 
 
 def test_data_option_validation():

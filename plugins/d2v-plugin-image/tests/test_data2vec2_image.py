@@ -35,15 +35,15 @@ def test_v2_base_preset_is_the_spec_recipe(registry):
     m = cfg.model
     assert (m.dim, m.depth, m.heads, m.ffn_dim, m.layout, m.final_norm, m.norm_eps) == (768, 12, 12, 3072, "post_ln", False, 1e-6)
     assert (m.dropout, m.attention_dropout, m.drop_path, m.layerdrop, m.qkv_bias) == (0.0, 0.0, 0.0, 0.0, "qkv")
-    assert {k: cfg.encoder[k] for k in ("image_size", "patch_size", "position", "input_norm", "init")} == {
+    assert {k: getattr(cfg.encoder, k) for k in ("image_size", "patch_size", "position", "input_norm", "init")} == {
         "image_size": 224, "patch_size": 16, "position": "sincos", "input_norm": True, "init": "mae"}
     assert cfg.masking.name == "inverse-block" and cfg.masking.clone_batch == 16
-    assert {k: cfg.masking.options[k] for k in ("mask_prob", "mask_length", "mask_prob_adjust")} == {
+    assert {k: getattr(cfg.masking.options, k) for k in ("mask_prob", "mask_length", "mask_prob_adjust")} == {
         "mask_prob": 0.8, "mask_length": 3, "mask_prob_adjust": 0.07}
     d = cfg.decoder
-    assert d.name == "conv2d" and {k: d.options[k] for k in ("channels", "kernel", "groups", "layers", "residual", "input_dropout")} == {
+    assert d.name == "conv2d" and {k: getattr(d.options, k) for k in ("channels", "kernel", "groups", "layers", "residual", "input_dropout")} == {
         "channels": 768, "kernel": 3, "groups": 16, "layers": 6, "residual": True, "input_dropout": 0.0}
-    assert (cfg.targets.top_k, cfg.targets.layer_norm, cfg.targets.post_norm) == (10, "instance", "layer")
+    assert (cfg.targets.top_k, cfg.targets.per_layer_norm, cfg.targets.post_norm) == (10, "instance", "layer")
     assert (cfg.loss.beta, cfg.loss.scale, cfg.loss.cls_weight) == (0.0, "inv_sqrt_dim", 0.01)
     e = cfg.ema
     assert (e.decay, e.end_decay, e.anneal_end_step, e.teacher_input) == (0.9998, 0.99999, 100_000, "raw")
@@ -51,7 +51,7 @@ def test_v2_base_preset_is_the_spec_recipe(registry):
     assert (o.lr, tuple(o.betas), o.weight_decay, o.clip_norm) == (1e-3, (0.9, 0.95), 0.05, 4.0)
     assert o.eps == 1e-8  # the yaml sets no adam_eps: fairseq's FairseqAdamConfig default
     assert (o.schedule.name, o.schedule.warmup_steps, cfg.runtime.max_steps, cfg.data.batch_size) == ("cosine", 50_040, 375_300, 256)
-    assert tuple(cfg.data.options["crop_scale"]) == (0.2, 1.0) and cfg.data.options["color_jitter"] == 0.0
+    assert tuple(cfg.data.options.crop_scale) == (0.2, 1.0) and cfg.data.options.color_jitter == 0.0
     assert cfg.runtime.min_target_var == 0.0 and cfg.runtime.min_pred_var == 0.0
     tiny = resolve_config(registry, "image", "v2-tiny")
     assert (tiny.model.dim, tiny.model.depth, tiny.model.heads) == (128, 4, 4) and tiny.masking.clone_batch == 16

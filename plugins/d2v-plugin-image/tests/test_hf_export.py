@@ -167,7 +167,7 @@ def test_import_round_trip_and_continue_pretraining(exported, registry, capsys, 
         m = pre.cfg.model
         assert (m.dim, m.depth, m.heads, m.ffn_dim, m.norm_eps, m.layout, m.qkv_bias, m.final_norm) == (
             128, DEPTH, 4, 512, 1e-6, "pre_ln", "qv", True)
-        assert pre.cfg.encoder["image_size"] == 32 and pre.cfg.encoder["patch_size"] == 4
+        assert pre.cfg.encoder.image_size == 32 and pre.cfg.encoder.patch_size == 4
         x = images(seed=4)
         ours, _ = encoder_states(model, {"image": x})
         again, _ = encoder_states(pre.model, {"image": x})

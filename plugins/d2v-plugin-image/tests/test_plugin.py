@@ -48,12 +48,12 @@ def test_base_preset_is_the_data2vec_vision_recipe(registry):
     assert (m.dim, m.depth, m.heads, m.ffn_dim) == (768, 12, 12, 3072)
     assert (m.layout, m.layer_scale_init, m.qkv_bias, m.final_norm, m.norm_eps, m.init) == ("pre_ln", 1e-4, "qv", True, 1e-6, "beit")
     assert (m.drop_path, m.attention_dropout, m.dropout) == (0.25, 0.05, 0.0)
-    assert cfg.encoder == {"image_size": 224, "patch_size": 16, "init_std": 0.02, "position": "relative",
+    assert cfg.encoder.model_dump() == {"image_size": 224, "patch_size": 16, "init_std": 0.02, "position": "relative",
                            "input_norm": False, "init": "beit"}
-    assert cfg.masking.name == "block" and cfg.masking.options["mask_ratio"] * 196 == pytest.approx(120)
-    assert cfg.masking.options["min_num_patches"] == 16 and cfg.masking.options["max_aspect"] == pytest.approx(1 / 0.3)
+    assert cfg.masking.name == "block" and cfg.masking.options.mask_ratio * 196 == pytest.approx(120)
+    assert cfg.masking.options.min_num_patches == 16 and cfg.masking.options.max_aspect == pytest.approx(1 / 0.3)
     t = cfg.targets
-    assert (t.top_k, t.source, t.layer_norm, t.post_norm) == (6, "block", "layer", "layer")
+    assert (t.top_k, t.source, t.per_layer_norm, t.post_norm) == (6, "block", "layer", "layer")
     assert (cfg.loss.beta, cfg.loss.scale, cfg.loss.head) == (2.0, "inv_dim", "linear")
     e = cfg.ema
     assert (e.decay, e.end_decay, e.teacher_input) == (0.9998, 0.9998, "raw") and not e.copy_params and not e.exclude_params
@@ -65,8 +65,8 @@ def test_base_preset_is_the_data2vec_vision_recipe(registry):
     assert cfg.data.batch_size == 2048
     assert (o.schedule.name, o.schedule.warmup_steps, o.schedule.min_lr) == ("cosine", 6250, 1e-5)
     assert cfg.runtime.max_steps == 500_000
-    assert cfg.data.options["crop_scale"] == (0.08, 1.0) and cfg.data.options["color_jitter"] == 0.4
-    assert cfg.data.options["hflip"] == 0.5 and cfg.data.options["interpolation"] == "bicubic"
+    assert cfg.data.options.crop_scale == (0.08, 1.0) and cfg.data.options.color_jitter == 0.4
+    assert cfg.data.options.hflip == 0.5 and cfg.data.options.interpolation == "bicubic"
 
 
 def test_large_preset(registry):
@@ -82,9 +82,9 @@ def test_large_preset(registry):
 def test_tiny_preset_builds_a_small_model(registry):
     cfg = resolve_config(registry, "image", "tiny")
     spec = registry.modality("image")
-    enc = load_ref(spec.encoder)(cfg)
+    enc = testing.build_encoder(spec, cfg)
     assert enc.grid == (8, 8) and cfg.model.dim <= 256
-    dec = load_ref(spec.record_decoder)(cfg)
+    dec = testing.build_record_decoder(spec, cfg)
     masker = load_ref(registry.component("masker", "block").factory)(
         load_ref(registry.component("masker", "block").options).model_validate(cfg.masking.options)
     )

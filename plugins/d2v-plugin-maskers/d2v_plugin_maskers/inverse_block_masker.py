@@ -22,7 +22,7 @@ import torch
 from torch import Tensor
 
 from d2v_core import exact_count, uniform_keys
-from d2v_core.interfaces import MaskRequest, Masker
+from d2v_core import MaskRequest, Masker
 
 from d2v_plugin_maskers.options import InverseBlockMaskOptions
 

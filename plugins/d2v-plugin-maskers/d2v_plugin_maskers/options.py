@@ -4,10 +4,10 @@ from __future__ import annotations
 
 from pydantic import Field, PositiveInt
 
-from d2v_core.config import StrictModel
+from d2v_core import Options
 
 
-class InverseBlockMaskOptions(StrictModel):
+class InverseBlockMaskOptions(Options):
     """``masking.options`` of ``inverse-block`` (fairseq ``compute_block_mask_2d``,
     ``inverse_mask=True``; data2vec 2.0 image Base: 0.8, 3, 0.07; Large/Huge: 0.75, 3, 0.1).
 

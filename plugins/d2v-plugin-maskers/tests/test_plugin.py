@@ -16,6 +16,7 @@ from d2v_core.config_resolve import resolve_config
 from d2v_core.errors import UnknownComponentError
 from d2v_core.interfaces import MaskRequest
 from d2v_core.plugin_loader import module_source
+from d2v_core import testing
 from d2v_core.specs import load_ref
 from d2v_core.testing import check_masker, plugin_context
 
@@ -60,7 +61,7 @@ def test_without_the_plugin_the_masker_is_unknown():
 def test_it_masks_the_image_encoders_own_grid():
     with plugin_context(IMAGE, MASKERS) as loaded:
         cfg = resolve_config(loaded.registry, "image", "tiny")  # 32 px images, 4 px patches
-        feats = load_ref(loaded.registry.modality("image").encoder)(cfg).embed({"image": torch.randn(3, 3, 32, 32)})
+        feats = testing.build_encoder(loaded.registry.modality("image"), cfg).embed({"image": torch.randn(3, 3, 32, 32)})
         spec = loaded.registry.component("masker", "inverse-block", modality="image")
         masker = spec.load_factory()(spec.load_options()())
     assert feats.grid == (8, 8)

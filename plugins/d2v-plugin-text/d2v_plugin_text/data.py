@@ -14,10 +14,7 @@ from typing import Any, Mapping
 
 import torch
 
-from d2v_core.config import RunConfig
-from d2v_core.data.batching import pack_blocks
-from d2v_core.errors import ConfigError
-from d2v_core.interfaces import Batch, RecordDecoder, SkipRecord
+from d2v_core import Batch, BuildContext, ConfigError, RecordDecoder, SkipRecord, pack_blocks
 
 from d2v_plugin_text.options import TextDataOptions, TextEncoderOptions
 from d2v_plugin_text.packing import BREAK_MODES as PACK_ROWS_MODES
@@ -116,11 +113,9 @@ class TextRecordDecoder(RecordDecoder):
         return {"tokens": tokens, "padding_mask": tokens.eq(self.tokenizer.pad_id), "keys": [s["key"] for s in samples]}
 
 
-def build_record_decoder(cfg: RunConfig) -> TextRecordDecoder:
-    """The record decoder for a resolved config: tokenizer from ``cfg.encoder``, packing from
-    ``cfg.data.options``."""
-    enc = TextEncoderOptions.model_validate(cfg.encoder)
-    data = TextDataOptions.model_validate(cfg.data.options)
+def build_record_decoder(options: TextDataOptions, encoder: TextEncoderOptions, ctx: BuildContext) -> TextRecordDecoder:
+    """The record decoder: tokenizer from the encoder options, packing from the data options."""
+    enc, data = encoder, options
     if data.block_size > enc.max_positions:
         raise ConfigError(
             f"data.options.block_size ({data.block_size}) exceeds encoder.max_positions ({enc.max_positions})"

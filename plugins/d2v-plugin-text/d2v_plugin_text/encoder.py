@@ -14,9 +14,8 @@ from typing import Any, Mapping
 import torch
 from torch import Tensor, nn
 
-from d2v_core.config import RunConfig
-from d2v_core.errors import CheckpointError, DataError
-from d2v_core.interfaces import Batch, Context, FeatureEncoder, Features
+from d2v_core import CheckpointError, DataError
+from d2v_core import Batch, BuildContext, Context, FeatureEncoder, Features
 
 from d2v_plugin_text.options import TextEncoderOptions
 from d2v_plugin_text.tokenizer import PAD_ID, Tokenizer, load_tokenizer
@@ -177,11 +176,11 @@ def _is_demo_corpus(train: str) -> bool:
         return False
 
 
-def build_encoder(cfg: RunConfig) -> TextFeatureEncoder:
-    """The text encoder for a resolved run config (``cfg.encoder``: :class:`TextEncoderOptions`)."""
-    opts = TextEncoderOptions.model_validate(cfg.encoder)
+def build_encoder(options: TextEncoderOptions, ctx: BuildContext) -> TextFeatureEncoder:
+    """The text encoder: its options, and the model's width, dropout and eps from the context."""
+    opts = options
     tokenizer = load_tokenizer(opts.tokenizer)
-    if opts.tokenizer is None and cfg.data.train is not None and not _is_demo_corpus(cfg.data.train):
+    if opts.tokenizer is None and ctx.train_data is not None and not _is_demo_corpus(ctx.train_data):
         log.warning(
             "encoder.tokenizer is not set: using the demo tokenizer (%d ids, trained on the demo corpus); "
             "train one for your data with `d2v train-tokenizer`",
@@ -189,10 +188,10 @@ def build_encoder(cfg: RunConfig) -> TextFeatureEncoder:
         )
     return TextFeatureEncoder(
         tokenizer,
-        dim=cfg.model.dim,
+        dim=ctx.dim,
         max_positions=opts.max_positions,
-        dropout=cfg.model.dropout if opts.embed_dropout is None else opts.embed_dropout,
-        norm_eps=cfg.model.norm_eps,
+        dropout=ctx.dropout if opts.embed_dropout is None else opts.embed_dropout,
+        norm_eps=ctx.norm_eps,
         random_token_prob=opts.random_token_prob,
         leave_unmasked_prob=opts.leave_unmasked_prob,
     )

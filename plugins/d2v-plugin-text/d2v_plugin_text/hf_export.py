@@ -19,8 +19,8 @@ from typing import Any, Iterator, Mapping
 import torch
 from torch import Tensor, nn
 
-from d2v_core.errors import ExportError
-from d2v_core.interfaces import Exporter
+from d2v_core import ExportError, quiet_transformers, transformers_module
+from d2v_core import Exporter
 
 from d2v_plugin_text.encoder import TextFeatureEncoder
 from d2v_plugin_text.hf_tokenizer import SPM_FILE, write_hf_tokenizer
@@ -137,30 +137,6 @@ def _load_problem(exc: RuntimeError) -> str:
     return lines[1] if len(lines) > 1 else (lines[0] if lines else type(exc).__name__)
 
 
-def _transformers():  # noqa: ANN202
-    try:
-        import transformers
-    except ImportError:
-        raise ExportError("the hf format needs transformers: pip install 'd2v[hf]'") from None
-    return transformers
-
-
-@contextlib.contextmanager
-def _quiet_transformers() -> Iterator[None]:
-    """Without transformers' load report and progress bars (the exporter reports problems itself)."""
-    from transformers.utils import logging as hf_logging
-
-    level, bar = hf_logging.get_verbosity(), hf_logging.is_progress_bar_enabled()
-    hf_logging.set_verbosity_error()
-    hf_logging.disable_progress_bar()
-    try:
-        yield
-    finally:
-        hf_logging.set_verbosity(level)
-        if bar:
-            hf_logging.enable_progress_bar()
-
-
 def find_sentencepiece(src: Path) -> Path:
     """The sentencepiece model of an exported directory: :data:`SPM_FILE`, else the one ``*.model``."""
     if (src / SPM_FILE).is_file():
@@ -184,7 +160,7 @@ class TextHFExporter(Exporter):
         """Write config.json, model.safetensors, tokenizer.json, tokenizer_config.json and the
         sentencepiece model. The tokenizer is the encoder's own (restored from ``extra``)."""
         enc = check_exportable(model, cfg)
-        transformers = _transformers()
+        transformers = transformers_module()
         out = Path(out_dir)
         state = d2v_to_hf_state(model.state_dict(), cfg.model.depth)
         hf = transformers.Data2VecTextModel(hf_config(cfg.model, enc), add_pooling_layer=False)
@@ -192,12 +168,12 @@ class TextHFExporter(Exporter):
             hf.load_state_dict({k: v.detach().float().cpu() for k, v in state.items()}, strict=True)
         except RuntimeError as exc:
             raise ExportError(f"weights do not fit Data2VecTextModel: {_load_problem(exc)}") from None
-        with _quiet_transformers():
+        with quiet_transformers():
             hf.save_pretrained(str(out))
             write_hf_tokenizer(enc.tokenizer, out, enc.max_positions)
 
     def _hf_config(self, src: Path):  # noqa: ANN202
-        transformers = _transformers()
+        transformers = transformers_module()
         if not (src / "config.json").is_file():
             raise ExportError(f"{src} has no config.json: not a transformers model directory")
         cfg = transformers.AutoConfig.from_pretrained(str(src), local_files_only=True, trust_remote_code=False)
@@ -246,8 +222,8 @@ class TextHFExporter(Exporter):
         src = Path(src_dir)
         if not isinstance(getattr(model, "encoder", None), TextFeatureEncoder):
             raise ExportError("the hf text importer needs a model with the text plugin's encoder")
-        transformers = _transformers()
-        with _quiet_transformers():
+        transformers = transformers_module()
+        with quiet_transformers():
             hf, info = transformers.Data2VecTextModel.from_pretrained(
                 str(src), add_pooling_layer=False, output_loading_info=True, local_files_only=True, trust_remote_code=False
             )

@@ -23,7 +23,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from d2v_core.errors import ExportError
+from d2v_core import ExportError
 
 from d2v_plugin_text.tokenizer import BOS_ID, EOS_ID, PAD_ID, UNK_ID, Tokenizer
 

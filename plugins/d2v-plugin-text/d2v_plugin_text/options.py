@@ -6,10 +6,10 @@ from typing import Literal, Optional
 
 from pydantic import Field, PositiveInt, model_validator
 
-from d2v_core.config import StrictModel
+from d2v_core import Options
 
 
-class TextEncoderOptions(StrictModel):
+class TextEncoderOptions(Options):
     """``encoder:`` options of the text modality.
 
     - ``tokenizer``: path of a sentencepiece ``.model`` with d2v's ids (``d2v train-tokenizer``);
@@ -37,7 +37,7 @@ class TextEncoderOptions(StrictModel):
         return self
 
 
-class TextDataOptions(StrictModel):
+class TextDataOptions(Options):
     """``data.options`` of the text modality.
 
     - ``block_size``: tokens per training row, ``<s>`` included (at most ``encoder.max_positions``).
@@ -61,14 +61,14 @@ class TextDataOptions(StrictModel):
     max_doc_blocks: PositiveInt = 8
 
 
-class BertMaskOptions(StrictModel):
+class BertMaskOptions(Options):
     """``masking.options`` of ``bert``: ``int(mask_prob * n + U[0,1))`` tokens of each row's ``n``
     non-pad tokens, chosen uniformly without replacement (fairseq ``MaskTokensDataset``)."""
 
     mask_prob: float = Field(0.15, gt=0.0, lt=1.0)
 
 
-class SpanMaskOptions(StrictModel):
+class SpanMaskOptions(Options):
     """``masking.options`` of ``span``: ``int(mask_prob * n / span_length + U[0,1))`` distinct
     starts, each masking ``span_length`` tokens (overlaps allowed, cut at the row's end):
     fairseq's released data2vec text config (0.35, 4: about 31% of tokens)."""
@@ -77,7 +77,7 @@ class SpanMaskOptions(StrictModel):
     span_length: PositiveInt = 4
 
 
-class RandomMaskOptions(StrictModel):
+class RandomMaskOptions(Options):
     """``masking.options`` of ``text-random`` (data2vec 2.0 text, MAE ``random_masking``): each
     row keeps ``int(n * (1 - mask_prob))`` of ``n`` tokens and masks the rest, uniformly without
     replacement; ``n`` is the batch's shortest unpadded row, so every row masks as many."""

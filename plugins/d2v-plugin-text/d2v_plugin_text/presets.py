@@ -20,14 +20,14 @@ from __future__ import annotations
 
 from typing import Any
 
-from d2v_core.config_resolve import deep_merge
+from d2v_core import deep_merge
 
 _EMBEDDINGS = ["encoder.embed_tokens.*", "encoder.embed_positions.*", "encoder.layernorm_embedding.*"]
 
 _COMMON: dict[str, Any] = {
     "masking": {"name": "bert", "options": {}},
     "encoder": {"random_token_prob": 0.1, "leave_unmasked_prob": 0.1},
-    "targets": {"top_k": 10, "source": "ffn", "layer_norm": "layer", "post_norm": "none"},
+    "targets": {"top_k": 10, "source": "ffn", "per_layer_norm": "layer", "post_norm": "none"},
     "loss": {"beta": 4.0, "scale": 1.0, "head": "mlp", "head_hidden_mult": 2},
     "ema": {"teacher_input": "raw", "copy_params": list(_EMBEDDINGS), "exclude_params": []},
     # fairseq's data2vec_text has no collapse stop (target_var / pred_var are not even computed)
@@ -92,7 +92,7 @@ _V2: dict[str, Any] = {
     "decoder": {"name": "conv1d", "mask_noise_std": 0.01,
                 "options": {"channels": 768, "kernel": 9, "groups": 1, "layers": 5, "residual": False,
                             "projection_layers": 2, "projection_ratio": 2.0, "input_dropout": 0.1}},
-    "targets": {"top_k": 12, "source": "ffn", "layer_norm": "instance", "post_norm": "none"},
+    "targets": {"top_k": 12, "source": "ffn", "per_layer_norm": "instance", "post_norm": "none"},
     "loss": {"beta": 0.0, "scale": 1.0, "head": "linear"},
     # fairseq ema_encoder_only: the teacher is the Transformer, fed the student's embeddings
     # through the student's own positions, LayerNorm and dropout (in train mode)

@@ -13,7 +13,7 @@ import torch
 from torch import Tensor
 
 from d2v_core import exact_count
-from d2v_core.interfaces import MaskRequest, Masker
+from d2v_core import MaskRequest, Masker
 
 from d2v_plugin_text.options import RandomMaskOptions
 

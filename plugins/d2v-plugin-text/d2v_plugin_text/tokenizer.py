@@ -19,7 +19,7 @@ from typing import Iterable, Iterator, Sequence
 
 import sentencepiece as spm
 
-from d2v_core.errors import ConfigError, DataError
+from d2v_core import ConfigError, DataError, first_line
 
 BOS_ID, PAD_ID, EOS_ID, UNK_ID = 0, 1, 2, 3
 MODEL_TYPES = ("bpe", "unigram")
@@ -181,7 +181,7 @@ def train_tokenizer(
             minloglevel=2,
         )
     except RuntimeError as exc:
-        msg = str(exc).splitlines()[0]
+        msg = first_line(exc)
         reason = msg.split("] ", 1)[-1] if "] " in msg else msg
         if "too high" in msg:
             raise DataError(f"vocab size {vocab_size} is too large for this corpus: {reason}") from None

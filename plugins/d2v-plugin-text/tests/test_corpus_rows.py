@@ -67,8 +67,8 @@ def test_presets_give_fairseqs_rows_of_512(preset, rows, mode):
 
     with plugin_context(plugin) as loaded:
         cfg = resolve_config(loaded.registry, "text", preset)
-    assert (cfg.data.batch_size, cfg.data.options["break_mode"], cfg.data.max_tokens) == (rows, mode, None)
-    assert cfg.data.options["block_size"] == (128 if preset == "tiny" else 512)
+    assert (cfg.data.batch_size, cfg.data.options.break_mode, cfg.data.max_tokens) == (rows, mode, None)
+    assert cfg.data.options.block_size == (128 if preset == "tiny" else 512)
 
 
 @pytest.mark.parametrize("preset, stops", [("base", False), ("tiny", False), ("base-span", False), ("v2-base", True), ("v2-tiny", True)])

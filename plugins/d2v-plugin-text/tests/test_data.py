@@ -5,7 +5,16 @@ from d2v_core import testing
 from d2v_core.config import RunConfig
 from d2v_core.errors import ConfigError
 from d2v_core.interfaces import SkipRecord
-from d2v_plugin_text.data import TextRecordDecoder, build_record_decoder
+from d2v_core.train.build import build_context
+from d2v_plugin_text.data import TextRecordDecoder
+from d2v_plugin_text.data import build_record_decoder as build_text_decoder
+from d2v_plugin_text.options import TextDataOptions, TextEncoderOptions
+
+
+def build_record_decoder(cfg: RunConfig) -> TextRecordDecoder:
+    """The factory, called as the core calls it for ``cfg``."""
+    return build_text_decoder(TextDataOptions.model_validate(cfg.data.options), TextEncoderOptions.model_validate(cfg.encoder),
+                              build_context(cfg))
 
 
 @pytest.fixture()

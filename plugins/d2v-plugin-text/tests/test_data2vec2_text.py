@@ -30,12 +30,12 @@ def test_v2_base_preset_is_the_spec_recipe(registry):
     m = cfg.model
     assert (m.dim, m.depth, m.heads, m.ffn_dim, m.layout, m.norm_eps) == (768, 12, 12, 3072, "post_ln", 1e-5)
     assert (m.dropout, m.attention_dropout, m.layerdrop) == (0.1, 0.1, 0.0)
-    assert (cfg.masking.name, cfg.masking.options["mask_prob"], cfg.masking.clone_batch) == ("text-random", 0.48, 8)
+    assert (cfg.masking.name, cfg.masking.options.mask_prob, cfg.masking.clone_batch) == ("text-random", 0.48, 8)
     d = cfg.decoder
     assert d.name == "conv1d" and d.mask_noise_std == 0.01
-    assert {k: d.options[k] for k in ("channels", "kernel", "groups", "layers", "residual", "projection_layers", "projection_ratio")} == {
+    assert {k: getattr(d.options, k) for k in ("channels", "kernel", "groups", "layers", "residual", "projection_layers", "projection_ratio")} == {
         "channels": 768, "kernel": 9, "groups": 1, "layers": 5, "residual": False, "projection_layers": 2, "projection_ratio": 2.0}
-    assert (cfg.targets.top_k, cfg.targets.source, cfg.targets.layer_norm, cfg.targets.post_norm) == (12, "ffn", "instance", "none")
+    assert (cfg.targets.top_k, cfg.targets.source, cfg.targets.per_layer_norm, cfg.targets.post_norm) == (12, "ffn", "instance", "none")
     assert (cfg.loss.beta, cfg.loss.scale, cfg.loss.cls_weight) == (0.0, 1.0, 0.0)
     e = cfg.ema
     assert (e.decay, e.end_decay, e.anneal_end_step, e.teacher_input) == (0.9999, 0.99999, 100_000, "features")
@@ -43,7 +43,7 @@ def test_v2_base_preset_is_the_spec_recipe(registry):
     o = cfg.optim
     assert (o.lr, tuple(o.betas), o.eps, o.weight_decay, o.clip_norm) == (2e-4, (0.9, 0.98), 1e-6, 0.01, 1.0)
     assert (o.schedule.name, o.schedule.warmup_steps, cfg.runtime.max_steps) == ("cosine", 4000, 1_000_000)
-    assert cfg.data.options["block_size"] == 512 and cfg.data.options["break_mode"] == "none"
+    assert cfg.data.options.block_size == 512 and cfg.data.options.break_mode == "none"
     tiny = resolve_config(registry, "text", "v2-tiny")
     assert (tiny.model.dim, tiny.model.depth) == (128, 4) and tiny.masking.clone_batch == 8
 

@@ -7,8 +7,16 @@ import torch
 from d2v_core import testing
 from d2v_core.config import RunConfig
 from d2v_core.errors import CheckpointError, ConfigError, DataError
-from d2v_plugin_text.encoder import TextFeatureEncoder, build_encoder, make_positions
+from d2v_core.train.build import build_context
+from d2v_plugin_text.encoder import TextFeatureEncoder, make_positions
+from d2v_plugin_text.encoder import build_encoder as build_text_encoder
+from d2v_plugin_text.options import TextEncoderOptions
 from d2v_plugin_text.tokenizer import Tokenizer, load_tokenizer
+
+
+def build_encoder(cfg: RunConfig) -> TextFeatureEncoder:
+    """The factory, called as the core calls it for ``cfg``."""
+    return build_text_encoder(TextEncoderOptions.model_validate(cfg.encoder), build_context(cfg))
 
 
 def tiny_encoder(tokenizer=None, dim=16, max_positions=32, **kw) -> TextFeatureEncoder:

@@ -177,7 +177,7 @@ def test_export_import_and_continue(registry, small_tokenizer, corpus_lines, tmp
     assert code == 0, err
     (hf_dir / SPM_FILE).unlink()
     pre = load_pretrained(tmp_path / "run2", registry)
-    assert pre.cfg.model.dim == 32 and pre.cfg.model.depth == 3 and pre.cfg.encoder["max_positions"] == 48
+    assert pre.cfg.model.dim == 32 and pre.cfg.model.depth == 3 and pre.cfg.encoder.max_positions == 48
     again, _ = encoder_states(pre.model, batch)
     assert (again - ours).abs()[valid].max().item() <= 1e-6
     imported = pre.path
@@ -225,7 +225,7 @@ def test_import_of_a_transformers_model(registry, small_tokenizer, corpus_lines,
     code, _, err = run_cli(["import", "--from-hf", str(hf_dir), "-m", "text", "--out", str(tmp_path / "run")], capsys)
     assert code == 0, err
     pre = load_pretrained(tmp_path / "run", registry)
-    assert (pre.cfg.model.dim, pre.cfg.model.ffn_dim, pre.cfg.encoder["max_positions"]) == (24, 40, 32)
+    assert (pre.cfg.model.dim, pre.cfg.model.ffn_dim, pre.cfg.encoder.max_positions) == (24, 40, 32)
     batch = padded_batch(small_tokenizer, texts)
     assert torch.equal(ids, batch["tokens"])
     ours, _ = encoder_states(pre.model, batch)

@@ -42,9 +42,9 @@ def test_base_preset_follows_the_spec(registry):
     m = cfg.model
     assert (m.dim, m.depth, m.heads, m.ffn_dim, m.layout, m.dropout, m.attention_dropout) == (768, 12, 12, 3072, "post_ln", 0.1, 0.1)
     assert m.final_norm is False and m.norm_eps == 1e-5
-    assert cfg.masking.name == "bert" and cfg.masking.options == {"mask_prob": 0.15}
-    assert (cfg.encoder["random_token_prob"], cfg.encoder["leave_unmasked_prob"], cfg.encoder["max_positions"]) == (0.1, 0.1, 512)
-    assert cfg.targets.model_dump() == {"top_k": 10, "source": "ffn", "layer_norm": "layer", "post_norm": "none"}
+    assert cfg.masking.name == "bert" and cfg.masking.options.model_dump() == {"mask_prob": 0.15}
+    assert (cfg.encoder.random_token_prob, cfg.encoder.leave_unmasked_prob, cfg.encoder.max_positions) == (0.1, 0.1, 512)
+    assert cfg.targets.model_dump() == {"top_k": 10, "source": "ffn", "per_layer_norm": "layer", "post_norm": "none"}
     assert cfg.loss.model_dump() == {"beta": 4.0, "scale": 1.0, "head": "mlp", "head_hidden_mult": 2, "cls_weight": 0.0}
     e = cfg.ema
     assert (e.decay, e.end_decay, e.anneal_end_step, e.teacher_input) == (0.999, 0.9999, 300_000, "raw")
@@ -53,37 +53,37 @@ def test_base_preset_follows_the_spec(registry):
     assert (o.lr, o.betas, o.eps, o.weight_decay, o.clip_norm) == (2e-4, (0.9, 0.98), 1e-6, 0.01, 5.0)
     assert (o.schedule.name, o.schedule.warmup_steps, o.schedule.warmup_init_lr, o.schedule.min_lr) == ("cosine", 10_000, 0.0, 0.0)
     assert cfg.runtime.max_steps == 1_000_000
-    assert cfg.data.options == {"block_size": 512, "break_mode": "complete_doc", "drop_partial_row": False, "max_doc_blocks": 8}
+    assert cfg.data.options.model_dump() == {"block_size": 512, "break_mode": "complete_doc", "drop_partial_row": False, "max_doc_blocks": 8}
 
 
 def test_span_presets_use_fairseq_released_masking(registry):
     for name in ("base-span", "tiny-span"):
         cfg = resolve_config(registry, "text", name)
-        assert cfg.masking.name == "text-span" and cfg.masking.options == {"mask_prob": 0.35, "span_length": 4}
-        assert cfg.encoder["random_token_prob"] == 0.0 and cfg.encoder["leave_unmasked_prob"] == 0.0
+        assert cfg.masking.name == "text-span" and cfg.masking.options.model_dump() == {"mask_prob": 0.35, "span_length": 4}
+        assert cfg.encoder.random_token_prob == 0.0 and cfg.encoder.leave_unmasked_prob == 0.0
 
 
 def test_tiny_preset_is_cpu_sized(registry):
     cfg = resolve_config(registry, "text", None)  # default preset
     assert cfg.preset == "tiny"
     assert 64 <= cfg.model.dim <= 128 and cfg.model.depth == 4
-    assert 64 <= cfg.data.options["block_size"] <= 128 <= cfg.encoder["max_positions"]
-    assert cfg.encoder["tokenizer"] is None and cfg.ema.teacher_input == "raw"
+    assert 64 <= cfg.data.options.block_size <= 128 <= cfg.encoder.max_positions
+    assert cfg.encoder.tokenizer is None and cfg.ema.teacher_input == "raw"
 
 
 def test_one_student_step_on_the_demo_corpus(registry):
     spec = registry.modality("text")
     cfg = resolve_config(registry, "text", "tiny")
-    encoder = load_ref(spec.encoder)(cfg)
-    decoder = load_ref(spec.record_decoder)(cfg)
+    encoder = testing.build_encoder(spec, cfg)
+    decoder = testing.build_record_decoder(spec, cfg)
     path = Path(load_ref(spec.demo_data)())
     lines = path.read_text(encoding="utf-8").splitlines()
     records = [{"txt": json.loads(line)["text"].encode(), "__key__": str(i)} for i, line in enumerate(lines[:32])]
     batch = decoder.collate([decoder.decode(r) for r in records])
-    assert batch["tokens"].shape[1] <= cfg.data.options["block_size"]
+    assert batch["tokens"].shape[1] <= cfg.data.options.block_size
     feats = testing.check_feature_encoder(encoder, batch)
     comp = registry.component("masker", cfg.masking.name)
-    masker = comp.load_factory()(comp.load_options()(**cfg.masking.options))
+    masker = comp.load_factory()(comp.load_options()(**cfg.masking.options.model_dump()))
     mask = masker(MaskRequest(*feats.x.shape[:2], feats.padding_mask, feats.grid), torch.Generator().manual_seed(0))
     ctx = encoder.contextualize(encoder.apply_mask(feats.x, mask, torch.Generator()), feats.padding_mask)
     assert ctx.x.shape == feats.x.shape and torch.isfinite(ctx.x).all()
