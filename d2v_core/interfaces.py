@@ -49,6 +49,7 @@ FACTORY_ARGS: dict[str, tuple[str, ...]] = {
     "normalizer": (),
     "decoder": ("options", "ctx"),
     "exporter": (),
+    "importer": (),
     "schedule": ("options", "ctx"),
 }
 

@@ -200,10 +200,10 @@ def _clashes(registry: Registry, staged: list[tuple[PluginSource, PluginStatus, 
     """``((kind, name), {plugins}, message)`` for each name registered by more than one plugin
     (or by a plugin and the core, whose own entry stays)."""
     owners: dict[tuple[str, str], list[tuple[str, str]]] = {}
-    for entry in registry:
+    for entry in registry.entries():
         owners.setdefault(_key(entry), []).append((entry.plugin, entry.distribution))
     for src, _, stage in staged:
-        for entry in stage:
+        for entry in stage.entries():
             owners.setdefault(_key(entry), []).append((src.name, src.distribution))
     out = []
     for (kind, name), who in owners.items():

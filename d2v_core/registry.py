@@ -115,3 +115,7 @@ class Registry:
 
     def names(self, kind: str, modality: str | None = None) -> list[str]:
         return sorted(n for n, s in self._components[kind].items() if modality is None or s.supports(modality))
+
+    def entries(self) -> list[ModalitySpec | ComponentSpec]:
+        """Every registered modality and component (the loader compares plugins' names with it)."""
+        return [*self._modalities.values(), *(spec for table in self._components.values() for spec in table.values())]
