@@ -142,7 +142,7 @@ def import_(
         fresh = f"; not in the file, freshly initialised: {', '.join(result.fresh_modules)}" if result.fresh_modules else ""
         typer.echo(f"imported {from_fairseq} ({result.family}) -> {result.path}; {teacher}; {unused}{fresh}")
         return
-    if modality is None:
+    if from_hf is None or modality is None:
         raise ConfigError("--from-hf needs --modality (audio, image or text)")
     from d2v_core.inference.exchange import import_checkpoint
 

@@ -22,8 +22,8 @@ from d2v_core.errors import ConfigError, ExportError, UnknownComponentError
 from d2v_core.interfaces import Exporter
 from d2v_core.model.ema_teacher import EMATeacher
 from d2v_core.registry import Registry
-from d2v_core.train.build import build_model
 from d2v_core.train import run_folder
+from d2v_core.train.build import build_model
 from d2v_core.train.checkpoint import save_checkpoint
 
 

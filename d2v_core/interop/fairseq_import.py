@@ -63,7 +63,9 @@ class FairseqImporter(ABC):
     def validate(self, cfg: RunConfig, ckpt: FairseqCheckpoint) -> None:
         """Check the resolved config against the checkpoint before the model is built (e.g. that
         a text run names a tokenizer whose ids fit the checkpoint's table); raise
-        :class:`CheckpointError` or :class:`ConfigError` with what to pass instead."""
+        :class:`CheckpointError` or :class:`ConfigError` with what to pass instead. By default
+        every config is accepted."""
+        return None
 
     def fresh_keys(self, cfg: RunConfig) -> Sequence[str]:
         """d2v tensors the checkpoint does not hold and that keep their fresh initialisation."""

@@ -100,7 +100,7 @@ def _builder(name: str):  # noqa: ANN202
     return build
 
 
-def _safe_globals() -> list[tuple[Any, str]]:
+def _safe_globals() -> list[Any]:
     out: list[tuple[Any, str]] = [(_record_class(n), n) for n in _RECORDS]
     out += [(_Marker(n), n) for n in _MARKERS]
     out += [(_builder(n), n) for n in (*_BUILDERS, *FAIRSEQ_ENUMS)]
@@ -188,7 +188,9 @@ def _unwrap(ckpt: FairseqCheckpoint) -> FairseqCheckpoint:
     tensors without the wrapper's prefix; the fine-tuning head's tensors keep their names (and
     so are reported as unused)."""
     prefix, field_name = WRAPPERS.get(ckpt.model_name, (None, None))
-    inner = ckpt.model_cfg.get(field_name) if prefix else None
+    if prefix is None or field_name is None:
+        return ckpt
+    inner = ckpt.model_cfg.get(field_name)
     if not isinstance(inner, dict):
         return ckpt
     inner = resolve_interpolations(inner)

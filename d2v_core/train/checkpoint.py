@@ -258,8 +258,8 @@ def save_checkpoint(
             f"cannot write checkpoint at step {step} in {root}: {first_line(exc)} ({_free_space(root)}){kept}"
         ) from exc
     ours = run_folder.recorded(run_dir)
-    for old in [c for c in list_checkpoints(run_dir) if c.path.name in ours][:-keep_last]:
-        _delete_dir(old.path)
+    for stale in [c for c in list_checkpoints(run_dir) if c.path.name in ours][:-keep_last]:
+        _delete_dir(stale.path)
     return final
 
 

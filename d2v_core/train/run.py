@@ -96,9 +96,9 @@ def pretrain(
                     f"pass its config: --config {start.path / 'config.yaml'}"
                 ) from None
         if latest is not None and loaded is not None:
-            problem = ckpt.describe_mismatch(loaded["student"], model.state_dict())
-            if problem:
-                raise CheckpointError(f"--resume: the checkpoint {latest.path} does not fit this config ({problem})")
+            mismatch = ckpt.describe_mismatch(loaded["student"], model.state_dict())
+            if mismatch:
+                raise CheckpointError(f"--resume: the checkpoint {latest.path} does not fit this config ({mismatch})")
             trainer.restore(loaded)
             trainer.last_checkpoint = latest.path
         if dist.is_main:
