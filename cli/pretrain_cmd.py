@@ -2,9 +2,20 @@
 
 from __future__ import annotations
 
+import os
 from typing import List, Optional
 
 import typer
+
+
+def _is_main_rank() -> bool:
+    """Rank 0 of a torchrun launch (or a single process): the only one that prints."""
+    return int(os.environ.get("RANK", "0")) == 0
+
+
+def _say(message: str, err: bool = False) -> None:
+    if _is_main_rank():
+        typer.echo(message, err=err)
 
 
 def pretrain(
@@ -16,6 +27,8 @@ def pretrain(
     out: Optional[str] = typer.Option(None, "--out", "-o", help="Run directory (runtime.out_dir)."),
     masker: Optional[str] = typer.Option(None, "--masker", help="Masker name (masking.name)."),
     max_steps: Optional[int] = typer.Option(None, "--max-steps", help="Number of updates (runtime.max_steps)."),
+    threads: Optional[int] = typer.Option(None, "--threads", min=1, help="torch intra-op threads per process (runtime.threads); "
+                                          "fewer than the cores is often faster on a shared machine."),
     resume: bool = typer.Option(False, "--resume", help="Continue from the newest complete checkpoint in the run directory."),
     init_from: Optional[str] = typer.Option(None, "--init-from", help="Start from the weights of this checkpoint (e.g. made by d2v import), with a fresh optimiser."),
     allow_pipe_urls: bool = typer.Option(False, "--allow-pipe-urls", help="Allow webdataset 'pipe:' URLs (they run shell commands)."),
@@ -23,16 +36,23 @@ def pretrain(
         None, "--max-bad-fraction", help="Abort when more than this fraction of records is unusable (data.max_bad_fraction, default 0.5)."
     ),
 ) -> None:
-    """Pretrain a data2vec model: preset, then --config, then --set, then the flags above."""
+    """Pretrain a data2vec model: preset, then --config, then --set, then the flags above.
+
+    On a terminal a progress bar shows the run; elsewhere (a file, a pipe, CI) one line per
+    runtime.log_every steps. Under torchrun only rank 0 prints."""
+    import warnings
+
     from d2v_core.config_resolve import resolve_config
     from d2v_core.plugin_loader import get_plugins
     from d2v_core.specs import load_ref
     from d2v_core.train.run import pretrain as run_pretrain
 
+    if not _is_main_rank():  # the other ranks' warnings repeat rank 0's
+        warnings.simplefilter("ignore")
     loaded = get_plugins()
     overrides = list(set_)
     for key, value in (("data.train", data), ("runtime.out_dir", out), ("masking.name", masker), ("runtime.max_steps", max_steps),
-                       ("data.max_bad_fraction", max_bad_fraction)):
+                       ("data.max_bad_fraction", max_bad_fraction), ("runtime.threads", threads)):
         if value is not None:
             overrides.append(f"{key}={value}")
     if init_from is not None and config is None and preset is None:
@@ -45,20 +65,26 @@ def pretrain(
 
             raise ConfigError(f"no --data given and modality {spec.name!r} ships no demo data; pass --data PATH")
         demo = str(load_ref(spec.demo_data, f"modality {spec.name!r} demo data")())
-        typer.echo(f"no --data given: using the demo data shipped with {spec.distribution} ({demo})")
+        _say(f"no --data given: using the demo data shipped with {spec.distribution} ({demo})")
         cfg = cfg.model_copy(update={"data": cfg.data.model_copy(update={"train": demo})})
-    typer.echo(f"pretraining {cfg.modality}/{cfg.preset} -> {cfg.runtime.out_dir}")
+    if resume:
+        from d2v_core.train.checkpoint import latest_checkpoint
+
+        found = latest_checkpoint(cfg.runtime.out_dir)
+        _say(f"resuming from {found.path} (step {found.step})" if found else
+             f"--resume: no checkpoint in {cfg.runtime.out_dir} yet; starting a new run there")
+    _say(f"pretraining {cfg.modality}/{cfg.preset} -> {cfg.runtime.out_dir}")
     versions = {p.distribution: p.version for p in loaded.plugins if p.status == "ok"}
     result = run_pretrain(cfg, loaded.registry, resume=resume, versions=versions, allow_pipe_urls=allow_pipe_urls,
                           init_from=init_from)
     loss = f"{result.last_loss:.4f}" if result.last_loss is not None else "n/a"
     how = "stopped on signal" if result.stopped_early else "done"
-    typer.echo(f"{how}: step {result.step}, last loss {loss}, checkpoint {result.checkpoint}")
+    _say(f"{how}: step {result.step}/{cfg.runtime.max_steps}, last loss {loss}, checkpoint {result.checkpoint}")
     if result.stopped_early:  # not finished: exit like a process ended by that signal (130, 143)
         import signal
 
         signum = result.stop_signal or signal.SIGTERM
-        typer.echo(f"stopped by {signal.Signals(signum).name} before step {cfg.runtime.max_steps}; continue with --resume", err=True)
+        _say(f"stopped by {signal.Signals(signum).name} before step {cfg.runtime.max_steps}; continue with --resume", err=True)
         raise typer.Exit(128 + int(signum))
 
 
@@ -66,12 +92,12 @@ def _checkpoint_config(path: str):  # noqa: ANN202
     """The config.yaml of a checkpoint directory, or of the newest checkpoint of a run directory."""
     from pathlib import Path
 
-    from d2v_core.errors import CheckpointError
+    from d2v_core.errors import MissingCheckpointError
     from d2v_core.train.checkpoint import latest_checkpoint
 
     p = Path(path)
     latest = latest_checkpoint(p)
     found = (latest.path if latest else p) / "config.yaml"
     if not found.is_file():
-        raise CheckpointError(f"--init-from {path}: no complete checkpoint with a config.yaml there")
+        raise MissingCheckpointError(f"--init-from {path}: no complete checkpoint with a config.yaml there")
     return found

@@ -26,7 +26,7 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
-from d2v_core.errors import CheckpointError
+from d2v_core.errors import CheckpointError, MissingCheckpointError
 
 STEP_DIR = re.compile(r"^step_(\d{8})$")
 COMPLETE_MARKER = "meta.json"  # written last
@@ -193,10 +193,10 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
     if (p / "checkpoints").is_dir() and not (p / COMPLETE_MARKER).exists():
         latest = latest_checkpoint(p)
         if latest is None:
-            raise CheckpointError(f"no complete checkpoint in {p / 'checkpoints'}")
+            raise MissingCheckpointError(f"no complete checkpoint in {p / 'checkpoints'}")
         p = latest.path
     if not (p / COMPLETE_MARKER).is_file():
-        raise CheckpointError(f"{p} is not a complete d2v checkpoint (no {COMPLETE_MARKER})")
+        raise MissingCheckpointError(f"{p} is not a complete d2v checkpoint (no {COMPLETE_MARKER})")
     try:
         out = {
             "path": p,

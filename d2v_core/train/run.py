@@ -39,6 +39,8 @@ def pretrain(
     if not cfg.data.train:
         raise ConfigError("no training data: pass --data PATH (a folder, a CSV/JSONL manifest or tar shards)")
     check_distributed(cfg)
+    if cfg.runtime.threads is not None:  # on a shared machine fewer threads than cores can be much faster
+        torch.set_num_threads(cfg.runtime.threads)
     device = resolve_device(cfg)
     dist = init_distributed(device.type)
     trainer = None
@@ -59,6 +61,7 @@ def pretrain(
         model = build_model(cfg, registry)
         if start is not None:
             model.encoder.load_extra_state(start["extra"])
+            _load_init_weights(model, start, init_from)  # before any folder is made: a refused run leaves none
         if dist.is_main:
             check_output_dir(run_dir, resume, checkpoint_bytes(sum(p.numel() for p in model.parameters())))
         loader = TrainLoader(
@@ -68,15 +71,7 @@ def pretrain(
         )
         trainer = Trainer(cfg, model, loader, device, dist, versions)
         if start is not None:
-            try:
-                model.load_state_dict(start["student"])
-                trainer.teacher.load_state_dict(start["teacher"])
-            except (RuntimeError, KeyError) as exc:
-                problem = next((line.strip() for line in str(exc).splitlines()[1:] if line.strip()), str(exc))
-                raise CheckpointError(
-                    f"--init-from {init_from}: its weights do not fit this config ({problem}); "
-                    f"pass its config: --config {Path(start['path']) / 'config.yaml'}"
-                ) from None
+            trainer.teacher.load_state_dict(start["teacher"])
         if latest is not None:
             trainer.restore(ckpt.load_checkpoint(latest.path))
             trainer.last_checkpoint = latest.path
@@ -100,6 +95,26 @@ def pretrain(
         trainer = None
         gc.collect()
         shutdown(barrier_first=clean)
+
+
+def weight_mismatch(expected: dict[str, torch.Tensor], given: dict[str, torch.Tensor]) -> str | None:
+    """A short account of how ``given`` weights differ from a model's ``expected`` ones (None: they fit)."""
+    missing = sorted(set(expected) - set(given))
+    unexpected = sorted(set(given) - set(expected))
+    shapes = sorted(k for k in set(expected) & set(given) if tuple(expected[k].shape) != tuple(given[k].shape))
+    parts = [f"{len(keys)} {what} (e.g. {keys[0]})" for keys, what in
+             ((missing, "missing"), (unexpected, "unexpected"), (shapes, "of another shape")) if keys]
+    return "; ".join(parts) or None
+
+
+def _load_init_weights(model: torch.nn.Module, start: dict, init_from: str | Path) -> None:
+    problem = weight_mismatch(model.state_dict(), start["student"])
+    if problem is not None:  # the hint first; the key names would be pages long
+        raise CheckpointError(
+            f"--init-from {init_from} does not fit this config: pass its config with --config "
+            f"{Path(start['path']) / 'config.yaml'} (or no --preset); weights {problem}"
+        )
+    model.load_state_dict(start["student"])
 
 
 def _write_report(run_dir: Path) -> None:
