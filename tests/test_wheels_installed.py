@@ -19,7 +19,7 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).parent))
 import wheel_env  # noqa: E402
-from wheel_env import PLUGINS, ROOT, InstallCheckError, d2v, link_torch_layer, make_env, pip_install  # noqa: E402
+from wheel_env import PLUGINS, ROOT, InstallCheckError, d2v, make_env, pip_install  # noqa: E402
 
 pytestmark = pytest.mark.slow
 
@@ -38,30 +38,6 @@ spec = get_registry().component("masker", "inverse-block")
 masker = spec.load_factory()(spec.load_options()())
 print("ratio", check_masker(masker, length=196, grid=(14, 14)))
 """
-
-
-@pytest.fixture(scope="session")
-def core_env(tmp_path_factory):
-    """Wheels and the torch + core layers, made once and shared by every xdist worker."""
-    import os
-
-    from filelock import FileLock
-
-    worker = os.environ.get("PYTEST_XDIST_WORKER")
-    shared = tmp_path_factory.getbasetemp().parent if worker else tmp_path_factory.getbasetemp()
-    base = shared / "d2v-wheels"
-    with FileLock(str(shared / "d2v-wheels.lock")):
-        if not (base / "ready").exists():
-            shutil.rmtree(base, ignore_errors=True)
-            dist = base / "dist"
-            dist.mkdir(parents=True)
-            for folder in (ROOT, *(ROOT / p for p in PLUGINS.values())):
-                wheel_env.build_wheel(folder, dist, base / "src")
-            link_torch_layer(base / "torch")
-            python = make_env(base / "core", [base / "torch"])
-            pip_install(python, *dist.glob("d2v-*.whl"))
-            (base / "ready").touch()
-    return base
 
 
 def _plugin_env(base: Path, name: str, tmp: Path, wheel: Path) -> Path:

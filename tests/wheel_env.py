@@ -122,6 +122,11 @@ def pip_install(python: Path, *wheels: Path, find_links: Path | None = None) -> 
     return run(cmd + [str(w) for w in wheels], env=clean_env())
 
 
-def d2v(python: Path, *args: str, cwd: Path, timeout: float = 600) -> str:
+def d2v(python: Path, *args: str, cwd: Path, timeout: float = 600, env: dict[str, str] | None = None) -> str:
     """``d2v ARGS`` in the environment of ``python``."""
-    return run([str(python), "-m", "d2v_cli.app", *args], cwd=cwd, env=clean_env(), timeout=timeout)
+    return run([str(python), "-m", "d2v_cli.app", *args], cwd=cwd, env=clean_env(**(env or {})), timeout=timeout)
+
+
+def plugin_env(base: Path, env_dir: Path) -> Path:
+    """A fresh environment on the torch and core layers of ``base`` (the ``core_env`` fixture)."""
+    return make_env(env_dir, [base / "torch", site_packages(base / "core")])
