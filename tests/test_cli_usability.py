@@ -179,6 +179,18 @@ def test_init_from_a_mismatched_checkpoint_is_short_and_leaves_no_folder(tmp_pat
     assert code == 2 and err.startswith("error: --init-from") and not fresh.exists()
 
 
+def test_a_run_refused_by_preflight_leaves_no_folder(tmp_path, example_plugins, cli, monkeypatch):
+    import d2v_core.train.run as run_module
+
+    monkeypatch.setattr(run_module, "checkpoint_bytes", lambda n: 2**62)  # no disk is that large
+    out_dir = tmp_path / "new" / "run"
+    code, _, err = cli([*BASE, "--data", str(vectors(tmp_path / "d")), "--out", str(out_dir), "--max-steps", "1"])
+    assert code == 2 and err.startswith("error: not enough disk space") and not out_dir.exists()
+    out_dir.mkdir(parents=True)  # a folder the user made is theirs: kept
+    code, _, err = cli([*BASE, "--data", str(tmp_path / "d"), "--out", str(out_dir), "--max-steps", "1"])
+    assert code == 2 and out_dir.is_dir()
+
+
 def test_resume_on_an_empty_folder_says_so(tmp_path, example_plugins, cli):
     code, out, err = cli([*BASE, "--data", str(vectors(tmp_path / "d")), "--out", str(tmp_path / "run"), "--max-steps", "1",
                           "--set", "runtime.progress=false", "--resume"])

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import gc
 import json
 import random
@@ -45,6 +46,7 @@ def pretrain(
     dist = init_distributed(device.type)
     trainer = None
     clean = False
+    made_run_dir = not Path(cfg.runtime.out_dir).exists()
     try:
         micro_batch = check_batch(cfg, dist.world_size)
         spec = registry.modality(cfg.modality)
@@ -95,6 +97,9 @@ def pretrain(
         trainer = None
         gc.collect()
         shutdown(barrier_first=clean)
+        if not clean and made_run_dir:  # a refused run leaves no empty folder behind
+            with contextlib.suppress(OSError):  # not empty (or gone): keep it
+                Path(cfg.runtime.out_dir).rmdir()
 
 
 def weight_mismatch(expected: dict[str, torch.Tensor], given: dict[str, torch.Tensor]) -> str | None:
