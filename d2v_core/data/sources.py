@@ -228,7 +228,7 @@ def _brace_shards(spec: str, expanded: str) -> Source:
         if _GLOB_CHARS.search(part):
             hits = sorted(glob.glob(part, recursive=True))
             if not hits:
-                raise DataError(f"pattern {spec!r}: {part!r} matches no file (looking for .tar shards)")
+                raise MissingInputError(f"pattern {spec!r}: {part!r} matches no file (looking for .tar shards)")
             names += hits
             continue
         if not Path(part).is_file():
@@ -241,7 +241,7 @@ def _brace_shards(spec: str, expanded: str) -> Source:
 def _glob_shards(spec: str, expanded: str) -> Source:
     names = sorted(n for n in glob.glob(expanded, recursive=True) if Path(n).is_file())
     if not names:
-        raise DataError(f"pattern {spec!r} matches no file (looking for .tar shards); check the path and quoting")
+        raise MissingInputError(f"pattern {spec!r} matches no file (looking for .tar shards); check the path and quoting")
     return _shards_from(spec, names)
 
 
