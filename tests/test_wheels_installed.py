@@ -10,6 +10,7 @@ pretrain run; see docs/plugin-guide.md#installing-from-wheels.
 from __future__ import annotations
 
 import json
+import re
 import shutil
 import sys
 import tomllib
@@ -99,3 +100,21 @@ def test_the_check_fails_when_a_declared_dependency_is_removed(core_env, tmp_pat
     wheel = wheel_env.build_wheel(src / "d2v-plugin-text", tmp_path / "dist", tmp_path / "scratch")
     with pytest.raises(InstallCheckError, match="sentencepiece"):
         check_plugin_installed(core_env, "text", tmp_path, wheel=wheel)
+
+
+@pytest.mark.parametrize("name", ["core", *sorted(PLUGINS)])
+def test_building_a_wheel_prints_no_setuptools_warning(name, tmp_path):
+    """SPDX license strings and explicit packages (demo folders included): a build says nothing to fix."""
+    folder = ROOT if name == "core" else ROOT / PLUGINS[name]
+    (tmp_path / "dist").mkdir()
+    copy = tmp_path / "src"
+    copy.mkdir()
+    wheel_env.build_wheel(folder, tmp_path / "dist", copy)  # the same copy of the sources, then its backend verbosely
+    (src,) = list(copy.iterdir())
+    shutil.rmtree(src / "build", ignore_errors=True)
+    proc = wheel_env.run([sys.executable, "-W", "always", "-c",
+                          f"from setuptools import build_meta; build_meta.build_wheel({str(tmp_path / 'dist2')!r})"],
+                         cwd=src, env=wheel_env.clean_env())
+    warnings = [line for line in proc.splitlines() if re.search(r"warning|deprecat|would be ignored", line, re.I)
+                and "byte-compiling is disabled" not in line]
+    assert warnings == [], "\n".join(warnings)
