@@ -7,7 +7,7 @@ import json
 import typer
 
 from d2v_core.plugin_loader import get_plugins
-from d2v_core.specs import ComponentSpec, ModalitySpec
+from d2v_core.specs import COMPONENT_KINDS, ComponentSpec, ModalitySpec
 
 
 def _modality_row(spec: ModalitySpec) -> dict:
@@ -27,12 +27,14 @@ def _component_row(spec: ComponentSpec) -> dict:
 def plugin_rows(loaded) -> list[dict]:  # noqa: ANN001
     """One dict per plugin: name, distribution, version, provides, status, error, plus each of its
     modalities' presets and each of its components' modalities (``None``: any modality)."""
+    reg = loaded.registry
+    modalities = [reg.modality(n) for n in reg.modalities()]
+    components = [reg.component(kind, n) for kind in COMPONENT_KINDS for n in reg.names(kind)]
     rows = []
     for p in loaded.plugins:
         row = p.as_dict()
-        mine = [s for s in loaded.registry if s.plugin == p.name]
-        row["modalities"] = {s.name: _modality_row(s) for s in mine if isinstance(s, ModalitySpec)}
-        row["components"] = [_component_row(s) for s in mine if isinstance(s, ComponentSpec)]
+        row["modalities"] = {s.name: _modality_row(s) for s in modalities if s.plugin == p.name}
+        row["components"] = [_component_row(s) for s in components if s.plugin == p.name]
         rows.append(row)
     return rows
 

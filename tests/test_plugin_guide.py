@@ -32,10 +32,24 @@ def test_the_guide_states_every_factory_signature_and_the_encoders_duties():
     table = text[text.index("| kind | registered as |"):text.index("### The encoder's duties")]
     for kind in COMPONENT_KINDS:
         assert re.search(rf'ComponentSpec\(kind="{kind}"\)` \| `factory\(', table), kind
-    assert "`encoder(" in table and "`record_decoder(" in table
+    assert table.count("`factory(cfg)`") == 2  # the encoder and the record decoder
     duties = text[text.index("### The encoder's duties"):text.index("## 4.")]
     for duty in ("`dim`", "`mask_embedding`", "`embed(batch)", "`num_prefix_tokens`", "`ema.teacher_input", "`ema.exclude_params`"):
         assert duty in duties, duty
+
+
+def test_the_guides_plugin_imports_only_the_core_root_api():
+    import ast
+
+    import d2v_core
+
+    for rel, content in guide_files(GUIDE.read_text(encoding="utf-8")).items():
+        if "/tests/" in rel or not rel.endswith(".py"):
+            continue
+        for node in ast.walk(ast.parse(content)):
+            if isinstance(node, ast.ImportFrom) and node.module and node.module.startswith("d2v_core"):
+                assert node.module == "d2v_core", (rel, node.module)
+                assert {a.name for a in node.names} <= set(d2v_core.__all__), (rel, [a.name for a in node.names])
 
 
 @pytest.mark.slow
