@@ -78,9 +78,13 @@ def training_rate(cfg, registry, data: str, steps: int, warmup: int) -> dict:  #
     from d2v_core.train.trainer import Trainer
 
     loader = TrainLoader(data, build_record_decoder(cfg, registry), batch_size=cfg.data.batch_size, seed=0)
-    it = iter(loader.iter_epoch(0))
-    batches = [next(it) for _ in range(warmup + steps)]
-    del it
+    batches: list[dict] = []
+    epoch = 0
+    while len(batches) < warmup + steps:  # a small corpus packed into rows may hold few batches per epoch
+        it = iter(loader.iter_epoch(epoch))
+        batches += [b for _, b in zip(range(warmup + steps - len(batches)), it)]
+        del it
+        epoch += 1
 
     class Replay:
         stats = loader.stats

@@ -98,7 +98,12 @@ class LossConfig(StrictModel):
 class EMAConfig(StrictModel):
     """EMA teacher. ``decay`` is annealed linearly to ``end_decay`` over ``anneal_end_step``
     updates, then constant. Parameter names matching ``copy`` are copied from the student, those
-    matching ``exclude`` are not used by the teacher (fnmatch patterns)."""
+    matching ``exclude`` are not used by the teacher (fnmatch patterns). ``teacher_precision``:
+    ``autocast`` runs the teacher under the student's ``runtime.precision`` (fairseq, fp16);
+    ``fp32`` runs it in fp32 whatever the student's precision (data2vec_vision).
+    ``teacher_context``: ``student`` feeds the teacher Transformer the *student's*
+    ``contextualize`` output (positions, LayerNorm and, in training, dropout), as fairseq's
+    ``ema_encoder_only`` (data2vec 2.0 text); ``teacher``: the teacher's own copy, evaluated."""
 
     decay: float = Field(0.999, ge=0.0, le=1.0)
     end_decay: float = Field(0.9999, ge=0.0, le=1.0)
@@ -106,6 +111,8 @@ class EMAConfig(StrictModel):
     teacher_input: Literal["features", "raw"] = "features"
     copy_params: list[str] = Field(default_factory=list)
     exclude_params: list[str] = Field(default_factory=list)
+    teacher_precision: Literal["autocast", "fp32"] = "autocast"
+    teacher_context: Literal["teacher", "student"] = "teacher"
 
 
 class ScheduleConfig(StrictModel):
@@ -152,10 +159,17 @@ class OptimConfig(StrictModel):
 
 class DataConfig(StrictModel):
     """Training data: a folder, a CSV/JSONL manifest, or tar shards (brace patterns allowed).
-    ``batch_size`` is the global batch of one optimiser step (over ranks and accumulation)."""
+    ``batch_size`` is the global batch of one optimiser step (over ranks and accumulation): records,
+    or packed rows for a modality that packs its corpus into blocks (text).
+    ``max_tokens``: fill each rank's micro-batch up to this many length units (audio samples)
+    with records of similar length instead (fairseq ``max_tokens``, per GPU); ``batch_size`` is
+    then not used. ``bucket_window``: records sorted by length together (0: the whole list;
+    tar shards: 0 means 1024 records per worker)."""
 
     train: Optional[str] = None
     batch_size: PositiveInt = 8
+    max_tokens: Optional[PositiveInt] = None
+    bucket_window: NonNegativeInt = 0
     num_workers: NonNegativeInt = 0
     shuffle_buffer: NonNegativeInt = 1000
     resampled: bool = False

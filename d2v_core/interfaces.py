@@ -181,6 +181,46 @@ class RecordDecoder(ABC):
         crop). The default is :meth:`collate`."""
         return self.collate(samples)
 
+    # -- lengths: token-budget batching (data.max_tokens) and corpus-level block packing ----------
+    def record_length(self, record: Mapping[str, Any]) -> int:
+        """A stored record's length in budget units (audio: samples at the training rate, text:
+        tokens), before any crop; raise :class:`SkipRecord` for an unusable record. The loader
+        calls it once per record of a list source and caches the result next to the data.
+        Default: the length of the decoded sample."""
+        return self.sample_length(self.decode(record, torch.Generator().manual_seed(0)))
+
+    def sample_length(self, sample: dict) -> int:
+        """The length of a decoded sample in budget units (shards: lengths are only known once
+        decoded). Needed for ``data.max_tokens`` and for block packing."""
+        raise NotImplementedError(f"{type(self).__name__} does not say how long a sample is (sample_length)")
+
+    def length_from_meta(self, meta: Mapping[str, Any]) -> int | None:
+        """A record's length from its manifest columns (fairseq ``.tsv``: ``n_samples``), or None
+        to measure it with :meth:`record_length`."""
+        return None
+
+    def length_bounds(self) -> tuple[int, int | None]:
+        """``(min, max)``: budget batching leaves out records shorter than ``min`` and counts each
+        record as ``min(length, max)``, what a batch is cropped to at most (audio: fairseq's
+        ``min_sample_size`` / ``max_sample_size``). Default: ``(0, None)``."""
+        return 0, None
+
+    def length_fingerprint(self) -> str:
+        """What :meth:`record_length` depends on (a tokenizer, a sample rate): cached lengths made
+        under another fingerprint are measured again."""
+        return type(self).__name__
+
+    def block_layout(self) -> tuple[int, str, bool] | None:
+        """``(tokens per block, break_mode, drop_partial)`` to pack the whole corpus into blocks
+        (fairseq ``TokenBlockDataset``; a batch is then ``data.batch_size`` rows), or None (the
+        default) to batch records. ``drop_partial`` leaves out blocks shorter than a block."""
+        return None
+
+    def collate_blocks(self, blocks: list[list[tuple[dict, int, int]]]) -> Batch:
+        """One batch of packed rows: each block is its ``(sample, start, stop)`` pieces in stream
+        order (sample = a :meth:`decode` result; the piece is its tokens ``[start, stop)``)."""
+        raise NotImplementedError(f"{type(self).__name__} declares a block_layout but no collate_blocks")
+
 
 class Exporter(ABC):
     """Converts a trained model to another framework's format and back (a plugin component of

@@ -337,3 +337,57 @@ def test_decoder_config_is_resolved_against_the_component(example_plugins):
         resolve_config(reg, "vectors", "tiny", overrides=["decoder.name=conv3d"])
     with pytest.raises(ConfigError, match="decoder.name is not"):
         resolve_config(reg, "vectors", "tiny", overrides=["decoder.options.channels=16"])
+
+
+@pytest.mark.parametrize("teacher_input", ["features", "raw"])
+def test_fp32_teacher_precision_ignores_the_students_autocast(teacher_input):
+    # data2vec_vision computes the teacher in fp32; fairseq (the default) under the student's autocast
+    batch = _batch()
+    results = {}
+    for precision in ("autocast", "fp32"):
+        cfg = _cfg(decoder={"name": None, "options": {}}, ema={"teacher_input": teacher_input, "teacher_precision": precision})
+        model = _model(cfg)
+        teacher = EMATeacher(model.teacher_scope(), cfg.ema)
+        with torch.no_grad():
+            plain = model.targets(teacher.model, batch, model.encoder.embed(batch))  # no autocast at all
+            with torch.autocast("cpu", dtype=torch.bfloat16):
+                results[precision] = model.targets(teacher.model, batch, model.encoder.embed(batch))
+        results[f"{precision}_plain"] = plain
+    assert results["fp32"].dtype == torch.float32
+    # the fp32 teacher sees the bf16 student's features (rounded once), then runs in fp32
+    assert torch.allclose(results["fp32"], results["fp32_plain"], atol=5e-2)
+    assert (results["autocast"].float() - results["autocast_plain"]).abs().max() > (results["fp32"] - results["fp32_plain"]).abs().max()
+
+
+class DropoutEncoder(ToyEncoder):
+    """ToyEncoder whose contextualize ends in dropout, like the text encoder's."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.drop = torch.nn.Dropout(0.5)
+
+    def contextualize(self, x, padding_mask):
+        ctx = super().contextualize(x, padding_mask)
+        return Context(self.drop(ctx.x), ctx.padding_mask, ctx.attn_bias)
+
+
+@pytest.mark.parametrize("context", ["teacher", "student"])
+def test_teacher_context_student_feeds_the_students_train_mode_contextualize(context):
+    # fairseq ema_encoder_only (v2 text): the teacher blocks get the student's contextualized
+    # features, computed in train mode (with dropout); otherwise the evaluated teacher copy's
+    cfg = _cfg(decoder={"name": None, "options": {}}, ema={"teacher_input": "features", "teacher_context": context})
+    torch.manual_seed(0)
+    model = Data2Vec(DropoutEncoder(), cfg, ExactMasker(5), InstanceNorm(), IdentityNorm()).train()
+    teacher = EMATeacher(model.teacher_scope(), cfg.ema)
+    seen = []
+    teacher.model["transformer"].register_forward_hook(lambda m, a, o: seen.append(a[0].clone()))
+    batch = _batch()
+    feats = model.encoder.embed(batch)
+    torch.manual_seed(5)
+    model.targets(teacher.model, batch, feats)
+    torch.manual_seed(5)
+    with torch.no_grad():
+        students = model.encoder.contextualize(feats.x, feats.padding_mask).x
+        own = teacher.model["encoder"].contextualize(feats.x, feats.padding_mask).x  # the evaluated copy
+    assert torch.equal(seen[0], students if context == "student" else own)
+    assert not torch.equal(students, own)  # dropout made them differ

@@ -140,3 +140,17 @@ def test_layerdrop_only_in_training():
     t.eval()
     assert len(t(torch.randn(1, 3, D), collect="block").layers) == 8
     assert n_train < 8
+
+
+def test_beit_init_also_initialises_the_regression_head():
+    # data2vec_vision: trunc_normal_(lm_head.weight, std=0.02) cut at one std, bias 0; a normal
+    # truncated at +/-1 sigma has std 0.5396 sigma
+    from d2v_core.model.regression_head import build_regression_head
+
+    torch.manual_seed(0)
+    head = build_regression_head(256, "linear", init="beit")
+    w = head.weight.detach()
+    assert float(w.abs().max()) <= 0.02 and bool((head.bias.detach() == 0).all())
+    assert abs(float(w.std()) - 0.02 * 0.5396) < 3e-4
+    default = build_regression_head(256, "linear")  # bert presets: torch's default, as fairseq
+    assert float(default.bias.detach().abs().max()) > 0

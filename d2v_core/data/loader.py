@@ -41,6 +41,10 @@ from d2v_core.errors import DataError
 from d2v_core.interfaces import RecordDecoder, SkipRecord
 
 _log = logging.getLogger("d2v.data")
+#: Tar shards under budget batching: records (or packed blocks) buffered and sorted per worker
+#: when data.bucket_window is 0. 1024 keeps the audio presets within 5% of a global sort's audio
+#: per update (docs/benchmarks.md); the audio decoder buffers encoded bytes (~0.4 GB per worker).
+SHARD_WINDOW = 1024
 
 
 def mix_seed(*parts: Any) -> int:
@@ -95,6 +99,13 @@ class _EpochPlan:
     shuffle_buffer: int
     resampled: bool
     drop_last: bool
+    # token budget ("tokens") or block packing ("blocks"): see d2v_core.data.budget_stream
+    batching: str = "count"
+    planned: tuple | None = None  # list sources: this rank's batches for the epoch
+    max_tokens: int | None = None
+    bounds: tuple[int, int | None] = (0, None)
+    window: int = 0  # shards: samples (or blocks) buffered, sorted and cut into batches
+    block: tuple[int, str, bool] | None = None
 
 
 class _EpochStream(IterableDataset):
@@ -202,6 +213,12 @@ class _EpochStream(IterableDataset):
         worker, num_workers = (info.id, info.num_workers) if info is not None else (0, 1)
         window = BadRecordStats()
         p = self.plan
+        if p.batching != "count":
+            from d2v_core.data.budget_stream import iter_budget_epoch
+
+            yield from iter_budget_epoch(self, worker, num_workers, window)
+            yield {**window.pop_window(), "_stats_only": True}
+            return
         if p.source.is_sharded:
             records = self._shard_records(worker, num_workers, window)
         else:
@@ -252,6 +269,8 @@ class TrainLoader:
         max_bad_fraction: float | None = None,
         min_seen: int = 100,
         pin_memory: bool = False,
+        max_tokens: int | None = None,
+        bucket_window: int = 0,
     ) -> None:
         if batch_size < 1:
             raise DataError(f"batch size per rank must be >= 1, got {batch_size}")
@@ -275,6 +294,7 @@ class TrainLoader:
         self.pin_memory = pin_memory
         self.stats = BadRecordStats()
         self._said_limit = False
+        self._init_budget(max_tokens, bucket_window)
         if source.is_sharded and not resampled:
             n = len(source.urls)
             if n < world_size:
@@ -289,18 +309,36 @@ class TrainLoader:
                     stacklevel=2,
                 )
 
+    def _init_budget(self, max_tokens: int | None, bucket_window: int) -> None:
+        """Block packing when the decoder declares a block layout, a token budget with
+        ``max_tokens``, else ``batch_size`` records (d2v_core.data.budget_stream)."""
+        from d2v_core.data.budget_stream import init_budget
+
+        init_budget(self, max_tokens, bucket_window)
+
+    def _planned_batches(self, epoch: int) -> tuple | None:
+        from d2v_core.data.budget_stream import planned_batches
+
+        return planned_batches(self, epoch)
+
     def batches_per_epoch(self) -> int | None:
         """Batches each rank yields per epoch when no record is skipped (list sources), or
         None for shards (unknown until read) and resampled shards (endless)."""
         if self.source.is_sharded:
             return None
+        if self.batching != "count":
+            return len(self._planned_batches(0) or ())
         per_rank = len(self.source.entries) // self.world_size
         return per_rank // self.batch_size + (0 if self.drop_last or per_rank % self.batch_size == 0 else 1)
 
     def _plan(self, epoch: int) -> _EpochPlan:
+        budget: dict[str, Any] = {}
+        if self.batching != "count":
+            budget = {"batching": self.batching, "planned": self._planned_batches(epoch), "max_tokens": self.max_tokens,
+                      "bounds": self.bounds, "window": self.bucket_window or SHARD_WINDOW, "block": self.block}
         return _EpochPlan(
             self.source, self.decoder, self.batch_size, self.rank, self.world_size, self.seed, epoch,
-            self.shuffle_buffer, self.resampled, self.drop_last,
+            self.shuffle_buffer, self.resampled, self.drop_last, **budget,
         )
 
     def iter_epoch(self, epoch: int, skip_batches: int = 0) -> Iterator[dict]:

@@ -70,7 +70,8 @@ class Data2Vec(nn.Module):
         self.encoder = encoder
         self.transformer = Transformer(cfg.model)
         self.decoder = decoder
-        self.head = build_regression_head(cfg.model.dim, cfg.loss.head, cfg.loss.head_hidden_mult) if decoder is None else None
+        self.head = (build_regression_head(cfg.model.dim, cfg.loss.head, cfg.loss.head_hidden_mult, cfg.model.init)
+                     if decoder is None else None)
         self.masker = masker
         self.layer_norm = layer_norm
         self.post_norm = post_norm
@@ -97,14 +98,22 @@ class Data2Vec(nn.Module):
 
     @torch.no_grad()
     def targets(self, teacher: nn.ModuleDict, batch: Batch, feats: Features) -> Tensor:
-        """The teacher's targets (B, T, D) for the unmasked input."""
+        """The teacher's targets (B, T, D) for the unmasked input (in fp32, out of any autocast,
+        with ``ema.teacher_precision: fp32``)."""
+        if self.cfg.ema.teacher_precision == "fp32":
+            with torch.autocast(feats.x.device.type, enabled=False):
+                return self._targets(teacher, batch, Features(feats.x.float(), feats.padding_mask, feats.grid))
+        return self._targets(teacher, batch, feats)
+
+    def _targets(self, teacher: nn.ModuleDict, batch: Batch, feats: Features) -> Tensor:
         enc = teacher["encoder"]
         if self.cfg.ema.teacher_input == "features":
             t_in, pad = feats.x.detach(), feats.padding_mask
         else:
             tf = enc.embed(batch)
             t_in, pad = tf.x, tf.padding_mask
-        ctx = enc.contextualize(t_in, pad)
+        # "student": fairseq ema_encoder_only runs the student's own (train-mode) contextualize
+        ctx = (self.encoder if self.cfg.ema.teacher_context == "student" else enc).contextualize(t_in, pad)
         k = self.cfg.targets.top_k
         out = teacher["transformer"](ctx.x, ctx.padding_mask, ctx.attn_bias, collect=self.cfg.targets.source,
                                      collect_from=self.cfg.model.depth - k)

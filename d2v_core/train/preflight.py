@@ -32,6 +32,8 @@ def check_distributed(cfg: RunConfig) -> None:
 def check_batch(cfg: RunConfig, world_size: int) -> int:
     """The per-rank micro-batch size; the global batch must divide over ranks x accumulation."""
     parts = world_size * cfg.optim.accum_steps
+    if cfg.data.max_tokens is not None:  # budget batches: as many records as fit (unless packed rows)
+        return max(1, cfg.data.batch_size // parts)
     if cfg.data.batch_size % parts:
         raise PreflightError(
             f"data.batch_size {cfg.data.batch_size} does not divide over {world_size} rank(s) x "

@@ -70,6 +70,7 @@ def pretrain(
             source, build_record_decoder(cfg, registry), batch_size=micro_batch, rank=dist.rank,
             world_size=dist.world_size, num_workers=cfg.data.num_workers, shuffle_buffer=cfg.data.shuffle_buffer,
             seed=cfg.runtime.seed, resampled=cfg.data.resampled, max_bad_fraction=cfg.data.max_bad_fraction,
+            max_tokens=cfg.data.max_tokens, bucket_window=cfg.data.bucket_window,
         )
         trainer = Trainer(cfg, model, loader, device, dist, versions)
         if start is not None:

@@ -8,8 +8,10 @@ A batch is ``{"source": (B, L) float32, "padding_mask": (B, L) bool or None, "ke
 
 from __future__ import annotations
 
+import io
 from typing import Any, Mapping
 
+import soundfile as sf
 import torch
 import torch.nn.functional as F
 from torch import Tensor
@@ -94,6 +96,41 @@ class AudioRecordDecoder(RecordDecoder):
             return {"source": torch.stack(cropped), "padding_mask": None, "keys": keys}
         padded, padding_mask = pad_sequences(sources, 0.0)
         return {"source": padded, "padding_mask": padding_mask, "keys": keys}
+
+
+    # -- lengths for data.max_tokens (fairseq: sizes from the manifest, min/max_sample_size) ------
+    def record_length(self, record: Mapping[str, Any]) -> int:
+        """Samples at ``sample_rate`` from the file header (no decoding); a file whose header
+        cannot be read is decoded (and skipped when that fails too)."""
+        try:
+            info = sf.info(io.BytesIO(self._payload(record)))
+            frames, rate = int(info.frames), int(info.samplerate)
+        except SkipRecord:
+            raise
+        except Exception:  # noqa: BLE001 - let the full decoder say what is wrong
+            return int(load_waveform(self._payload(record), self.options.sample_rate).shape[0])
+        if frames <= 0:
+            raise SkipRecord("empty", "the file has no samples")
+        # torchaudio's resample returns ceil(frames * new / old) samples
+        return frames if rate == self.options.sample_rate else -(-frames * self.options.sample_rate // rate)
+
+    def sample_length(self, sample: dict) -> int:
+        return int(sample["source"].shape[0])
+
+    def length_from_meta(self, meta: Mapping[str, Any]) -> int | None:
+        """``n_samples`` of a fairseq ``.tsv`` manifest (or a CSV/JSONL column of that name),
+        at the training rate as fairseq assumes."""
+        value = meta.get("n_samples")
+        try:
+            return int(value) if value is not None and str(value).strip() != "" else None
+        except (TypeError, ValueError):
+            return None
+
+    def length_bounds(self) -> tuple[int, int | None]:
+        return self.options.min_sample_size, self.options.max_sample_size
+
+    def length_fingerprint(self) -> str:
+        return f"audio:{self.options.sample_rate}"
 
 
 def build_record_decoder(cfg: RunConfig) -> AudioRecordDecoder:

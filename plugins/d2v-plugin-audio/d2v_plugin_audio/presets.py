@@ -4,7 +4,7 @@
   ``config/audio/pretraining/base_librispeech.yaml`` + ``data2vec_audio.py`` defaults).
 - ``large``: the same recipe at the Large size of the released ``audio_large`` checkpoints
   (24 x 1024, 16 heads, FFN 4096). fairseq ships no v1 large-audio yaml, so every other value
-  is Base's.
+  is Base's, the 3.8M-sample budget per GPU included.
 - ``tiny`` (default): a few-minute CPU run on the bundled demo clips that shows the loss
   falling; not a recipe for useful representations.
 - ``v2-base``: data2vec 2.0 audio Base (fairseq ``config/v2/base_audio_only_task.yaml``, spec
@@ -74,9 +74,10 @@ BASE: dict[str, Any] = {
         "schedule": {"name": "tri_stage", "phase_ratio": [0.03, 0.9, 0.07], "init_lr_scale": 0.01, "final_lr_scale": 0.01},
     },
     "data": {
-        # fairseq batches by 3.8M samples per GPU on 16 GPUs (about 63 min of audio); at
-        # LibriSpeech's mean utterance of ~12.3 s that is ~19 clips per GPU, 304 in all.
-        "batch_size": 304,
+        # fairseq: utterances sorted by length fill 3.8M samples per GPU (max_tokens, about
+        # 4 min of audio), 16 GPUs; batches are cropped to their shortest clip. data.batch_size
+        # is not used under a token budget.
+        "max_tokens": 3_800_000,
         "options": {"sample_rate": 16000, "min_sample_size": 32000, "max_sample_size": 320000, "normalize": True, "batching": "crop"},
     },
     "runtime": {"max_steps": 400000, "health_after_step": 5000, "min_target_var": 0.1, "min_pred_var": 0.01},
@@ -100,7 +101,8 @@ TINY = _with(
     # a 400-step run needs a teacher that moves within it
     ema={"decay": 0.99, "end_decay": 0.999, "anneal_end_step": 300},
     optim={"lr": 1e-3, "schedule": {"name": "tri_stage", "phase_ratio": [0.1, 0.6, 0.3], "init_lr_scale": 0.01, "final_lr_scale": 0.05}},
-    data={"batch_size": 8, "options": {**BASE["data"]["options"], "min_sample_size": 16000, "max_sample_size": 32000}},
+    # 8 clips counted (no token budget): a batch the 2-core demo can afford
+    data={"batch_size": 8, "max_tokens": None, "options": {**BASE["data"]["options"], "min_sample_size": 16000, "max_sample_size": 32000}},
     runtime={"max_steps": 400, "log_every": 10, "save_every": 200, "health_after_step": 100000},
 )
 
@@ -115,10 +117,12 @@ V2_BASE = _with(
                                            "projection_layers": 1, "input_dropout": 0.1}, "mask_noise_std": 0.01},
     ema={"decay": 0.999, "end_decay": 0.99999, "anneal_end_step": 75000, "teacher_input": "features",
          "copy_params": [], "exclude_params": _TEACHER_EXCLUDES},
-    optim={"lr": 7.5e-4, "no_decay_1d": True, "no_decay": ["encoder.alibi_scale"], "clip_norm": 0.0,
+    # plain adam in base_audio_only_task.yaml: only fairseq's composite optimizer honours the
+    # model's "no weight decay on 1-d / bias / alibi_scale" overrides, so every parameter decays
+    optim={"lr": 7.5e-4, "no_decay_1d": False, "no_decay": [], "clip_norm": 0.0,
            "schedule": {"name": "cosine", "warmup_steps": 8000, "warmup_init_lr": 0.0, "min_lr": 0.0}},
-    # fairseq: 1.0M samples per GPU on 8 GPUs; at LibriSpeech's ~12.3 s mean that is ~40 clips
-    data={"batch_size": 40},
+    # fairseq: 1.0M samples per GPU (max_tokens) on 8 GPUs
+    data={"max_tokens": 1_000_000},
 )
 
 V2_TINY = _with(

@@ -43,5 +43,13 @@ class VectorRecordDecoder(RecordDecoder):
                 "keys": [s["key"] for s in samples]}
 
 
+    # data.max_tokens: budget batches count vectors; min_len/max_len bound them as decode does
+    def sample_length(self, sample: dict) -> int:
+        return int(sample["vectors"].shape[0])
+
+    def length_bounds(self) -> tuple[int, int | None]:
+        return self.options.min_len, self.options.max_len
+
+
 def build_record_decoder(cfg: RunConfig) -> VectorRecordDecoder:
     return VectorRecordDecoder(VectorDataOptions.model_validate(cfg.data.options), int(cfg.encoder["input_dim"]))

@@ -34,7 +34,8 @@ _NO_DECAY = ["encoder.cls_token", "encoder.pos_embed*"]
 
 _DATA2VEC_VISION_TARGETS = {"top_k": 6, "source": "block", "layer_norm": "layer", "post_norm": "layer"}
 _DATA2VEC_VISION_LOSS = {"beta": 2.0, "scale": "inv_dim", "head": "linear"}
-_CONSTANT_EMA = {"decay": 0.9998, "end_decay": 0.9998, "anneal_end_step": 0, "teacher_input": "raw"}
+# data2vec_vision computes the teacher in fp32 whatever the student's autocast
+_CONSTANT_EMA = {"decay": 0.9998, "end_decay": 0.9998, "anneal_end_step": 0, "teacher_input": "raw", "teacher_precision": "fp32"}
 _BEIT_MASK = {"name": "block", "options": {"mask_ratio": 120 / 196, "min_num_patches": 16, "max_aspect": 1 / 0.3}}
 _BEIT_AUGMENT = {"augment": True, "color_jitter": 0.4, "hflip": 0.5, "crop_scale": [0.08, 1.0], "interpolation": "bicubic"}
 
@@ -84,7 +85,7 @@ TINY: dict[str, Any] = {
     "masking": copy.deepcopy(_BEIT_MASK),
     "targets": {**_DATA2VEC_VISION_TARGETS, "top_k": 3},
     "loss": dict(_DATA2VEC_VISION_LOSS),
-    "ema": {"decay": 0.996, "end_decay": 0.999, "anneal_end_step": 500, "teacher_input": "raw"},
+    "ema": {"decay": 0.996, "end_decay": 0.999, "anneal_end_step": 500, "teacher_input": "raw", "teacher_precision": "fp32"},
     "optim": {
         "lr": 1e-3, "betas": [0.9, 0.999], "eps": 1e-8, "weight_decay": 0.05, "no_decay_1d": True,
         "no_decay": list(_NO_DECAY), "clip_norm": 3.0,
@@ -121,7 +122,8 @@ V2_BASE: dict[str, Any] = {
     "ema": {"decay": 0.9998, "end_decay": 0.99999, "anneal_end_step": 100_000, "teacher_input": "raw",
             "exclude_params": ["encoder.mask_embedding"]},
     "optim": {
-        "lr": 1e-3, "betas": [0.9, 0.95], "eps": 1e-6, "weight_decay": 0.05, "no_decay_1d": True, "no_decay": [],
+        # eps: base_images_only_task.yaml sets no adam_eps, so fairseq's default 1e-8 applies
+        "lr": 1e-3, "betas": [0.9, 0.95], "eps": 1e-8, "weight_decay": 0.05, "no_decay_1d": True, "no_decay": [],
         "clip_norm": 4.0,
         "schedule": {"name": "cosine", "warmup_steps": 50_040, "warmup_init_lr": 0.0, "min_lr": 0.0},
     },

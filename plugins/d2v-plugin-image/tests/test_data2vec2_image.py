@@ -49,6 +49,7 @@ def test_v2_base_preset_is_the_spec_recipe(registry):
     assert (e.decay, e.end_decay, e.anneal_end_step, e.teacher_input) == (0.9998, 0.99999, 100_000, "raw")
     o = cfg.optim
     assert (o.lr, tuple(o.betas), o.weight_decay, o.clip_norm) == (1e-3, (0.9, 0.95), 0.05, 4.0)
+    assert o.eps == 1e-8  # the yaml sets no adam_eps: fairseq's FairseqAdamConfig default
     assert (o.schedule.name, o.schedule.warmup_steps, cfg.runtime.max_steps, cfg.data.batch_size) == ("cosine", 50_040, 375_300, 256)
     assert tuple(cfg.data.options["crop_scale"]) == (0.2, 1.0) and cfg.data.options["color_jitter"] == 0.0
     assert cfg.runtime.min_target_var == 0.0 and cfg.runtime.min_pred_var == 0.0

@@ -57,6 +57,7 @@ def test_base_preset_is_the_data2vec_vision_recipe(registry):
     assert (cfg.loss.beta, cfg.loss.scale, cfg.loss.head) == (2.0, "inv_dim", "linear")
     e = cfg.ema
     assert (e.decay, e.end_decay, e.teacher_input) == (0.9998, 0.9998, "raw") and not e.copy_params and not e.exclude_params
+    assert e.teacher_precision == "fp32"  # data2vec_vision: the teacher sees the image in fp32
     o = cfg.optim
     assert (o.lr, o.betas, o.eps, o.weight_decay, o.clip_norm, o.no_decay_1d) == (2e-3, (0.9, 0.999), 1e-8, 0.05, 3.0, True)
     assert "encoder.cls_token" in o.no_decay

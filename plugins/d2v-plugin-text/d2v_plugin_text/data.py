@@ -9,15 +9,18 @@ documents longer than ``block_size``) and pads them with ``<pad>``.
 
 from __future__ import annotations
 
+import hashlib
 from typing import Any, Mapping
 
 import torch
 
 from d2v_core.config import RunConfig
+from d2v_core.data.batching import pack_blocks
 from d2v_core.errors import ConfigError
 from d2v_core.interfaces import Batch, RecordDecoder, SkipRecord
 
 from d2v_plugin_text.options import TextDataOptions, TextEncoderOptions
+from d2v_plugin_text.packing import BREAK_MODES as PACK_ROWS_MODES
 from d2v_plugin_text.packing import pack_rows
 from d2v_plugin_text.tokenizer import Tokenizer, load_tokenizer
 
@@ -57,7 +60,31 @@ class TextRecordDecoder(RecordDecoder):
             raise SkipRecord("empty", "text encodes to no tokens")
         return {"tokens": ids + [self.tokenizer.eos_id], "key": str(record.get("__key__", ""))}
 
+    # -- corpus-level packing (the core's loader packs the whole corpus into blocks) --------------
+    def sample_length(self, sample: dict) -> int:
+        return len(sample["tokens"])
+
+    def length_fingerprint(self) -> str:
+        return "text:" + hashlib.blake2b(self.tokenizer.model_bytes, digest_size=8).hexdigest()
+
+    def block_layout(self) -> tuple[int, str, bool]:
+        """Blocks of ``block_size - 1`` tokens: each row is ``<s>`` + one block (fairseq
+        ``TokenBlockDataset(tokens_per_sample - 1)`` + ``PrependTokenDataset(bos)``)."""
+        return self.block_size - 1, self.break_mode, self.drop_partial_row
+
+    def collate_blocks(self, blocks: list[list[tuple[dict, int, int]]]) -> Batch:
+        """Rows ``<s>`` + the blocks' tokens, padded with ``<pad>`` to the longest row."""
+        rows = [[self.tokenizer.bos_id, *(t for s, a, z in block for t in s["tokens"][a:z])] for block in blocks]
+        tokens = torch.full((len(rows), max(len(r) for r in rows)), self.tokenizer.pad_id, dtype=torch.long)
+        for i, r in enumerate(rows):
+            tokens[i, : len(r)] = torch.tensor(r, dtype=torch.long)
+        keys = ["+".join(dict.fromkeys(s["key"] for s, _, _ in block)) for block in blocks]
+        return {"tokens": tokens, "padding_mask": tokens.eq(self.tokenizer.pad_id), "keys": keys}
+
     def collate(self, samples: list[dict]) -> Batch:
+        if self.break_mode not in PACK_ROWS_MODES:  # packs the batch's documents as the corpus is packed
+            blocks = pack_blocks([len(s["tokens"]) for s in samples], self.block_size - 1, self.break_mode)
+            return self.collate_blocks([[(samples[i], a, z) for i, a, z in b] for b in blocks])
         rows = pack_rows([s["tokens"] for s in samples], self.block_size, self.break_mode, self.tokenizer.bos_id)
         if self.drop_partial_row and len(rows) > 1 and len(rows[-1].ids) < self.block_size:
             rows = rows[:-1]

@@ -41,16 +41,19 @@ class TextDataOptions(StrictModel):
     """``data.options`` of the text modality.
 
     - ``block_size``: tokens per training row, ``<s>`` included (at most ``encoder.max_positions``).
-    - ``break_mode``: ``complete_doc`` packs whole documents into a row and never starts a row in
-      the middle of a document, except to split a document longer than a row; ``none`` cuts the
-      batch's documents, concatenated, every ``block_size - 1`` tokens.
-    - ``drop_partial_row``: drop a batch's last row when it is shorter than ``block_size`` and
-      other rows are full (data2vec 2.0 presets with ``break_mode: none``: masks with the same
-      count in every row would otherwise be sized by that short row).
+    - ``break_mode`` (fairseq ``sample_break_mode``; the training loader packs the whole corpus,
+      fairseq ``TokenBlockDataset``, and a batch is ``data.batch_size`` rows drawn from anywhere
+      in it): ``none`` cuts the corpus, concatenated, every ``block_size - 1`` tokens;
+      ``complete`` / ``complete_doc`` put whole documents in a row while they fit (a document is
+      a record, so the two agree; a document longer than a row fills rows of its own); ``eos``:
+      one document per row.
+    - ``drop_partial_row``: leave out rows shorter than ``block_size`` (data2vec 2.0 presets with
+      ``break_mode: none``: only the corpus's last row; masks with the same count in every row
+      would otherwise be sized by that short row).
     """
 
     block_size: PositiveInt = Field(512, ge=2)
-    break_mode: Literal["complete_doc", "none"] = "complete_doc"
+    break_mode: Literal["complete_doc", "complete", "none", "eos"] = "complete_doc"
     drop_partial_row: bool = False
 
 

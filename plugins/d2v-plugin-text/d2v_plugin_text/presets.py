@@ -30,6 +30,8 @@ _COMMON: dict[str, Any] = {
     "targets": {"top_k": 10, "source": "ffn", "layer_norm": "layer", "post_norm": "none"},
     "loss": {"beta": 4.0, "scale": 1.0, "head": "mlp", "head_hidden_mult": 2},
     "ema": {"teacher_input": "raw", "copy_params": list(_EMBEDDINGS), "exclude_params": []},
+    # fairseq's data2vec_text has no collapse stop (target_var / pred_var are not even computed)
+    "runtime": {"min_target_var": 0.0, "min_pred_var": 0.0},
 }
 
 BASE: dict[str, Any] = deep_merge(
@@ -47,7 +49,8 @@ BASE: dict[str, Any] = deep_merge(
             "clip_norm": 5.0,
             "schedule": {"name": "cosine", "warmup_steps": 10_000, "warmup_init_lr": 0.0, "min_lr": 0.0},
         },
-        # fairseq: 256 rows of 512 tokens; here batch_size counts documents (see data.py).
+        # fairseq: max_tokens 8192 = 16 rows of 512 tokens per GPU x 16 GPUs; batch_size counts
+        # rows packed from the whole corpus (d2v_core.data.batching.pack_blocks).
         "data": {"batch_size": 256, "options": {"block_size": 512, "break_mode": "complete_doc"}},
         "runtime": {"max_steps": 1_000_000},
     },
@@ -75,21 +78,26 @@ TINY: dict[str, Any] = deep_merge(
             "clip_norm": 5.0,
             "schedule": {"name": "cosine", "warmup_steps": 100, "warmup_init_lr": 0.0, "min_lr": 0.0},
         },
-        "data": {"batch_size": 32, "options": {"block_size": 128, "break_mode": "complete_doc"}},
+        # 16 rows of 128: what 32 demo documents packed per batch gave before rows were packed
+        # from the whole corpus (about 17), so a tiny step costs what it did
+        "data": {"batch_size": 16, "options": {"block_size": 128, "break_mode": "complete_doc"}},
         "runtime": {"max_steps": 1000, "log_every": 50, "save_every": 500},
     },
 )
 
 _V2: dict[str, Any] = {
     "masking": {"name": "text-random", "options": {"mask_prob": 0.48}, "clone_batch": 8},
+    # data2vec2.py stops on collapse (min_target_var 0.1, min_pred_var 0.01) for every modality
+    "runtime": {"min_target_var": 0.1, "min_pred_var": 0.01},
     "decoder": {"name": "conv1d", "mask_noise_std": 0.01,
                 "options": {"channels": 768, "kernel": 9, "groups": 1, "layers": 5, "residual": False,
                             "projection_layers": 2, "projection_ratio": 2.0, "input_dropout": 0.1}},
     "targets": {"top_k": 12, "source": "ffn", "layer_norm": "instance", "post_norm": "none"},
     "loss": {"beta": 0.0, "scale": 1.0, "head": "linear"},
     # fairseq ema_encoder_only: the teacher is the Transformer, fed the student's embeddings
+    # through the student's own positions, LayerNorm and dropout (in train mode)
     "ema": {"decay": 0.9999, "end_decay": 0.99999, "anneal_end_step": 100_000, "teacher_input": "features",
-            "copy_params": list(_EMBEDDINGS), "exclude_params": []},
+            "teacher_context": "student", "copy_params": list(_EMBEDDINGS), "exclude_params": []},
     "optim": {
         "lr": 2e-4, "betas": (0.9, 0.98), "eps": 1e-6, "weight_decay": 0.01, "no_decay_1d": True, "clip_norm": 1.0,
         "schedule": {"name": "cosine", "warmup_steps": 4000, "warmup_init_lr": 0.0, "min_lr": 0.0},
@@ -100,7 +108,7 @@ V2_BASE: dict[str, Any] = deep_merge(
     BASE,
     deep_merge(_V2, {
         "model": {"layerdrop": 0.0},
-        # fairseq: 4 blocks of 512 tokens (sample_break_mode none) on each of 16 GPUs
+        # fairseq: batch_size 4 blocks of 512 tokens (sample_break_mode none) on each of 16 GPUs
         "data": {"batch_size": 64, "options": {"block_size": 512, "break_mode": "none", "drop_partial_row": True}},
     }),
 )

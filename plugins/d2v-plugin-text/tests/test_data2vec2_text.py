@@ -39,6 +39,7 @@ def test_v2_base_preset_is_the_spec_recipe(registry):
     assert (cfg.loss.beta, cfg.loss.scale, cfg.loss.cls_weight) == (0.0, 1.0, 0.0)
     e = cfg.ema
     assert (e.decay, e.end_decay, e.anneal_end_step, e.teacher_input) == (0.9999, 0.99999, 100_000, "features")
+    assert e.teacher_context == "student"  # fairseq ema_encoder_only: the student's train-mode embedding output
     o = cfg.optim
     assert (o.lr, tuple(o.betas), o.eps, o.weight_decay, o.clip_norm) == (2e-4, (0.9, 0.98), 1e-6, 0.01, 1.0)
     assert (o.schedule.name, o.schedule.warmup_steps, cfg.runtime.max_steps) == ("cosine", 4000, 1_000_000)
