@@ -40,8 +40,9 @@ def train_step_table(rows: list[tuple[str, dict]]) -> str:
             pm = r["peak_memory"]
             mem = f"{_mib(pm['d2v']['peak_bytes'])} / {_mib(pm['reference']['peak_bytes'])} ({pm['ratio_d2v_over_reference']:.2f})"
         cell = lambda x: f"{x['median']:.3f} [{x['min']:.3f}-{x['max']:.3f}]"  # noqa: E731
+        variant = " +compile" * bool(r.get("compile")) + " +AC" * bool(r.get("activation_checkpointing"))
         lines.append(
-            f"| {r['modality']}/{r['preset']} | {r['dtype']} | {r['batch']} | {cell(t['d2v'])} | {cell(t['reference'])} | "
+            f"| {r['modality']}/{r['preset']}{variant} | {r['dtype']} | {r['batch']} | {cell(t['d2v'])} | {cell(t['reference'])} | "
             f"{s['time_ratio_d2v_over_reference']:.3f} | {s['fraction_of_matmul_peak']['d2v']:.0%} | "
             f"{s['fraction_of_matmul_peak']['reference']:.0%} | {s['ema_fraction_of_step']['d2v']:.2%} | {mem} | "
             f"{r['machine']['load_average'][0]:.1f} | {name} |")

@@ -4,7 +4,8 @@ Run (one modality and precision per call; results in benchmarks/results/train_st
 
     .venv/bin/python benchmarks/train_step.py --modality audio --dtype fp32
     .venv/bin/python benchmarks/train_step.py --modality audio --dtype bf16
-    (same for image and text; --quick for a fast smoke run, --check for the equivalence check)
+    (same for image and text; --quick for a fast smoke run, --check for the equivalence check;
+    --compile and --activation-checkpointing switch those on for the d2v side, the reference stays eager)
 
 d2v side: ``build_model`` + the core ``Trainer.train_step`` (student forward on the masked input,
 teacher forward, targets, loss, backward, gradient normalisation, clipping, AdamW, schedule, EMA
@@ -58,6 +59,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--threads", type=int, help="torch threads (default: torch's choice)")
     p.add_argument("--quick", action="store_true", help="3 repeats, 1 warm-up, 1 memory step: a smoke run, not a measurement")
     p.add_argument("--no-memory", action="store_true", help="skip the peak-memory children")
+    p.add_argument("--compile", action="store_true", help="d2v side with runtime.compile=true (the reference stays eager)")
+    p.add_argument("--activation-checkpointing", action="store_true", help="d2v side with model.activation_checkpointing=true")
+    p.add_argument("--activation-memory", action="store_true",
+                   help="only measure the bytes the d2v student keeps for backward, with and without activation checkpointing")
     p.add_argument("--check", action="store_true", help="dropout off, d2v weights copied into the reference: losses must agree")
     p.add_argument("--out", type=Path, help="results folder (default benchmarks/results)")
     p.add_argument("--memory-child", choices=["d2v", "reference"], help=argparse.SUPPRESS)
@@ -79,6 +84,10 @@ def build_config(a: argparse.Namespace, extra: list[str] = ()):  # noqa: ANN201
 
     overrides = [f"runtime.precision={a.dtype}", f"runtime.device={a.device}", f"data.batch_size={a.batch}",
                  "runtime.out_dir=/nonexistent-d2v-benchmark", *extra]
+    if getattr(a, "compile", False):
+        overrides.append("runtime.compile=true")
+    if getattr(a, "activation_checkpointing", False):
+        overrides.append("model.activation_checkpointing=true")
     if a.check:
         overrides += ["model.dropout=0.0", "model.attention_dropout=0.0", "model.activation_dropout=0.0",
                       "model.layerdrop=0.0", "model.drop_path=0.0"]
@@ -203,6 +212,7 @@ def run_memory(a: argparse.Namespace) -> dict:
                 args.append(f"--length={a.length}")
             if a.threads:
                 args.append(f"--threads={a.threads}")
+            args += ["--compile"] * a.compile + ["--activation-checkpointing"] * a.activation_checkpointing
             proc = subprocess.run(args, capture_output=True, text=True, env=env)
             if proc.returncode != 0:
                 raise RuntimeError(f"memory child {side} failed:\n{proc.stderr[-3000:]}")
@@ -221,7 +231,8 @@ def check_equivalence(trainer, ref, batch: dict, steps: int = 3) -> list[dict]: 
     load_d2v_weights(ref, trainer.model)
     rows = []
     for _ in range(steps):
-        d = trainer.train_step()["loss"]
+        trainer.train_step()
+        d = trainer.reduce_metrics()["loss"]
         r = ref.step(batch)
         rows.append({"d2v_loss": d, "reference_loss": r, "rel_diff": abs(d - r) / max(abs(r), 1e-12)})
     return rows
@@ -240,11 +251,23 @@ def main(argv: list[str] | None = None) -> None:
     tok = text_tokenizer(cfg)
     batch = make_batch(cfg, a, tok)
     trainer = build_d2v(cfg, batch, device)
+    if a.activation_memory:
+        result = {"benchmark": "activation_memory", "modality": a.modality, "preset": a.preset, "dtype": a.dtype,
+                  "device": a.device, "batch": a.batch, "length": a.length, "machine": machine_info(),
+                  "saved_for_backward_bytes": saved_for_backward_bytes(trainer, batch)}
+        sb = result["saved_for_backward_bytes"]
+        sb["reduction"] = 1 - sb["with_ac"] / sb["without_ac"]
+        print(f"{a.modality}/{a.preset} {a.dtype} batch {a.batch}: kept for backward {sb['without_ac'] / 2**20:.0f} MiB, "
+              f"with activation checkpointing {sb['with_ac'] / 2**20:.0f} MiB ({sb['reduction']:.0%} less)")
+        print(f"wrote {write_result(f'activation_memory_{a.modality}_{a.preset}_{a.dtype}', result, a.out)}")
+        return
     ref = build_reference(cfg, device, tok)
-    suffix = ("_cuda" if a.device == "cuda" else "") + ("_check" if a.check else "") + ("_quick" if a.quick else "")
+    suffix = (("_cuda" if a.device == "cuda" else "") + ("_compile" if a.compile else "") + ("_ac" if a.activation_checkpointing else "")
+              + ("_check" if a.check else "") + ("_quick" if a.quick else ""))
     name = f"train_step_{a.modality}_{a.preset}_{a.dtype}{suffix}"
     result: dict = {"benchmark": "train_step", "modality": a.modality, "preset": a.preset, "dtype": a.dtype, "device": a.device,
                     "batch": a.batch, "length": a.length, "quick": a.quick, "machine": machine_info(),
+                    "compile": a.compile, "activation_checkpointing": a.activation_checkpointing,
                     "model": cfg.model.model_dump(), "reference_ema": "per-parameter loop: t.lerp_(s, 1 - tau)"}
     result["params"] = {"d2v_student": sum(p.numel() for p in trainer.model.parameters()),
                         "reference_student": sum(p.numel() for p in ref.model.parameters()) + sum(p.numel() for p in ref.head.parameters())}
@@ -267,6 +290,37 @@ def main(argv: list[str] | None = None) -> None:
     print(f"wrote {path}")
 
 
+def saved_for_backward_bytes(trainer, batch: dict) -> dict[str, int]:  # noqa: ANN001
+    """Bytes of the distinct storages (parameters left out) that autograd keeps from the forward
+    pass for the backward pass of one d2v step, without and with activation checkpointing: the
+    activation memory at the end of the forward pass, independent of the allocator and the load."""
+    from d2v_core.train.trainer import mask_generator
+
+    tcfg = trainer.model.transformer.cfg
+    params = {p.untyped_storage().data_ptr() for p in trainer.model.parameters()}
+    before, out = tcfg.activation_checkpointing, {}
+    try:
+        for ac in (False, True):
+            tcfg.activation_checkpointing = ac
+            kept: dict[int, int] = {}
+
+            def pack(t: torch.Tensor) -> torch.Tensor:
+                storage = t.untyped_storage()
+                if storage.data_ptr() not in params:
+                    kept[storage.data_ptr()] = storage.nbytes()
+                return t
+
+            trainer.model.train()
+            with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t), trainer._autocast():
+                res = trainer.model(batch, mask_generator(0, 0, 0, 0), trainer.teacher.model)
+            res.loss_sum.backward()
+            trainer.optimizer.zero_grad(set_to_none=True)
+            out["with_ac" if ac else "without_ac"] = sum(kept.values())
+    finally:
+        tcfg.activation_checkpointing = before
+    return out
+
+
 def count_flops(trainer, ref, sides: dict) -> dict[str, int]:  # noqa: ANN001
     """FLOPs of one step of each side, with LayerDrop off while counting (it skips a random
     number of layers per step, differently on the two sides): the work of the full model."""
@@ -277,8 +331,8 @@ def count_flops(trainer, ref, sides: dict) -> dict[str, int]:  # noqa: ANN001
         ref.model.config.layerdrop = 0.0
     try:
         flops = {}
-        for side, fn in sides.items():
-            with flop_counter() as fc:
+        for side, fn in sides.items():  # compiled code counted eagerly: the same math, countable ops
+            with torch.compiler.set_stance("force_eager"), flop_counter() as fc:
                 fn()
             flops[side] = fc.get_total_flops()
         return flops

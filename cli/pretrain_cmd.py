@@ -31,6 +31,7 @@ def pretrain(
                                           "fewer than the cores is often faster on a shared machine."),
     resume: bool = typer.Option(False, "--resume", help="Continue from the newest complete checkpoint in the run directory."),
     init_from: Optional[str] = typer.Option(None, "--init-from", help="Start from the weights of this checkpoint (e.g. made by d2v import), with a fresh optimiser."),
+    compile_: bool = typer.Option(False, "--compile", help="torch.compile the student and the teacher (runtime.compile=true)."),
     allow_pipe_urls: bool = typer.Option(False, "--allow-pipe-urls", help="Allow webdataset 'pipe:' URLs (they run shell commands)."),
     max_bad_fraction: Optional[float] = typer.Option(
         None, "--max-bad-fraction", help="Abort when more than this fraction of records is unusable (data.max_bad_fraction, default 0.5)."
@@ -55,6 +56,8 @@ def pretrain(
                        ("data.max_bad_fraction", max_bad_fraction), ("runtime.threads", threads)):
         if value is not None:
             overrides.append(f"{key}={value}")
+    if compile_:
+        overrides.append("runtime.compile=true")
     if init_from is not None and config is None and preset is None:
         config = str(_checkpoint_config(init_from))  # the architecture of the weights we start from
     cfg = resolve_config(loaded.registry, modality, preset, config, overrides)

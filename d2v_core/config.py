@@ -39,6 +39,9 @@ class TransformerConfig(StrictModel):
     qkv_bias: Literal["qkv", "qv", "none"] = "qkv"
     final_norm: bool = False
     init: Literal["bert", "beit"] = "bert"
+    #: recompute each student layer's activations in the backward pass (non-reentrant
+    #: ``torch.utils.checkpoint``): less memory for more compute; the teacher never needs it
+    activation_checkpointing: bool = False
 
     @model_validator(mode="after")
     def _heads_divide_dim(self) -> "TransformerConfig":
@@ -193,6 +196,11 @@ class RuntimeConfig(StrictModel):
     threads: Optional[PositiveInt] = None  # torch intra-op threads (torch.set_num_threads); None: torch's default
     deterministic: bool = False
     distributed: Literal["ddp", "fsdp"] = "ddp"
+    #: ``torch.compile`` the student's and the teacher's encoder and Transformer (inductor; see
+    #: docs/configuration.md for the shape policy); ``compile_dynamic`` is passed to torch.compile
+    #: (None: static first, then dynamic lengths after the first new shape)
+    compile: bool = False
+    compile_dynamic: Optional[bool] = None
     health_after_step: NonNegativeInt = 5000
     min_target_var: NonNegativeFloat = 0.1
     min_pred_var: NonNegativeFloat = 0.01

@@ -122,6 +122,25 @@ def test_text_probe_capacity_runs(tmp_path: Path) -> None:
     assert 0.0 <= result["tfidf_pieces"] <= 1.0 and set(result["mean_random_embeddings"]) == {"8", "one-hot"}
 
 
+def test_gpu_step_script_runs_its_cases_and_writes_json(tmp_path: Path) -> None:
+    """The GPU benchmark's code path on the CPU (tiny presets, fp32): eager, compiled and reference
+    sides timed, FLOPs counted, one JSON row per case; the GPU-only probes are left empty."""
+    run_script("gpu_step.py", "--device", "cpu", "--dtype", "fp32", "--cases", "text:tiny", "--repeats", "1",
+               "--warmup", "1", "--batch", "2", "--length", "32", "--out", str(tmp_path))
+    result = json.loads((tmp_path / "gpu_step_cpu_smoke.json").read_text())
+    (row,) = result["cases"]
+    assert "error" not in row, row
+    assert set(row["mfu"]) == {"d2v_eager", "d2v_compiled", "reference"} and all(v > 0 for v in row["mfu"].values())
+    assert row["flops_per_step_d2v"] > 0 and row["speedup_vs_reference"]["d2v_compiled"] > 0
+
+
+def test_activation_memory_shrinks_with_checkpointing(tmp_path: Path) -> None:
+    run_script("train_step.py", "--modality", "text", "--preset", "tiny", "--batch", "2", "--length", "32",
+               "--activation-memory", "--out", str(tmp_path))
+    sb = json.loads((tmp_path / "activation_memory_text_tiny_fp32.json").read_text())["saved_for_backward_bytes"]
+    assert 0 < sb["with_ac"] < 0.5 * sb["without_ac"]
+
+
 def test_batching_writes_the_issue_fields(tmp_path: Path) -> None:
     (tmp_path / "data" / "text").mkdir(parents=True)
     (tmp_path / "data" / "text" / "corpus.txt").write_text(

@@ -15,7 +15,7 @@ from d2v_core.errors import ConfigError
 from d2v_core.interfaces import Batch, Decoder, FeatureEncoder, Features, MaskRequest, Masker, Normalizer
 from d2v_core.model.losses import feature_std, loss_scale, regression_loss
 from d2v_core.model.regression_head import build_regression_head
-from d2v_core.model.sparse_student import keep_context, keep_index, restore_order
+from d2v_core.model.sparse_student import KeepIndex, keep_context, keep_index, restore_order
 from d2v_core.model.targets import build_targets
 from d2v_core.model.transformer import Transformer
 
@@ -34,6 +34,33 @@ class StepOutput:
     target_var: Tensor
     baseline_sum: Tensor
     cls_sum: Tensor | None = None
+
+
+@dataclass
+class MaskPlan:
+    """``mask`` (B, T) bool; ``index``: the flat (row-major) positions of its True steps, so
+    ``take(t, index) == t[mask]``; ``keep``: the sparse student's indices (2.0) or None."""
+
+    mask: Tensor
+    index: Tensor
+    keep: KeepIndex | None = None
+
+
+def plan_from_mask(mask: Tensor, device: torch.device, sparse: bool) -> MaskPlan:
+    """A :class:`MaskPlan` from a CPU mask, its tensors copied to ``device`` without waiting."""
+    mask = mask.cpu()
+    flat = mask.reshape(-1).nonzero().squeeze(1)
+    keep = None
+    if sparse:
+        k = keep_index(mask)
+        keep = KeepIndex(k.keep.to(device, non_blocking=True), k.restore.to(device, non_blocking=True))
+    return MaskPlan(mask.to(device, non_blocking=True), flat.to(device, non_blocking=True), keep)
+
+
+def take(t: Tensor, index: Tensor) -> Tensor:
+    """``t[mask]`` for t (B, T, ...) given the mask's flat ``index``: an ``index_select`` of a
+    known size, where boolean indexing would wait for the device to count the mask."""
+    return t.reshape(-1, *t.shape[2:]).index_select(0, index)
 
 
 def masked_mean(y: Tensor, padding_mask: Tensor | None) -> Tensor:
@@ -84,9 +111,16 @@ class Data2Vec(nn.Module):
     def make_mask(self, x: Tensor, padding_mask: Tensor | None, grid: tuple[int, ...] | None,
                   generator: torch.Generator) -> Tensor:
         B, T = x.shape[:2]
+        # sync: with padding only (none without), maskers work on the CPU
         pad = None if padding_mask is None else padding_mask.cpu()
-        mask = self.masker(MaskRequest(B, T, pad, grid), generator)
-        return mask.to(x.device, non_blocking=True)
+        return self.masker(MaskRequest(B, T, pad, grid), generator)
+
+    def plan_mask(self, x: Tensor, padding_mask: Tensor | None, grid: tuple[int, ...] | None,
+                  generator: torch.Generator) -> MaskPlan:
+        """The mask and every index derived from it, computed on the host from the CPU mask and
+        then copied to ``x``'s device (asynchronously): no device op of the step waits on a
+        data-dependent size (``t[mask]`` on a GPU tensor would)."""
+        return plan_from_mask(self.make_mask(x, padding_mask, grid, generator), x.device, self.decoder is not None)
 
     def encode(self, batch: Batch, mask: Tensor | None = None) -> tuple[Tensor, Tensor | None]:
         """Student features (B, T, D) without prefix tokens, and the padding mask."""
@@ -120,23 +154,25 @@ class Data2Vec(nn.Module):
         p = enc.num_prefix_tokens
         return build_targets([layer[:, p:] for layer in out.layers], self.layer_norm, self.post_norm, pad)
 
-    def _dense_student(self, x: Tensor, pad: Tensor | None, mask: Tensor, generator: torch.Generator) -> tuple[Tensor, Tensor]:
+    def _dense_student(self, x: Tensor, pad: Tensor | None, plan: MaskPlan | Tensor, generator: torch.Generator) -> tuple[Tensor, Tensor]:
         """data2vec 1.0: mask embedding at the masked steps, all steps encoded; (states, predictions)."""
-        ctx = self.encoder.contextualize(self.encoder.apply_mask(x, mask, generator), pad)
+        plan = plan if isinstance(plan, MaskPlan) else plan_from_mask(plan, x.device, False)
+        ctx = self.encoder.contextualize(self.encoder.apply_mask(x, plan.mask, generator), pad)
         states = self.transformer(ctx.x, ctx.padding_mask, ctx.attn_bias).x
-        return states, self.head(states[:, self.encoder.num_prefix_tokens :][mask])
+        return states, self.head(take(states[:, self.encoder.num_prefix_tokens :], plan.index))
 
-    def _sparse_student(self, x: Tensor, pad: Tensor | None, mask: Tensor, grid: tuple[int, ...] | None) -> tuple[Tensor, Tensor]:
+    def _sparse_student(self, x: Tensor, pad: Tensor | None, plan: MaskPlan | Tensor, grid: tuple[int, ...] | None) -> tuple[Tensor, Tensor]:
         """data2vec 2.0: only the prefix and the unmasked steps are encoded (masked steps are zero
         for positional encoders that look at neighbours); the decoder fills in the rest."""
-        index = keep_index(mask)
+        plan = plan if isinstance(plan, MaskPlan) else plan_from_mask(plan, x.device, True)
+        index, mask = plan.keep, plan.mask
         p = self.encoder.num_prefix_tokens
         ctx = self.encoder.contextualize(x.masked_fill(mask.unsqueeze(-1), 0.0), pad)
         ctx = keep_context(ctx, index.keep, p)
         states = self.transformer(ctx.x, ctx.padding_mask, ctx.attn_bias).x
         kept = F.dropout(states[:, p:], self.decoder.input_dropout, self.training)
         pred = self.decoder(restore_order(kept, index.restore, self.cfg.decoder.mask_noise_std), pad, grid)
-        return states, pred[mask]
+        return states, take(pred, plan.index)
 
     def forward(self, batch: Batch, generator: torch.Generator, teacher: nn.ModuleDict) -> StepOutput:
         feats = self.encoder.embed(batch)
@@ -145,12 +181,13 @@ class Data2Vec(nn.Module):
         if m > 1:
             x, y = x.repeat_interleave(m, 0), y.repeat_interleave(m, 0)
             pad = None if pad is None else pad.repeat_interleave(m, 0)
-        mask = self.make_mask(x, pad, feats.grid, generator)
+        plan = self.plan_mask(x, pad, feats.grid, generator)
+        mask = plan.mask
         if self.decoder is None:
-            states, pred = self._dense_student(x, pad, mask, generator)
+            states, pred = self._dense_student(x, pad, plan, generator)
         else:
-            states, pred = self._sparse_student(x, pad, mask, feats.grid)
-        y = y[mask]
+            states, pred = self._sparse_student(x, pad, plan, feats.grid)
+        y = take(y, plan.index)
         beta = self.cfg.loss.beta
         loss = regression_loss(pred, y, beta, self.scale).sum()
         baseline = regression_loss(y.mean(0, keepdim=True).expand_as(y), y, beta, self.scale).sum()

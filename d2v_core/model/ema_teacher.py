@@ -19,6 +19,13 @@ def ema_decay_at(step: int, decay: float, end_decay: float, anneal_end_step: int
     return end_decay - (end_decay - decay) * (1.0 - step / anneal_end_step)
 
 
+def _local(tensors: list[torch.Tensor]) -> list[torch.Tensor]:
+    """Each rank's own rows of FSDP2-sharded (DTensor) parameters, as views; others unchanged."""
+    from torch.distributed.tensor import DTensor
+
+    return [t.to_local() if isinstance(t, DTensor) else t for t in tensors]
+
+
 def _matches(name: str, patterns: list[str]) -> bool:
     return any(fnmatch(name, p) for p in patterns)
 
@@ -63,9 +70,10 @@ class EMATeacher:
     @torch.no_grad()
     def update(self, student: nn.Module, step: int) -> float:
         """One EMA step after update ``step`` (1-based): ``t = tau * t + (1 - tau) * s``. Returns tau.
-        Pass the same ``student`` module every step (parameters are matched by name once)."""
+        Pass the same ``student`` module every step (parameters are matched by name once). With
+        FSDP2 the teacher is sharded like the student and each rank averages its own shard."""
         self.tau = tau = self.decay_at(step)
-        t_avg, s_avg, t_copy, s_copy, t_buf, s_buf = self._pairs(student)
+        t_avg, s_avg, t_copy, s_copy, t_buf, s_buf = (_local(ts) for ts in self._pairs(student))
         if tau < 1.0 and t_avg:
             torch._foreach_lerp_(t_avg, [p.detach().to(torch.float32) for p in s_avg], 1.0 - tau)
         if t_copy:
@@ -74,11 +82,17 @@ class EMATeacher:
             torch._foreach_copy_(t_buf, s_buf)
         return tau
 
-    def state_dict(self) -> dict[str, torch.Tensor]:
-        return {k: v for k, v in self.model.state_dict().items() if not _matches(k, self.cfg.exclude_params)}
+    def state_dict(self, full: dict[str, torch.Tensor] | None = None) -> dict[str, torch.Tensor]:
+        """The teacher's tensors without the excluded ones; ``full``: an already gathered state
+        dict of :attr:`model` (FSDP2) to filter instead of the local one."""
+        state = self.model.state_dict() if full is None else full
+        return {k: v for k, v in state.items() if not _matches(k, self.cfg.exclude_params)}
 
-    def load_state_dict(self, state: dict[str, torch.Tensor]) -> None:
+    def check_state_dict(self, state: dict[str, torch.Tensor]) -> None:
         missing = [k for k in self.state_dict() if k not in state]
         if missing:
             raise KeyError(f"teacher state lacks {missing[:3]}")
+
+    def load_state_dict(self, state: dict[str, torch.Tensor]) -> None:
+        self.check_state_dict(state)
         self.model.load_state_dict(state, strict=False)

@@ -18,7 +18,7 @@ def instance_norm(x: Tensor, padding_mask: Tensor | None = None, eps: float = EP
     With padding, statistics use the valid steps only and padded steps come out as 0 (fairseq
     includes pads, but crops its pretraining batches so that it has none).
     """
-    if padding_mask is None or not padding_mask.any():
+    if padding_mask is None:  # (asking whether any step is padded would wait for the device)
         return F.instance_norm(x.transpose(1, 2), eps=eps).transpose(1, 2)
     valid = (~padding_mask).unsqueeze(-1).to(x.dtype)
     count = valid.sum(1, keepdim=True).clamp_min(1.0)

@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 
 import torch
 import torch.nn.functional as F
+import torch.utils.checkpoint
 from timm.layers import DropPath
 from torch import Tensor, nn
 
@@ -103,14 +104,21 @@ class Transformer(nn.Module):
         collect_from: int = 0,
     ) -> TransformerOutput:
         """Run the layers; with ``collect`` ("ffn" or "block") also return the intermediates of
-        layers ``collect_from..depth-1``. LayerDrop skips layers in training only."""
+        layers ``collect_from..depth-1``. LayerDrop skips layers in training only. With
+        ``activation_checkpointing`` each layer's activations are recomputed in the backward pass
+        (training with grad only)."""
         attn_mask = build_attention_mask(padding_mask, attn_bias)
         layers: list[Tensor] = []
         layerdrop = self.cfg.layerdrop if self.training else 0.0
+        # the student in training only: the teacher runs without grad and stores nothing
+        recompute = self.cfg.activation_checkpointing and self.training and torch.is_grad_enabled()
         for i, layer in enumerate(self.layers):
-            if layerdrop > 0 and torch.rand(()) < layerdrop:
+            if layerdrop > 0 and torch.rand(()) < layerdrop:  # a CPU random number: no device sync
                 continue
-            x, h = layer(x, attn_mask)
+            if recompute:  # the RNG state is restored for the recomputation: same dropout masks
+                x, h = torch.utils.checkpoint.checkpoint(layer, x, attn_mask, use_reentrant=False)
+            else:
+                x, h = layer(x, attn_mask)
             if collect is not None and i >= collect_from:
                 layers.append(h if collect == "ffn" else x)
         if self.norm is not None:

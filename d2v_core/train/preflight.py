@@ -25,8 +25,8 @@ def resolve_device(cfg: RunConfig) -> torch.device:
 
 
 def check_distributed(cfg: RunConfig) -> None:
-    if cfg.runtime.distributed == "fsdp":
-        raise PreflightError("runtime.distributed=fsdp is not implemented yet; use ddp (the default)")
+    if cfg.runtime.distributed == "fsdp" and cfg.runtime.precision == "fp16":
+        raise PreflightError("runtime.distributed=fsdp does not support fp16 loss scaling; use --set runtime.precision=bf16 (or ddp)")
 
 
 def check_batch(cfg: RunConfig, world_size: int) -> int:

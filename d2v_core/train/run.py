@@ -71,6 +71,7 @@ def pretrain(
             world_size=dist.world_size, num_workers=cfg.data.num_workers, shuffle_buffer=cfg.data.shuffle_buffer,
             seed=cfg.runtime.seed, resampled=cfg.data.resampled, max_bad_fraction=cfg.data.max_bad_fraction,
             max_tokens=cfg.data.max_tokens, bucket_window=cfg.data.bucket_window,
+            pin_memory=device.type == "cuda",  # page-locked batches: the trainer's copies to the GPU do not block
         )
         trainer = Trainer(cfg, model, loader, device, dist, versions)
         if start is not None:

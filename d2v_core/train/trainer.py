@@ -1,5 +1,11 @@
 """The pretraining loop: micro-batches, fairseq's gradient normalisation, clipping, AdamW,
-schedule, EMA step, health checks, metrics and checkpoints; DDP when launched by torchrun."""
+schedule, EMA step, health checks, metrics and checkpoints; DDP or FSDP2 when launched by torchrun.
+
+The hot path does not wait on the device: metrics are summed on the device and copied to the
+host every ``runtime.log_every`` steps (and before every checkpoint), where the non-finite-loss
+and collapse checks and, with several processes, the agreement on a stop signal happen. A
+checkpoint is only written after the steps since the last check were found finite, so a bad step
+never overwrites a good checkpoint. Each remaining host-device sync is marked ``# sync:``."""
 
 from __future__ import annotations
 
@@ -22,6 +28,8 @@ from d2v_core.errors import TrainingError
 from d2v_core.model.data2vec import Data2Vec
 from d2v_core.model.ema_teacher import EMATeacher
 from d2v_core.train import checkpoint as ckpt
+from d2v_core.train import fsdp
+from d2v_core.train.compile import compile_encoder_and_transformer
 from d2v_core.train.distributed import DistInfo, all_reduce_sum
 from d2v_core.train.metrics import MetricsLogger
 from d2v_core.train.optim import build_optimizer
@@ -44,7 +52,14 @@ def mask_generator(seed: int, step: int, micro: int, rank: int) -> torch.Generat
 
 
 def to_device(batch: dict, device: torch.device) -> dict:
-    return {k: v.to(device, non_blocking=True) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
+    """Asynchronous copies to ``device``; on a GPU from page-locked memory (the loader's workers
+    pin their batches; in-process batches are pinned here), so the host does not wait."""
+    def move(v: torch.Tensor) -> torch.Tensor:
+        if device.type == "cuda" and v.device.type == "cpu" and not v.is_pinned():
+            v = v.pin_memory()
+        return v.to(device, non_blocking=True)
+
+    return {k: move(v) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
 
 
 def _rng_state() -> dict[str, Any]:
@@ -72,46 +87,80 @@ class Trainer:
         self.versions = {"d2v": __version__, **(versions or {})}
         self.student_scope = model.teacher_scope()  # one object, so the EMA matches parameters once
         self.teacher = EMATeacher(self.student_scope, cfg.ema)
-        # LayerDrop skips layers; the sparse student (2.0) never uses the mask embedding
-        unused = cfg.model.layerdrop > 0 or cfg.decoder.name is not None
-        self.ddp = model if dist.world_size == 1 else DDP(model, find_unused_parameters=unused)
+        if cfg.runtime.compile:  # after the teacher's copy: compiled methods are bound to their module
+            for scope in (self.student_scope, self.teacher.model):
+                compile_encoder_and_transformer(scope, cfg.runtime.compile_dynamic)
+        self.fsdp = cfg.runtime.distributed == "fsdp" and dist.world_size > 1
+        if self.fsdp:
+            fsdp.shard(model, self.teacher.model, cfg.runtime.precision, cfg.ema.teacher_precision)
+            self.ddp = model
+        else:
+            # LayerDrop skips layers; the sparse student (2.0) never uses the mask embedding
+            unused = cfg.model.layerdrop > 0 or cfg.decoder.name is not None
+            self.ddp = model if dist.world_size == 1 else DDP(model, find_unused_parameters=unused)
         self.optimizer = build_optimizer(model, cfg.optim)
         peak, total = cfg.optim.lr, cfg.runtime.max_steps
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, lambda s: lr_at(s, peak, total, cfg.optim.schedule) / peak)
         self.scaler = torch.amp.GradScaler("cuda") if cfg.runtime.precision == "fp16" else None
         self.step, self.epoch, self.batch_in_epoch = 0, 0, 0
         self._batches: Iterator[dict] | None = None
+        # one batch ahead on a GPU: its copy runs while the current step computes
+        self.prefetch = device.type == "cuda"
+        self._ahead: tuple[dict, tuple] | None = None
+        self._consumed: tuple | None = None  # the data position after the batch in use (with prefetch)
         self._stop = False
         self._stop_signal: int | None = None
         self.last_checkpoint: Path | None = None
+        # device sums since the last log step: loss, size, pred_var, target_var, samples, baseline, cls, grad_norm
+        self._acc = torch.zeros(8, dtype=torch.float64, device=device)
+        self._acc_steps, self._acc_from, self._checked_to = 0, self.step + 1, 0
+        self._last_values: dict[str, float] = {}
 
     # -- state -------------------------------------------------------------------------------
     def state(self) -> dict[str, Any]:
+        # with a batch prefetched, the loader is one batch ahead: save where the step's data ended
+        epoch, batch_in_epoch, bad = self._consumed if self._consumed else (self.epoch, self.batch_in_epoch, None)
         return {
-            "step": self.step, "epoch": self.epoch, "batch_in_epoch": self.batch_in_epoch,
-            "optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict(),
+            "step": self.step, "epoch": epoch, "batch_in_epoch": batch_in_epoch,
+            "optimizer": fsdp.full_optimizer_state(self.model, self.optimizer) if self.fsdp else self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict(),
             "scaler": self.scaler.state_dict() if self.scaler else {}, "rng": _rng_state(),
-            "bad_records": self.loader.stats.state_dict(),
+            "bad_records": bad if bad is not None else self.loader.stats.state_dict(),
         }
 
     def restore(self, loaded: dict[str, Any]) -> None:
-        self.model.load_state_dict(loaded["student"])
-        self.teacher.load_state_dict(loaded["teacher"])
         st = loaded["trainer_state"]
-        self.optimizer.load_state_dict(st["optimizer"])
+        if self.fsdp:  # every rank read the full state; each keeps its own rows
+            fsdp.load_full_state_dict(self.model, loaded["student"])
+            self.teacher.check_state_dict(loaded["teacher"])
+            fsdp.load_full_state_dict(self.teacher.model, loaded["teacher"], strict=False)
+            fsdp.load_full_optimizer_state(self.model, self.optimizer, st["optimizer"])
+        else:
+            self.model.load_state_dict(loaded["student"])
+            self.teacher.load_state_dict(loaded["teacher"])
+            self.optimizer.load_state_dict(st["optimizer"])
         self.scheduler.load_state_dict(st["scheduler"])
         if self.scaler and st.get("scaler"):
             self.scaler.load_state_dict(st["scaler"])
         self.step, self.epoch, self.batch_in_epoch = st["step"], st["epoch"], st["batch_in_epoch"]
+        self._batches, self._ahead, self._consumed = None, None, None
         self.teacher.tau = self.teacher.decay_at(self.step)
         self.loader.stats.load_state_dict(st["bad_records"])
         _set_rng_state(st["rng"])
 
     def save(self) -> Path | None:
+        """Write a checkpoint of the current step (rank 0), after checking the steps not yet
+        checked: a non-finite loss raises instead of overwriting a good checkpoint."""
+        self._check_finite()
+        if self.fsdp:  # collectives: every rank gathers, rank 0 receives the full state
+            student, state = fsdp.full_state_dict(self.model), self.state()
+            teacher = self.teacher.state_dict(fsdp.full_state_dict(self.teacher.model))
+        elif self.dist.is_main:
+            student, teacher, state = self.model.state_dict(), self.teacher.state_dict(), self.state()
         if not self.dist.is_main:
             return None
         self.last_checkpoint = ckpt.save_checkpoint(
-            self.run_dir, self.step, self.model.state_dict(), self.teacher.state_dict(), self.state(),
+            self.run_dir, self.step, student, teacher, state,
             config_to_yaml(self.cfg), {"versions": self.versions, "modality": self.cfg.modality},
             extra=self.model.encoder.extra_state(), keep_last=self.cfg.runtime.keep_last,
         )
@@ -130,6 +179,19 @@ class Trainer:
                 self._batches, self.epoch, self.batch_in_epoch = None, self.epoch + 1, 0
         raise TrainingError(f"the data produced no batch in epoch {self.epoch}: {self.loader.stats.summary()}")
 
+    def _fetch(self) -> tuple[dict, tuple]:
+        batch = to_device(self._next_batch(), self.device)
+        return batch, (self.epoch, self.batch_in_epoch, self.loader.stats.state_dict())
+
+    def _next_device_batch(self) -> dict:
+        """The next batch on the device. With :attr:`prefetch`, the one after it is fetched and
+        its (asynchronous) copy started before this one is returned."""
+        if not self.prefetch:
+            return to_device(self._next_batch(), self.device)
+        batch, self._consumed = self._ahead or self._fetch()
+        self._ahead = self._fetch()
+        return batch
+
     # -- one update ----------------------------------------------------------------------------
     def _autocast(self):
         p = self.cfg.runtime.precision
@@ -137,33 +199,42 @@ class Trainer:
             return contextlib.nullcontext()
         return torch.autocast(self.device.type, dtype=torch.bfloat16 if p == "bf16" else torch.float16)
 
-    def train_step(self) -> dict[str, float]:
+    def train_step(self) -> None:
+        """One optimiser update. Adds its metrics to the device sums; nothing waits on the device."""
         cfg, accum = self.cfg, self.cfg.optim.accum_steps
         self.model.train()
-        sums = torch.zeros(7, dtype=torch.float64, device=self.device)  # loss, size, pred_var, target_var, samples, baseline, cls
+        sums = torch.zeros(7, dtype=torch.float64, device=self.device)  # loss, size, pred_var, target_var, -, baseline, cls
+        samples = 0
         for micro in range(accum):
-            batch = to_device(self._next_batch(), self.device)
-            sync = micro == accum - 1 or not isinstance(self.ddp, DDP)
+            batch = self._next_device_batch()
+            samples += len(batch["keys"])
+            last = micro == accum - 1
+            if self.fsdp:
+                self.ddp.set_requires_gradient_sync(last)
+            sync = last or not isinstance(self.ddp, DDP)
             with (contextlib.nullcontext() if sync else self.ddp.no_sync()), self._autocast():
                 out = self.ddp(batch, mask_generator(cfg.runtime.seed, self.step, micro, self.dist.rank), self.teacher.model)
+            if self.fsdp:
+                fsdp.reshard_teacher(self.teacher.model)
             (self.scaler.scale(out.loss_sum) if self.scaler else out.loss_sum).backward()
+            zero = sums.new_zeros(())
             sums += torch.stack([out.loss_sum.detach().double(), out.sample_size.double(), out.pred_var.double(),
-                                 out.target_var.double(), torch.tensor(float(len(batch["keys"])), device=self.device, dtype=torch.float64),
-                                 out.baseline_sum.double(), out.cls_sum.double() if out.cls_sum is not None else sums.new_zeros(())])
-        totals = all_reduce_sum(sums.clone())
-        loss_sum, sample_size = totals[0].item(), max(totals[1].item(), 1.0)
-        if not math.isfinite(loss_sum):
-            kept = f"; the last good checkpoint is {self.last_checkpoint}" if self.last_checkpoint else ""
-            raise TrainingError(f"non-finite loss ({loss_sum}) at step {self.step}: lower optim.lr or use fp32{kept}")
+                                 out.target_var.double(), zero, out.baseline_sum.double(),
+                                 out.cls_sum.double() if out.cls_sum is not None else zero])
+        sums[4] = samples  # a fill with a host number: no copy, no wait
+        totals = all_reduce_sum(sums)  # a collective, not a host sync: the global masked-step count
         if self.scaler:
             self.scaler.unscale_(self.optimizer)
-        grads = [p.grad for p in self.model.parameters() if p.grad is not None]
-        torch._foreach_mul_(grads, self.dist.world_size / sample_size)  # fairseq: per-masked-step mean over all ranks
-        grad_norm = None
+        grads = [fsdp.local(p.grad) for p in self.model.parameters() if p.grad is not None]
+        # fairseq: per-masked-step mean over all ranks; a device scalar, so no wait for the count
+        torch._foreach_mul_(grads, (self.dist.world_size / totals[1].clamp_min(1.0)).float())
+        grad_norm = totals.new_zeros(())
         if cfg.optim.clip_norm > 0:
-            grad_norm = float(torch.nn.utils.clip_grad_norm_(self.model.parameters(), cfg.optim.clip_norm))
-        lr = self.optimizer.param_groups[0]["lr"]
-        if self.scaler:
+            params = [p for p in self.model.parameters() if p.grad is not None]
+            grad_norm = fsdp.full(torch.nn.utils.get_total_norm([p.grad for p in params]))
+            torch.nn.utils.clip_grads_with_norm_(params, cfg.optim.clip_norm, grad_norm)
+        self._last_values["lr"] = self.optimizer.param_groups[0]["lr"]
+        if self.scaler:  # sync: fp16 only, GradScaler reads whether any gradient overflowed
             self.scaler.step(self.optimizer)
             self.scaler.update()
         else:
@@ -171,16 +242,42 @@ class Trainer:
         self.scheduler.step()
         self.optimizer.zero_grad(set_to_none=True)
         self.step += 1
-        tau = self.teacher.update(self.student_scope, self.step)
-        metrics = {"loss": loss_sum / sample_size, "lr": lr, "tau": tau, "sample_size": sample_size,
-                   "pred_var": totals[2].item() / accum / self.dist.world_size, "target_var": totals[3].item() / accum / self.dist.world_size,
-                   "samples": totals[4].item(), "rel_loss": (loss_sum - totals[6].item()) / max(totals[5].item(), 1e-12)}
-        if grad_norm is not None:
-            metrics["grad_norm"] = grad_norm
-        if cfg.loss.cls_weight > 0:
-            metrics["cls_loss"] = totals[6].item() / sample_size
+        self._last_values["tau"] = self.teacher.update(self.student_scope, self.step)
+        self._acc[:7] += totals
+        self._acc[7] += grad_norm.double()
+        self._acc_steps += 1
+
+    def reduce_metrics(self) -> dict[str, float]:
+        """The metrics of the steps since the last call (means over them; ``samples`` summed),
+        then the non-finite and collapse checks. One device-to-host copy."""
+        n, accum, world = max(self._acc_steps, 1), self.cfg.optim.accum_steps, self.dist.world_size
+        acc = self._acc.tolist()  # sync: once per log step (and before a checkpoint)
+        first, self._acc_from = max(self._acc_from, self._checked_to + 1), self.step + 1
+        self._acc.zero_()
+        self._acc_steps = 0
+        loss_sum, sample_size = acc[0], max(acc[1], 1.0)
+        if not math.isfinite(loss_sum):
+            kept = f"; the last good checkpoint is {self.last_checkpoint}" if self.last_checkpoint else ""
+            span = f"step {self.step}" if first >= self.step else f"steps {first}-{self.step}"
+            raise TrainingError(f"non-finite loss ({loss_sum}) in {span}: lower optim.lr or use fp32{kept}")
+        metrics = {"loss": loss_sum / sample_size, **self._last_values, "sample_size": sample_size / n,
+                   "pred_var": acc[2] / (n * accum * world), "target_var": acc[3] / (n * accum * world),
+                   "samples": acc[4], "rel_loss": (loss_sum - acc[6]) / max(acc[5], 1e-12)}
+        if self.cfg.optim.clip_norm > 0:
+            metrics["grad_norm"] = acc[7] / n
+        if self.cfg.loss.cls_weight > 0:
+            metrics["cls_loss"] = acc[6] / sample_size
         self._check_health(metrics)
         return metrics
+
+    def _check_finite(self) -> None:
+        """Before a checkpoint: the steps not yet checked must have a finite loss."""
+        if self._acc_steps:
+            # sync: once per checkpoint; the sums stay for the next log step
+            loss_sum = float(self._acc[0])  # already summed over ranks: every rank agrees
+            if not math.isfinite(loss_sum):
+                self.reduce_metrics()  # raises, naming the steps
+            self._checked_to = self.step
 
     def _check_health(self, m: dict[str, float]) -> None:
         rt = self.cfg.runtime
@@ -198,13 +295,16 @@ class Trainer:
             raise KeyboardInterrupt
         self._stop, self._stop_signal = True, signum
 
-    def _should_stop(self) -> bool:
+    def _should_stop(self, at_check: bool) -> bool:
         """Whether any rank got a stop signal. Ranks must agree, or those that go on would wait
-        forever in the next step's all-reduce for the ones that stopped."""
+        forever in the next step's all-reduce for the ones that stopped: with several processes
+        they compare flags only at check steps (log steps), where they synchronise anyway."""
         if self.dist.world_size == 1:
-            return self._stop
+            return self._stop  # a host flag: free to read after every step
+        if not at_check:
+            return False
         flag = torch.tensor([1.0 if self._stop else 0.0], device=self.device)
-        self._stop = bool(all_reduce_sum(flag).item() > 0)
+        self._stop = bool(all_reduce_sum(flag).item() > 0)  # sync: at check steps only
         return self._stop
 
     def fit(self) -> TrainResult:
@@ -214,15 +314,25 @@ class Trainer:
         for sig in (signal.SIGINT, signal.SIGTERM):  # stop after the current step, with a checkpoint
             with contextlib.suppress(ValueError):  # not the main thread
                 handlers[sig] = signal.signal(sig, self._request_stop)
-        last_loss, t_last, samples, saved = None, time.time(), 0.0, self.step if self.step else -1
+        last_loss, t_last, saved = None, time.time(), self.step if self.step else -1
+        self._acc_from = self._checked_to = self.step  # a resumed run starts from a checked step
+        self._acc_from += 1
         try:
-            while self.step < rt.max_steps and not self._should_stop():
-                m = self.train_step()
-                last_loss, samples = m["loss"], samples + m["samples"]
-                if logger and (self.step % rt.log_every == 0 or self.step == rt.max_steps):
+            while self.step < rt.max_steps and not self._should_stop(at_check=True):
+                while True:  # steps up to the next check (log step, last step or a stop signal)
+                    self.train_step()
+                    check = self.step % rt.log_every == 0 or self.step == rt.max_steps
+                    if check or self._should_stop(at_check=False):
+                        break
+                    if self.step % rt.save_every == 0:
+                        self.save()
+                        saved = self.step
+                m = self.reduce_metrics()
+                last_loss = m["loss"]
+                if logger:
                     now = time.time()
-                    m["samples_per_s"] = samples / max(now - t_last, 1e-9)
-                    t_last, samples = now, 0.0
+                    m["samples_per_s"] = m["samples"] / max(now - t_last, 1e-9)
+                    t_last = now
                     logger.log(self.step, m)
                 if self.step % rt.save_every == 0:
                     self.save()
