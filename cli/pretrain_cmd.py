@@ -33,6 +33,9 @@ def pretrain(
     init_from: Optional[str] = typer.Option(None, "--init-from", help="Start from the weights of this checkpoint (e.g. made by d2v import), with a fresh optimiser."),
     compile_: bool = typer.Option(False, "--compile", help="torch.compile the student and the teacher (runtime.compile=true)."),
     allow_pipe_urls: bool = typer.Option(False, "--allow-pipe-urls", help="Allow webdataset 'pipe:' URLs (they run shell commands)."),
+    allow_config_change: bool = typer.Option(
+        False, "--allow-config-change", help="With --resume: continue with settings that differ from the run's (recorded in run.json)."
+    ),
     max_bad_fraction: Optional[float] = typer.Option(
         None, "--max-bad-fraction", help="Abort when more than this fraction of records is unusable (data.max_bad_fraction, default 0.5)."
     ),
@@ -50,22 +53,26 @@ def pretrain(
 
     if not _is_main_rank():  # the other ranks' warnings repeat rank 0's
         warnings.simplefilter("ignore")
+    from d2v_core.errors import ConfigError
+
+    for flag, value in (("--data", data), ("--out", out), ("--masker", masker)):
+        if value is not None and not value.strip():
+            raise ConfigError(f"{flag} is empty; pass a value (or leave the flag out)")
     loaded = get_plugins()
-    overrides = list(set_)
+    overrides: list = list(set_)
     for key, value in (("data.train", data), ("runtime.out_dir", out), ("masking.name", masker), ("runtime.max_steps", max_steps),
                        ("data.max_bad_fraction", max_bad_fraction), ("runtime.threads", threads)):
-        if value is not None:
-            overrides.append(f"{key}={value}")
+        if value is not None:  # literal values: a path such as 'runs/exp #3' is not YAML
+            section, field = key.split(".")
+            overrides.append({section: {field: value}})
     if compile_:
-        overrides.append("runtime.compile=true")
+        overrides.append({"runtime": {"compile": True}})
     if init_from is not None and config is None and preset is None:
         config = str(_checkpoint_config(init_from))  # the architecture of the weights we start from
     cfg = resolve_config(loaded.registry, modality, preset, config, overrides)
     if not cfg.data.train:
         spec = loaded.registry.modality(cfg.modality)
         if spec.demo_data is None:
-            from d2v_core.errors import ConfigError
-
             raise ConfigError(f"no --data given and modality {spec.name!r} ships no demo data; pass --data PATH")
         demo = str(load_ref(spec.demo_data, f"modality {spec.name!r} demo data")())
         _say(f"no --data given: using the demo data shipped with {spec.distribution} ({demo})")
@@ -79,7 +86,7 @@ def pretrain(
     _say(f"pretraining {cfg.modality}/{cfg.preset} -> {cfg.runtime.out_dir}")
     versions = {p.distribution: p.version for p in loaded.plugins if p.status == "ok"}
     result = run_pretrain(cfg, loaded.registry, resume=resume, versions=versions, allow_pipe_urls=allow_pipe_urls,
-                          init_from=init_from)
+                          init_from=init_from, allow_config_change=allow_config_change)
     loss = f"{result.last_loss:.4f}" if result.last_loss is not None else "n/a"
     how = "stopped on signal" if result.stopped_early else "done"
     _say(f"{how}: step {result.step}/{cfg.runtime.max_steps}, last loss {loss}, checkpoint {result.checkpoint}")

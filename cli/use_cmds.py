@@ -118,15 +118,31 @@ def export(
 
 
 def import_(
-    from_hf: str = typer.Option(..., "--from-hf", help="A transformers Data2Vec model directory."),
-    modality: str = typer.Option(..., "--modality", "-m", help="The modality of the model (see d2v list-plugins)."),
+    from_hf: Optional[str] = typer.Option(None, "--from-hf", help="A transformers Data2Vec model directory."),
+    from_fairseq: Optional[str] = typer.Option(None, "--from-fairseq", help="A fairseq data2vec checkpoint file (.pt), read without running code from it."),
+    modality: Optional[str] = typer.Option(None, "--modality", "-m", help="Needed with --from-hf; read from the checkpoint with --from-fairseq."),
     out: str = typer.Option(..., "--out", "-o", help="Run directory to write the checkpoint into."),
     preset: Optional[str] = typer.Option(None, "--preset", help="Preset supplying the training settings."),
     set_: List[str] = typer.Option([], "--set", help="Override, e.g. --set targets.top_k=2 (repeatable)."),
 ) -> None:
-    """Make a d2v checkpoint from a transformers directory (continue with d2v pretrain --init-from)."""
-    from d2v_core.inference.exchange import import_checkpoint
+    """Make a d2v checkpoint from a transformers directory or a fairseq checkpoint (continue with d2v pretrain --init-from)."""
+    from d2v_core.errors import ConfigError
     from d2v_core.plugin_loader import get_registry
+
+    if (from_hf is None) == (from_fairseq is None):
+        raise ConfigError("pass one of --from-hf DIR or --from-fairseq CKPT")
+    if from_fairseq is not None:
+        from d2v_core.interop.fairseq_import import import_fairseq
+
+        result = import_fairseq(from_fairseq, out, get_registry(), modality=modality, preset=preset, overrides=set_)
+        unused = f"{len(result.unused)} unused key(s): {', '.join(result.unused)}" if result.unused else "no unused keys"
+        teacher = "teacher from its EMA" if result.teacher_from_ema else "teacher copied from the student (no EMA in the file)"
+        fresh = f"; not in the file, freshly initialised: {', '.join(result.fresh_modules)}" if result.fresh_modules else ""
+        typer.echo(f"imported {from_fairseq} ({result.family}) -> {result.path}; {teacher}; {unused}{fresh}")
+        return
+    if modality is None:
+        raise ConfigError("--from-hf needs --modality (audio, image or text)")
+    from d2v_core.inference.exchange import import_checkpoint
 
     path = import_checkpoint(from_hf, modality, out, get_registry(), preset, overrides=set_)
     typer.echo(f"imported {from_hf} -> {path}")

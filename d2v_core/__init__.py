@@ -51,6 +51,18 @@ _LAZY = {
     "Transformer": "d2v_core.model.transformer",
     "pad_sequences": "d2v_core.data.collate",
     "lengths_to_padding_mask": "d2v_core.data.collate",
+    # fairseq import (d2v import --from-fairseq): what a plugin's importer needs
+    "FairseqImporter": "d2v_core.interop.fairseq_import",
+    "FairseqCheckpoint": "d2v_core.interop.safe_pickle",
+    "Rename": "d2v_core.interop.key_map",
+    "Fuse": "d2v_core.interop.key_map",
+    "rebase": "d2v_core.interop.fairseq_import",
+    "parse_layer_spec": "d2v_core.interop.layer_spec",
+    "BLOCK_RULES": "d2v_core.interop.data2vec_multi",
+    "block_rules": "d2v_core.interop.data2vec_multi",
+    "multi_config": "d2v_core.interop.data2vec_multi",
+    "multi_run_config": "d2v_core.interop.data2vec_multi",
+    "supported_modality": "d2v_core.interop.data2vec_multi",
 }
 
 __all__ = [

@@ -204,6 +204,9 @@ class RuntimeConfig(StrictModel):
     health_after_step: NonNegativeInt = 5000
     min_target_var: NonNegativeFloat = 0.1
     min_pred_var: NonNegativeFloat = 0.01
+    # after a stop signal, a step that does not finish within this many seconds (a hung record
+    # decoder, a rank that stopped answering) ends the process without a new checkpoint
+    stop_timeout_s: float = Field(60.0, gt=0.0)
 
 
 class RunConfig(StrictModel):

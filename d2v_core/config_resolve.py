@@ -137,7 +137,8 @@ def resolve_config(
 ) -> RunConfig:
     """The validated :class:`RunConfig` for a modality (or the one the YAML file names)."""
     file_data = load_yaml_file(config_file) if config_file else {}
-    over = [parse_override(o) for o in overrides]
+    # a mapping is taken as is: flag values (paths, names) are literal strings, not YAML
+    over = [dict(o) if isinstance(o, Mapping) else parse_override(o) for o in overrides]
     modality = modality or file_data.get("modality")
     if not modality:
         raise ConfigError("no modality given: pass --modality NAME or set 'modality:' in the config file")

@@ -159,7 +159,9 @@ class RecordDecoder(ABC):
     """Turns stored records into samples and samples into a batch.
 
     A record maps extensions to bytes, as in a tar shard (``{"flac": b"...", "__key__": "a"}``).
-    ``decode`` raises :class:`SkipRecord` for records that cannot be used.
+    ``decode`` raises :class:`SkipRecord` for records that cannot be used, checks the record's
+    size limit before decoding it in full, and may put ``"_note": reason`` in a sample it used
+    after a change (``"truncated"``): the loader counts it in ``stats.notes``, not as bad.
     """
 
     #: Extensions whose bytes are one record's payload, in order of preference.

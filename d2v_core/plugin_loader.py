@@ -18,7 +18,7 @@ from typing import Callable, Iterable, Iterator
 import pluggy
 
 from d2v_core import PLUGIN_API_VERSION, hookspecs
-from d2v_core.errors import PluginError
+from d2v_core.errors import DuplicateComponentError, PluginError
 from d2v_core.registry import Registry
 
 CORE_PLUGIN = "core"
@@ -109,6 +109,11 @@ def _check_api_version(plugin: object) -> None:
 
 
 def _register_one(pm: pluggy.PluginManager, registry: Registry, source: PluginSource) -> list[str]:
+    return registry.merge(_stage_one(pm, registry, source))
+
+
+def _stage_one(pm: pluggy.PluginManager, registry: Registry, source: PluginSource) -> Registry:
+    """Load one plugin and run its ``d2v_register`` into a staging registry (not merged yet)."""
     plugin = source.load()
     _check_api_version(plugin)
     pm.register(plugin, name=source.name)
@@ -122,7 +127,7 @@ def _register_one(pm: pluggy.PluginManager, registry: Registry, source: PluginSo
             result = impl.function(registry=staged)
             if result is not None:
                 raise PluginError(f"d2v_register returned {type(result).__name__}; it must register through the registry and return None")
-        return registry.merge(staged)
+        return staged
     except BaseException:
         pm.unregister(name=source.name)
         raise
@@ -152,6 +157,7 @@ def load_plugins(
     core.version = __version__
     statuses = [PluginStatus(CORE_PLUGIN, "d2v", __version__, core.module, "ok", _register_one(pm, registry, core))]
 
+    staged: list[tuple[PluginSource, PluginStatus, Registry]] = []
     for src in sources:
         row = PluginStatus(src.name, src.distribution, src.version, src.module, "ok")
         statuses.append(row)
@@ -163,13 +169,59 @@ def load_plugins(
             row.status = "not-selected"
             continue
         try:
-            row.provides = _register_one(pm, registry, src)
+            staged.append((src, row, _stage_one(pm, registry, src)))
         except Exception as exc:  # noqa: BLE001 - a plugin may fail in any way; keep and show it
-            row.status = "error"
-            row.error = str(exc) if isinstance(exc, PluginError) else f"{type(exc).__name__}: {exc}"
-            if strict:
-                raise PluginError(f"plugin {src.name!r} ({src.distribution} {src.version}) failed: {row.error}") from exc
+            _fail(row, src, exc, strict)
+    # A name two plugins register is refused for both: which one would win must never depend
+    # on the order plugins are found in (an impostor sorting first would take over the name).
+    clashes = _clashes(registry, staged)
+    for src, row, stage in staged:
+        mine = [c for c in clashes if src.name in c[1]]
+        try:
+            if mine:
+                pm.unregister(name=src.name)
+                raise DuplicateComponentError(mine[0][2])
+            row.provides = registry.merge(stage)
+        except Exception as exc:  # noqa: BLE001 - as above
+            _fail(row, src, exc, strict)
+    for (kind, name), _, message in clashes:
+        registry.refuse(kind, name, message)
     return LoadedPlugins(registry, statuses, pm)
+
+
+def _fail(row: PluginStatus, src: PluginSource, exc: Exception, strict: bool) -> None:
+    row.status = "error"
+    row.error = str(exc) if isinstance(exc, PluginError) else f"{type(exc).__name__}: {exc}"
+    if strict:
+        raise PluginError(f"plugin {src.name!r} ({src.distribution} {src.version}) failed: {row.error}") from exc
+
+
+def _clashes(registry: Registry, staged: list[tuple[PluginSource, PluginStatus, Registry]]) -> list[tuple[tuple[str, str], set[str], str]]:
+    """``((kind, name), {plugins}, message)`` for each name registered by more than one plugin
+    (or by a plugin and the core, whose own entry stays)."""
+    owners: dict[tuple[str, str], list[tuple[str, str]]] = {}
+    for entry in registry:
+        owners.setdefault(_key(entry), []).append((entry.plugin, entry.distribution))
+    for src, _, stage in staged:
+        for entry in stage:
+            owners.setdefault(_key(entry), []).append((src.name, src.distribution))
+    out = []
+    for (kind, name), who in owners.items():
+        if len(who) < 2:
+            continue
+        listed = " and ".join(f"{dist} (plugin {plugin!r})" for plugin, dist in who)
+        others = [plugin for plugin, dist in who if plugin != CORE_PLUGIN]
+        kept = "d2v keeps its own" if len(others) < len(who) else "d2v uses none of them"
+        message = (
+            f"{kind} {name!r} is registered by {len(who)} distributions, {listed}; {kept}: uninstall one, "
+            f"or keep one with D2V_DISABLE_PLUGINS=<the other plugin's name>"
+        )
+        out.append(((kind, name), set(others), message))
+    return out
+
+
+def _key(entry: object) -> tuple[str, str]:
+    return (getattr(entry, "kind", "modality"), entry.name)  # type: ignore[attr-defined]
 
 
 _current: LoadedPlugins | None = None

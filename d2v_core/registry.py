@@ -25,6 +25,7 @@ class Registry:
         self._modalities: dict[str, ModalitySpec] = {}
         self._components: dict[str, dict[str, ComponentSpec]] = {k: {} for k in COMPONENT_KINDS}
         self._owner: tuple[str, str] = ("", "")  # (plugin, distribution) stamped on new entries
+        self._refused: dict[tuple[str, str], str] = {}  # names two plugins registered: why neither is used
 
     # -- registration (called from plugins' d2v_register) ---------------------------------
     def add_modality(self, spec: ModalitySpec) -> None:
@@ -70,6 +71,11 @@ class Registry:
             self._components[kind].update(table)
         return staged.provides()
 
+    def refuse(self, kind: str, name: str, message: str) -> None:
+        """Record that ``name`` clashed between plugins: looking it up raises ``message``
+        (the core's own entry of that name, if any, stays)."""
+        self._refused[(kind, name)] = message
+
     def provides(self) -> list[str]:
         out = [f"modality:{n}" for n in sorted(self._modalities)]
         for kind in COMPONENT_KINDS:
@@ -79,6 +85,8 @@ class Registry:
     # -- lookup ----------------------------------------------------------------------------
     def modality(self, name: str) -> ModalitySpec:
         spec = self._modalities.get(name)
+        if spec is None and ("modality", name) in self._refused:
+            raise DuplicateComponentError(self._refused[("modality", name)])
         if spec is None:
             installed = ", ".join(sorted(self._modalities)) or "none"
             raise UnknownComponentError(
@@ -89,6 +97,8 @@ class Registry:
     def component(self, kind: str, name: str, modality: str | None = None) -> ComponentSpec:
         table = self._components[kind]
         spec = table.get(name)
+        if spec is None and (kind, name) in self._refused:
+            raise DuplicateComponentError(self._refused[(kind, name)])
         usable = sorted(n for n, s in table.items() if modality is None or s.supports(modality))
         if spec is None:
             raise UnknownComponentError(

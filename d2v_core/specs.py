@@ -15,7 +15,7 @@ from d2v_core.errors import PluginError
 
 Ref = Union[str, Callable[..., Any], type]
 
-COMPONENT_KINDS = ("masker", "normalizer", "decoder", "exporter")
+COMPONENT_KINDS = ("masker", "normalizer", "decoder", "exporter", "importer")
 
 
 def load_ref(ref: Ref, what: str = "object") -> Any:

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from d2v_core import ComponentSpec, hookimpl
-from d2v_core.errors import PluginError, UnknownComponentError
+from d2v_core.errors import DuplicateComponentError, PluginError, UnknownComponentError
 from d2v_core.plugin_loader import PluginSource, load_plugins, module_source
 
 
@@ -87,14 +87,64 @@ def test_failed_plugin_registers_nothing():
     assert loaded.registry.names("masker") == []
 
 
+def modality_plugin(name: str, modality: str, masker: str):
+    from d2v_core import ModalitySpec
+
+    def register(registry):
+        registry.add_modality(ModalitySpec(name=modality, encoder="x:y", encoder_options=None, record_decoder="x:y",
+                                            data_options=None, default_masker=masker, presets={}))
+        registry.add_component(ComponentSpec("masker", masker, "x:y"))
+
+    return make_plugin(name, register)
+
+
+@pytest.mark.parametrize("order", ["official-first", "impostor-first"])
+def test_a_duplicate_name_is_refused_for_both_whatever_the_order(order):
+    """An impostor that sorts before ``audio`` and registers ``audio``/``span`` must not win, nor
+    may it get the official plugin rejected: both are refused, and the message names both."""
+    official = PluginSource("audio", "d2v-plugin-audio", "1.0", "audio", lambda: modality_plugin("audio", "audio", "span"))
+    impostor = PluginSource("aaa", "d2v-plugin-aaa", "6.6", "aaa", lambda: modality_plugin("aaa", "audio", "span"))
+    sources = [official, impostor] if order == "official-first" else [impostor, official]
+    loaded = load_plugins(sources, strict=False, only=None, disabled=set())
+    st = statuses(loaded)
+    assert st["audio"].status == st["aaa"].status == "error"
+    for row in (st["audio"], st["aaa"]):
+        assert "d2v-plugin-audio (plugin 'audio')" in row.error and "d2v-plugin-aaa (plugin 'aaa')" in row.error
+    with pytest.raises(DuplicateComponentError, match=r"modality 'audio' is registered by 2 distributions.*d2v-plugin-aaa"):
+        loaded.registry.modality("audio")
+    with pytest.raises(DuplicateComponentError, match=r"masker 'span' is registered by 2 distributions"):
+        loaded.registry.component("masker", "span")
+    with pytest.raises(PluginError) as info:
+        load_plugins(sources, strict=True, only=None, disabled=set())
+    assert "d2v-plugin-audio (plugin 'audio')" in str(info.value) and "d2v-plugin-aaa (plugin 'aaa')" in str(info.value)
+
+
+def test_a_clash_is_resolved_by_disabling_one_plugin():
+    official = PluginSource("audio", "d2v-plugin-audio", "1.0", "audio", lambda: modality_plugin("audio", "audio", "span"))
+    impostor = PluginSource("aaa", "d2v-plugin-aaa", "6.6", "aaa", lambda: modality_plugin("aaa", "audio", "span"))
+    loaded = load_plugins([impostor, official], strict=True, only=None, disabled={"d2v-plugin-aaa"})
+    assert loaded.registry.modality("audio").distribution == "d2v-plugin-audio"
+    assert statuses(loaded)["aaa"].status == "disabled"
+
+
+def test_a_plugin_reusing_a_core_name_is_refused_and_the_core_keeps_it():
+    def register(registry):
+        registry.add_component(ComponentSpec("normalizer", "instance", "x:y"))
+
+    loaded = load_plugins([module_source(make_plugin("norm", register), "norm", "d2v-plugin-norm")], strict=False,
+                          only=None, disabled=set())
+    assert statuses(loaded)["norm"].status == "error" and "d2v keeps its own" in statuses(loaded)["norm"].error
+    assert loaded.registry.component("normalizer", "instance").distribution == "d2v"
+
+
 def test_duplicate_name_names_both_distributions():
     a = PluginSource("a", "d2v-plugin-a", "1.0", "a", lambda: masker_plugin("a", "span"))
     b = PluginSource("b", "d2v-plugin-b", "2.0", "b", lambda: masker_plugin("b", "span"))
     loaded = load_plugins([a, b], strict=False, only=None, disabled=set())
     st = statuses(loaded)
-    assert st["a"].status == "ok"
-    assert st["b"].status == "error"
-    assert "d2v-plugin-a" in st["b"].error and "d2v-plugin-b" in st["b"].error
+    assert st["a"].status == st["b"].status == "error"
+    assert all("d2v-plugin-a" in st[n].error and "d2v-plugin-b" in st[n].error for n in "ab")
+    assert loaded.registry.names("masker") == []
 
 
 def test_strict_mode_makes_any_failure_fatal(monkeypatch):

@@ -18,6 +18,7 @@ from safetensors import SafetensorError
 
 from d2v_core.errors import CheckpointError
 from d2v_core.train import checkpoint as ck
+from d2v_core.train import run_folder
 
 COMMON = ["--modality", "vectors", "--set", "runtime.progress=false", "--set", "runtime.tensorboard=false",
           "--set", "runtime.device=cpu", "--set", "data.batch_size=4"]
@@ -142,20 +143,25 @@ def test_leftovers_of_dead_writers_are_ignored_then_removed_but_a_live_writer_is
     try:
         root = run / "checkpoints"
         torn = root / f".tmp-step_00000002-{dead_pid}"
+        trash = root / f".trash-step_00000000-{dead_pid}"
+        # what a writer records before it creates a name; only recorded names are ever deleted
+        run_folder.record(run, torn.name, trash.name)
+        users = root / f".tmp-step_00000009-{dead_pid}"  # same shape, not d2v's: never touched
+        users.mkdir()
         torn.mkdir()
         (torn / "student.safetensors").write_bytes(b"half")
         (torn / "meta.json").write_text("{}")  # even a marker inside a temporary name is never loaded
-        trash = root / f".trash-step_00000000-{dead_pid}"
         trash.mkdir()
         (trash / "meta.json").write_text("{}")
         busy = root / f".tmp-step_00000003-{live.pid}"
+        run_folder.record(run, busy.name)
         busy.mkdir()
         unrelated = root / "notes"
         unrelated.mkdir()
         assert [c.step for c in ck.list_checkpoints(run)] == [1]
         removed = ck.remove_stale_temporaries(run)
         assert sorted(p.name for p in removed) == sorted([torn.name, trash.name])
-        assert sorted(p.name for p in root.iterdir()) == sorted([busy.name, "notes", "step_00000001"])
+        assert sorted(p.name for p in root.iterdir()) == sorted([busy.name, users.name, "notes", "step_00000001"])
     finally:
         live.kill()
         live.wait()

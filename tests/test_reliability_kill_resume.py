@@ -17,6 +17,7 @@ environment variables switch on. The library has no such hooks:
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
@@ -331,3 +332,44 @@ def test_a_signal_to_one_rank_stops_all_ranks_at_the_same_step(tmp_path, data):
     assert "stopped on signal: step 3" in text, text
     assert re.findall(r"stopped on signal: step (\d+)", text) in (["3"], ["3", "3"]), text
     assert code != 0  # torchrun reports the ranks' exit 143
+
+
+def _gone(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return True
+    try:  # a zombie (exited, not yet reaped by torchrun) is gone too
+        return Path(f"/proc/{pid}/stat").read_text().split(")")[-1].split()[0] == "Z"
+    except OSError:
+        return True
+
+
+@pytest.mark.slow
+def test_one_sigterm_ends_rank_0_while_another_rank_is_stopped(tmp_path, data):
+    """A SIGSTOPped rank never answers the all-reduce: rank 0's watchdog ends it anyway, within
+    ``runtime.stop_timeout_s`` (3 s here) plus start-up slack, not after gloo's 30-minute timeout."""
+    run = tmp_path / "ddp"
+    args = run_args(data, run, "--set", "runtime.save_every=100", "--set", "data.batch_size=8",
+                    "--set", "runtime.stop_timeout_s=3")
+    log = tmp_path / "ddp.log"
+    proc = start_worker(args, log, {"D2V_TEST_PAUSE_AFTER_STEP": "3", "D2V_TEST_PAUSE_S": "30"}, nproc=2)
+    wait_for(run / "paused-rank0", proc, log)
+    wait_for(run / "paused-rank1", proc, log)
+    rank0, rank1 = (int((run / f"paused-rank{r}").read_text()) for r in (0, 1))
+    os.kill(rank1, signal.SIGSTOP)
+    try:
+        sent = time.time()
+        os.kill(rank0, signal.SIGTERM)
+        while not _gone(rank0) and time.time() - sent < 60:
+            time.sleep(0.1)
+        waited = time.time() - sent
+        assert _gone(rank0), f"rank 0 still running 60 s after SIGTERM:\n{log.read_text()[-3000:]}"
+        assert waited < 30, waited
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(rank1, signal.SIGCONT)
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+    assert "SIGTERM received, but the run did not stop within 3 s" in log.read_text(), log.read_text()[-3000:]

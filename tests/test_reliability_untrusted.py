@@ -48,6 +48,14 @@ def small_checkpoint(run: Path) -> Path:
     return ck.save_checkpoint(run, 1, {"w": w}, {"w": w}, {"step": 1}, "modality: vectors\n", {})
 
 
+def drop_checksums(checkpoint: Path) -> None:
+    """What an attacker who also edits ``meta.json`` does (or a checkpoint older than checksums):
+    the file-type checks below are the defence that remains."""
+    meta = json.loads((checkpoint / "meta.json").read_text())
+    meta.pop("sha256")
+    (checkpoint / "meta.json").write_text(json.dumps(meta))
+
+
 def test_the_payload_is_live(tmp_path):
     """Control: plain unpickling of the planted bytes does run code (so the tests below can fail)."""
     marker = tmp_path / "control-marker"
@@ -64,6 +72,10 @@ def test_a_pickle_payload_in_trainer_state_is_refused_not_run(tmp_path, writer):
         (path / "trainer_state.pt").write_bytes(pickle.dumps(state))
     else:
         torch.save(state, path / "trainer_state.pt")
+    with pytest.raises(CheckpointError, match="does not match the checksum"):  # first line of defence
+        ck.load_checkpoint(path)
+    assert not marker.exists()
+    drop_checksums(path)
     with pytest.raises(CheckpointError) as info:
         ck.load_checkpoint(path)
     message = str(info.value)
@@ -79,6 +91,7 @@ def test_weights_that_are_not_safetensors_are_refused(tmp_path, name, content):
     path = small_checkpoint(tmp_path / "run")
     f = path / name
     f.write_bytes(pickle.dumps(Payload(marker)) if content == "pickle" else f.read_bytes()[:-5])
+    drop_checksums(path)
     with pytest.raises(CheckpointError, match=r"^cannot read checkpoint .*: .+") as info:
         ck.load_checkpoint(path)
     assert "\n" not in str(info.value) and not marker.exists()
@@ -92,6 +105,7 @@ def test_resume_refuses_a_planted_trainer_state(tmp_path, example_plugins, cli):
     assert code == 0, err
     state = run / "checkpoints" / "step_00000002" / "trainer_state.pt"
     torch.save({"step": 2, "optimizer": Payload(marker)}, state)
+    drop_checksums(state.parent)
     code, out, err = cli([*args, "--max-steps", "4", "--resume"])
     assert code == 1 and err.count("\n") == 1
     assert err.startswith(f"error: refusing to load {state}: ") and "could run code" in err
@@ -171,3 +185,57 @@ def test_a_plugin_blocked_by_name_loads_nothing_and_its_modality_is_gone(tmp_pat
     res = _d2v(["pretrain", "--modality", "vectors", "--out", str(tmp_path / "run"), "--max-steps", "1"], site, name)
     assert res.returncode == 2 and res.stderr.startswith("error: unknown modality 'vectors'"), res.stderr
     assert res.stderr.count("\n") == 1 and not (tmp_path / "run").exists()
+
+
+EVIL_MODULE = """
+from pathlib import Path
+Path({marker!r}).write_text("code ran")
+from transformers import PretrainedConfig
+
+
+class EvilConfig(PretrainedConfig):
+    model_type = "evil-custom"
+"""
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("modality", ["text", "audio", "image"])
+@pytest.mark.parametrize("model_type", ["evil-custom", "data2vec-text"])
+def test_import_from_hf_refuses_a_directory_that_ships_code(tmp_path, modality, model_type):
+    """``auto_map`` makes transformers import the directory's Python files (after a y/N prompt on a
+    terminal, or with ``trust_remote_code``). Answering "y" must not matter: d2v refuses first."""
+    marker, src = tmp_path / "marker", tmp_path / "hf"
+    src.mkdir()
+    (src / "evil.py").write_text(EVIL_MODULE.format(marker=str(marker)))
+    (src / "config.json").write_text(json.dumps({"model_type": model_type, "auto_map": {"AutoConfig": "evil.EvilConfig",
+                                                                                      "AutoModel": "evil.EvilConfig"}}))
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "D2V_DISABLE_PLUGINS": "d2v-plugin-example"}
+    proc = subprocess.run([sys.executable, "-m", "d2v_cli.app", "import", "--from-hf", str(src), "--modality", modality,
+                           "--out", str(tmp_path / "out")], input="y\ny\n", capture_output=True, text=True, env=env, timeout=300)
+    assert proc.returncode == 1, proc.stderr
+    assert proc.stderr.startswith(f"error: refusing {src}: config.json has 'auto_map'") and proc.stderr.count("\n") == 1
+    assert not marker.exists() and not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("modality", ["text", "audio", "image"])
+def test_every_hf_loader_passes_trust_remote_code_false(modality, monkeypatch, tmp_path):
+    """Below the ``auto_map`` check: each importer's transformers call says ``trust_remote_code=False``."""
+    transformers = pytest.importorskip("transformers")
+    plugin = pytest.importorskip(f"d2v_plugin_{modality}.hf_export")
+    seen: list[dict] = []
+
+    class Stop(Exception):
+        pass
+
+    def spy(*args, **kwargs):  # type: ignore[no-untyped-def]
+        seen.append(kwargs)
+        raise Stop
+
+    for name in ("AutoConfig", "Data2VecTextConfig", "Data2VecAudioConfig", "Data2VecVisionConfig"):
+        monkeypatch.setattr(getattr(transformers, name), "from_pretrained", spy)
+    kind = {"text": "data2vec-text", "audio": "data2vec-audio", "image": "data2vec-vision"}[modality]
+    (tmp_path / "config.json").write_text(json.dumps({"model_type": kind}))
+    exporter = next(v for v in vars(plugin).values() if isinstance(v, type) and hasattr(v, "import_config") and v.__module__ == plugin.__name__)()
+    with pytest.raises(Stop):
+        exporter.import_config(tmp_path)
+    assert seen and all(kw.get("trust_remote_code") is False for kw in seen)

@@ -153,3 +153,10 @@ def test_batching_writes_the_issue_fields(tmp_path: Path) -> None:
             assert audio[field] >= 0 and audio[f"fairseq_{field}"] >= 0
         text = result["text"][preset]
         assert {"rows_per_batch", "expected_rows", "pad_fraction"} <= set(text)
+
+
+def test_size_limits_runs(tmp_path: Path) -> None:
+    run_script("size_limits.py", "--quick", "--out", str(tmp_path))
+    result = json.loads((tmp_path / "size_limits_quick.json").read_text())
+    assert result["pack_rows"]["rows"] == -(-50_000 // 511)
+    assert result["text_decode"]["note"] == "truncated" and result["text_decode"]["batch_rows"] <= 8

@@ -63,8 +63,10 @@ class _Measure(Dataset):
             return index, int(self.decoder.record_length(self.source.read(entry))), None, ""
         except SkipRecord as exc:
             return index, 0, exc.reason, exc.detail
-        except Exception as exc:  # noqa: BLE001 - counted like a bad record at training time
-            return index, 0, f"error:{type(exc).__name__}", str(exc)[:300]
+        except (KeyboardInterrupt, GeneratorExit):
+            raise
+        except BaseException as exc:  # noqa: BLE001 - counted like a bad record at training time (a plugin's
+            return index, 0, f"error:{type(exc).__name__}", str(exc)[:300]  # SystemExit too)
 
 
 def record_lengths(source: Source, decoder: RecordDecoder, *, num_workers: int = 0, use_cache: bool = True,

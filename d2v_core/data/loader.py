@@ -108,6 +108,11 @@ class _EpochPlan:
     block: tuple[int, str, bool] | None = None
 
 
+#: Records a worker reads without producing a batch before it ships its bad-record counts on
+#: their own, so that ``max_bad_fraction`` is checked every so many records, not once an epoch.
+STATS_EVERY = 100
+
+
 class _EpochStream(IterableDataset):
     """One epoch of one rank; runs in each DataLoader worker (or in-process)."""
 
@@ -189,17 +194,26 @@ class _EpochStream(IterableDataset):
             return None
         generator = torch.Generator().manual_seed(record_seed(p.seed, p.epoch, url, key))
         try:
-            return p.decoder.decode(record, generator)
+            sample = p.decoder.decode(record, generator)
         except SkipRecord as exc:
             window.skip(exc.reason, url, key, exc.detail)
-        except Exception as exc:  # noqa: BLE001 - a bad record must never stop training
+        except (KeyboardInterrupt, GeneratorExit):  # a stop signal (Ctrl-C) or the stream closing
+            raise
+        except BaseException as exc:  # noqa: BLE001 - a bad record must never stop training, nor may a
+            # plugin's SystemExit or own BaseException end the run silently or with a traceback
             window.skip(f"error:{type(exc).__name__}", url, key, exception_text(exc))
+        else:
+            if isinstance(sample, dict) and "_note" in sample:  # used after a change (cut to the size limit)
+                window.note(str(sample.pop("_note")), url, key)
+            return sample
         return None
 
     def _collate(self, samples: list[dict], window: BadRecordStats) -> dict | None:
         try:
             batch = self.plan.decoder.collate(samples)
-        except Exception as exc:  # noqa: BLE001 - counted like the records it drops
+        except (KeyboardInterrupt, GeneratorExit):
+            raise
+        except BaseException as exc:  # noqa: BLE001 - counted like the records it drops
             for _ in samples:
                 window.skip(f"collate_error:{type(exc).__name__}", None, None, exception_text(exc))
             return None
@@ -228,6 +242,8 @@ class _EpochStream(IterableDataset):
             window.seen += 1
             sample = self._decode(record, window)
             if sample is None:
+                if window.seen >= STATS_EVERY:  # no batch for a while: send the counts, so that
+                    yield {**window.pop_window(), "_stats_only": True}  # junk data aborts early
                 continue
             samples.append(sample)
             if len(samples) == p.batch_size:

@@ -61,9 +61,12 @@ def _shard_bytes(members_bytes: int) -> int:
 
 
 def shard_key(key: str) -> str:
-    """A record key safe as a webdataset member name: webdataset splits the key from the
-    extension at the first dot of the base name, so dots there become ``_``."""
-    head, _, base = key.replace("\\", "/").rpartition("/")
+    """A record key safe as a webdataset member name: relative, without ``..`` or ``.`` parts
+    (a tar extracted later must not write outside its folder: source tars may hold ``../x`` or
+    ``/etc/x`` members), and, since webdataset splits the key from the extension at the first dot
+    of the base name, with dots there turned into ``_``."""
+    parts = [p for p in key.replace("\\", "/").split("/") if p not in ("", ".", "..")]
+    head, _, base = "/".join(parts or ["record"]).rpartition("/")
     base = base.replace(".", "_")
     return f"{head}/{base}" if head else base
 

@@ -6,7 +6,9 @@ dict as in webdataset: ``{"__key__": str, "__url__": file or shard, "<ext>": byt
 
 - folder: every file below it (recursively, hidden entries skipped) whose name ends in one of
   ``extensions``; key = path relative to the folder without the extension. A folder with no
-  such file but with ``.tar`` files is read as shards.
+  such file but with ``.tar`` files is read as shards. Symlinks are followed, but every directory
+  and every file is visited once (a link to ``.`` or a loop adds nothing); files are opened
+  non-blocking and must be regular (a FIFO is a counted skip, never a wait).
 - ``.csv`` / ``.tsv``: column ``path`` (relative to the manifest's folder, or absolute); an
   optional ``key`` column; other columns become ``__meta__``. A ``.tsv`` whose first line is a
   directory is read as a fairseq manifest (root line, then ``relpath<TAB>n_samples``).
@@ -15,6 +17,7 @@ dict as in webdataset: ``{"__key__": str, "__url__": file or shard, "<ext>": byt
 - ``.txt``: one text record per non-empty line (key = 1-based line number, 9 digits).
 - one file with one of ``extensions`` (``clip.flac``): that record alone (key = file name without
   the extension).
+  Lines of ``.jsonl`` / ``.txt`` that are not UTF-8 are counted as ``invalid_utf8``.
 - shards: a ``.tar`` path, a glob (``shards/*.tar``) or a brace pattern
   (``shards/audio-{000000..000003}.tar``).
 """
@@ -26,6 +29,7 @@ import glob
 import json
 import os
 import re
+import stat
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterator, Mapping
@@ -49,6 +53,7 @@ class Entry:
     text: str | None = None  # inline text payload (JSONL ``text``, ``.txt`` lines)
     meta: Mapping[str, Any] | None = None
     error: str | None = None  # a manifest line that could not be parsed
+    reason: str = "bad_manifest_line"  # what ``error`` is counted as
 
 
 @dataclass(frozen=True)
@@ -75,13 +80,12 @@ class Source:
         if entry.error is not None:
             from d2v_core.interfaces import SkipRecord
 
-            raise SkipRecord("bad_manifest_line", entry.error)
+            raise SkipRecord(entry.reason, entry.error)
         if entry.text is not None:
             record: dict = {"__key__": entry.key, "__url__": self.manifest or self.spec, "txt": entry.text.encode("utf-8")}
         else:
             assert entry.path is not None and entry.ext is not None
-            with open(entry.path, "rb") as f:
-                record = {"__key__": entry.key, "__url__": entry.path, entry.ext: f.read()}
+            record = {"__key__": entry.key, "__url__": entry.path, entry.ext: read_regular_file(entry.path)}
         if entry.meta is not None:
             record["__meta__"] = dict(entry.meta)
         return record
@@ -108,6 +112,34 @@ class Source:
             except Exception as exc:  # noqa: BLE001 - the caller decides (count or raise)
                 if on_error is None or not on_error(exc, entry.path or self.manifest or self.spec, entry.key):
                     raise
+
+
+def read_regular_file(path: str) -> bytes:
+    """The bytes of ``path``; a FIFO, socket or device (which could block forever or never end)
+    raises ``SkipRecord("not_a_regular_file")`` without being read."""
+    from d2v_core.interfaces import SkipRecord
+
+    fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0))  # opening a FIFO must not wait for a writer
+    try:
+        mode = os.fstat(fd).st_mode
+        if not stat.S_ISREG(mode):
+            raise SkipRecord("not_a_regular_file", f"{path} is a {_file_kind(mode)}, not a regular file")
+        if hasattr(os, "O_NONBLOCK"):
+            os.set_blocking(fd, True)
+        with os.fdopen(fd, "rb", closefd=True) as f:
+            fd = -1
+            return f.read()
+    finally:
+        if fd >= 0:
+            os.close(fd)
+
+
+def _file_kind(mode: int) -> str:
+    for test, name in ((stat.S_ISFIFO, "FIFO"), (stat.S_ISSOCK, "socket"), (stat.S_ISCHR, "character device"),
+                       (stat.S_ISBLK, "block device"), (stat.S_ISDIR, "directory")):
+        if test(mode):
+            return name
+    return "special file"
 
 
 def _url_of(exc: BaseException) -> str | None:
@@ -198,7 +230,10 @@ def resolve_source(spec: str, extensions: tuple[str, ...] | list[str], allow_pip
     if _looks_like_tar(name):
         return Source(spec, "shards", urls=(str(path.resolve()),))
     if name.endswith((".csv", ".tsv")):
-        return _csv_manifest(spec, path, exts)
+        try:
+            return _csv_manifest(spec, path, exts)
+        except UnicodeDecodeError as exc:
+            raise DataError(f"manifest {spec!r} is not UTF-8 text ({exc.reason} at byte {exc.start}); save it as UTF-8") from None
     if name.endswith(".jsonl"):
         return _jsonl_manifest(spec, path, exts)
     if name.endswith(".txt"):
@@ -245,21 +280,51 @@ def _glob_shards(spec: str, expanded: str) -> Source:
     return _shards_from(spec, names)
 
 
+def _identity(path: str) -> tuple[int, int] | None:
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None
+    return (st.st_dev, st.st_ino)
+
+
 def _folder(spec: str, root: Path, exts: tuple[str, ...]) -> Source:
     entries: list[Entry] = []
     tars: list[str] = []
+    # Symlinks are followed, but each directory and each file is visited once (by device and
+    # inode): a link to ``.`` or a loop of links adds nothing and never recurses forever.
+    seen_dirs = {_identity(str(root))}
+    seen_files: set[tuple[int, int]] = set()
     for dirpath, dirnames, filenames in os.walk(root, followlinks=True):
-        dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
+        keep = []
+        for d in sorted(d for d in dirnames if not d.startswith(".")):
+            ident = _identity(os.path.join(dirpath, d))
+            if ident is not None and ident not in seen_dirs:
+                seen_dirs.add(ident)
+                keep.append(d)
+        dirnames[:] = keep
         for fn in filenames:
             if fn.startswith("."):
                 continue
             full = os.path.join(dirpath, fn)
             ext = _match_ext(fn, exts)
+            if ext is None and not _looks_like_tar(fn):
+                continue
+            try:
+                st = os.stat(full)
+            except OSError:  # a dangling link: reading it counts the error
+                st = None
+            if st is not None:
+                if (st.st_dev, st.st_ino) in seen_files:
+                    continue
+                seen_files.add((st.st_dev, st.st_ino))
             if ext is not None:
                 rel = os.path.relpath(full, root).replace(os.sep, "/")
                 entries.append(Entry(key=_strip_ext(rel, ext), path=os.path.abspath(full), ext=ext))
-            elif _looks_like_tar(fn):
-                tars.append(full)
+                continue
+            if st is not None and not stat.S_ISREG(st.st_mode):
+                continue  # a FIFO named x.tar is never opened
+            tars.append(full)
     if entries:
         entries.sort(key=lambda e: (e.key, e.ext or ""))
         return Source(spec, "folder", entries=tuple(entries))
@@ -329,8 +394,14 @@ def _csv_manifest(spec: str, path: Path, exts: tuple[str, ...]) -> Source:
 def _jsonl_manifest(spec: str, path: Path, exts: tuple[str, ...]) -> Source:
     base = path.parent
     entries: list[Entry] = []
-    with open(path, encoding="utf-8") as f:
-        for lineno, line in enumerate(f, start=1):
+    with open(path, "rb") as f:
+        for lineno, raw in enumerate(f, start=1):
+            try:
+                line = raw.decode("utf-8")
+            except UnicodeDecodeError as exc:
+                entries.append(Entry(key=f"{lineno:09d}", error=f"{path.name} line {lineno}: not UTF-8 ({exc.reason} at byte "
+                                     f"{exc.start})", reason="invalid_utf8"))
+                continue
             if not line.strip():
                 continue
             try:
@@ -353,8 +424,17 @@ def _jsonl_manifest(spec: str, path: Path, exts: tuple[str, ...]) -> Source:
 
 
 def _text_lines(spec: str, path: Path) -> Source:
-    with open(path, encoding="utf-8", errors="replace") as f:
-        entries = [Entry(key=f"{i:09d}", text=line.rstrip("\r\n")) for i, line in enumerate(f, start=1) if line.strip()]
+    entries = []
+    with open(path, "rb") as f:
+        for i, raw in enumerate(f, start=1):
+            try:
+                line = raw.decode("utf-8")
+            except UnicodeDecodeError as exc:  # counted, never silently replaced
+                entries.append(Entry(key=f"{i:09d}", error=f"{path.name} line {i}: not UTF-8 ({exc.reason} at byte {exc.start})",
+                                     reason="invalid_utf8"))
+                continue
+            if line.strip():
+                entries.append(Entry(key=f"{i:09d}", text=line.rstrip("\r\n")))
     if not entries:
         raise DataError(f"text file {spec!r} has no non-empty line")
     return Source(spec, "lines", entries=tuple(entries), manifest=str(path.resolve()))

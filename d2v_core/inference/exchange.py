@@ -15,6 +15,7 @@ from d2v_core.interfaces import Exporter
 from d2v_core.model.ema_teacher import EMATeacher
 from d2v_core.registry import Registry
 from d2v_core.train.build import build_model
+from d2v_core.train import run_folder
 from d2v_core.train.checkpoint import save_checkpoint
 
 
@@ -62,6 +63,7 @@ def import_checkpoint(src_dir: str | Path, modality: str, out_dir: str | Path, r
     src = Path(src_dir)
     if not src.is_dir():
         raise ConfigError(f"{src} is not a directory")
+    refuse_remote_code(src)
     spec = registry.modality(modality)
     exporter = find_exporter(registry, spec.name, fmt)
     preset_name, base = preset_dict(spec, preset)
@@ -76,6 +78,30 @@ def import_checkpoint(src_dir: str | Path, modality: str, out_dir: str | Path, r
     model = build_model(cfg, registry)
     exporter.import_weights(src, model)
     teacher = EMATeacher(model.teacher_scope(), cfg.ema)
-    return save_checkpoint(out_dir, 0, model.state_dict(), teacher.state_dict(), {"step": 0, "imported_from": str(src)},
-                           config_to_yaml(cfg), {"imported_from": str(src), "modality": spec.name},
-                           extra=model.encoder.extra_state())
+    with run_folder.locked(out_dir):
+        return save_checkpoint(out_dir, 0, model.state_dict(), teacher.state_dict(), {"step": 0, "imported_from": str(src)},
+                               config_to_yaml(cfg), {"imported_from": str(src), "modality": spec.name},
+                               extra=model.encoder.extra_state())
+
+
+#: Keys of a transformers directory's JSON files that make ``from_pretrained`` import and run
+#: Python files shipped in the directory (with ``trust_remote_code``, or after a y/N prompt).
+REMOTE_CODE_KEYS = ("auto_map", "custom_pipelines")
+
+
+def refuse_remote_code(src: Path) -> None:
+    """Refuse a model directory that asks transformers to run its own code: d2v imports only
+    the Data2Vec architectures transformers ships (and passes ``trust_remote_code=False``)."""
+    import json
+
+    for f in sorted(src.glob("*.json")):
+        try:
+            data = json.loads(f.read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            continue  # not JSON the importer can use anyway; the importer reports it
+        found = [k for k in REMOTE_CODE_KEYS if isinstance(data, dict) and k in data]
+        if found:
+            raise ExportError(
+                f"refusing {src}: {f.name} has {found[0]!r}, which makes transformers run Python code from the directory; "
+                "d2v imports only transformers' own Data2Vec models (remove the key if the model is a standard one)"
+            )

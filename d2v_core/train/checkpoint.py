@@ -6,14 +6,17 @@ Layout of ``RUN/checkpoints/step_00000100/``: ``student.safetensors``, ``teacher
 ``extra/`` (non-tensor state such as a tokenizer). A checkpoint is written under a temporary name
 and renamed when complete, so a crash never leaves a torn checkpoint that looks complete;
 old ones are renamed before they are deleted. Leftover ``.tmp-*`` / ``.trash-*`` directories of
-dead processes are removed before the next write (see ``docs/reliability.md``).
+dead processes are removed before the next write. Every name is recorded in the run folder's
+journal before it is created, and only recorded names are ever deleted (:mod:`run_folder`);
+``meta.json`` holds the SHA-256 of each tensor file, verified on load (see ``docs/reliability.md``).
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
-import pickle
 import os
+import pickle
 import re
 import shutil
 import time
@@ -27,6 +30,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from d2v_core.errors import CheckpointError, MissingCheckpointError
+from d2v_core.train import run_folder
 
 STEP_DIR = re.compile(r"^step_(\d{8})$")
 COMPLETE_MARKER = "meta.json"  # written last
@@ -92,14 +96,16 @@ def _pid_alive(pid: int) -> bool:
 def remove_stale_temporaries(run_dir: str | Path) -> list[Path]:
     """Delete the half-written (``.tmp-*``) and half-deleted (``.trash-*``) directories that a
     killed process left in ``RUN/checkpoints``: those of this process and of processes that no
-    longer exist (a live writer's are kept). Returns what was removed."""
+    longer exist (a live writer's are kept), and only names d2v recorded creating (a user's
+    folder of the same shape is never touched). Returns what was removed."""
     root = Path(run_dir) / "checkpoints"
     if not root.is_dir():
         return []
     removed = []
+    ours = run_folder.recorded(run_dir)
     for p in root.iterdir():
         m = TEMP_DIR.match(p.name)
-        if m and p.is_dir() and (int(m.group(2)) == os.getpid() or not _pid_alive(int(m.group(2)))):
+        if m and p.name in ours and p.is_dir() and (int(m.group(2)) == os.getpid() or not _pid_alive(int(m.group(2)))):
             shutil.rmtree(p, ignore_errors=True)
             removed.append(p)
     return removed
@@ -109,6 +115,7 @@ def _delete_dir(path: Path) -> None:
     """Rename, then delete: a kill during the deletion leaves a ``.trash-`` directory, never a
     step directory with some of its files gone."""
     trash = path.with_name(f".trash-{path.name}-{os.getpid()}")
+    run_folder.record(path.parent.parent, trash.name)
     try:
         os.replace(path, trash)
     except OSError:
@@ -143,12 +150,17 @@ def save_checkpoint(
 
     Any failure (disk full, read-only disk, a signal) removes the partial directory and leaves
     the earlier checkpoints as they were; write failures raise :class:`CheckpointError`."""
+    run_folder.claim(run_dir)  # a new folder gets the run manifest first; a foreign one is refused
     root = Path(run_dir) / "checkpoints"
     final = root / f"step_{step:08d}"
     tmp = root / f".tmp-step_{step:08d}-{os.getpid()}"
+    ours = run_folder.recorded(run_dir)
+    if final.exists() and final.name not in ours:
+        raise CheckpointError(f"{final} exists but was not written by d2v; move it out of {root} (d2v never deletes it)")
     try:
         root.mkdir(parents=True, exist_ok=True)
         remove_stale_temporaries(run_dir)
+        run_folder.record(run_dir, tmp.name, final.name, f".trash-{final.name}-{os.getpid()}")
         tmp.mkdir()
         save_file(_tensors(student), str(tmp / "student.safetensors"))
         save_file(_tensors(teacher), str(tmp / "teacher.safetensors"))
@@ -158,12 +170,15 @@ def save_checkpoint(
             (tmp / "extra").mkdir()
             for name, data in extra.items():
                 (tmp / "extra" / Path(name).name).write_bytes(data)
-        meta = {**meta, "step": step, "time": time.time()}
-        (tmp / COMPLETE_MARKER).write_text(json.dumps(meta, indent=2), encoding="utf-8")
         for f in tmp.rglob("*"):
             if f.is_file():
                 with open(f, "rb") as fh:
                     os.fsync(fh.fileno())
+        meta = {**meta, "step": step, "time": time.time(), "sha256": _checksums(tmp)}
+        with open(tmp / COMPLETE_MARKER, "w", encoding="utf-8") as fh:
+            fh.write(json.dumps(meta, indent=2))
+            fh.flush()
+            os.fsync(fh.fileno())
         if final.exists():  # an earlier write of this step: move it aside, never delete it in place
             old = final.with_name(f".trash-{final.name}-{os.getpid()}")
             os.replace(final, old)
@@ -181,9 +196,48 @@ def save_checkpoint(
         raise CheckpointError(
             f"cannot write checkpoint at step {step} in {root}: {_first_line(exc)} ({_free_space(root)}){kept}"
         ) from exc
-    for old in list_checkpoints(run_dir)[:-keep_last]:
+    ours = run_folder.recorded(run_dir)
+    for old in [c for c in list_checkpoints(run_dir) if c.path.name in ours][:-keep_last]:
         _delete_dir(old.path)
     return final
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+#: The tensor files of a checkpoint, whose SHA-256 ``meta.json`` records (``config.yaml`` and
+#: ``extra/`` are plain files that tools may edit on purpose, e.g. decoding options).
+TENSOR_FILES = ("student.safetensors", "teacher.safetensors", "trainer_state.pt")
+
+
+def _checksums(folder: Path) -> dict[str, str]:
+    """SHA-256 of each tensor file of a checkpoint."""
+    return {name: _sha256(folder / name) for name in TENSOR_FILES if (folder / name).is_file()}
+
+
+def verify_checksums(path: Path, meta: Mapping[str, Any]) -> None:
+    """Raise :class:`CheckpointError` when a file of the checkpoint is not the one written
+    (bit rot, a partial copy, an edited or swapped file). Checkpoints without checksums
+    (written before d2v recorded them) are not checked."""
+    sums = meta.get("sha256")
+    if not isinstance(sums, dict):
+        return
+    for rel, want in sums.items():
+        f = path / rel
+        if Path(rel).is_absolute() or ".." in Path(rel).parts:
+            raise CheckpointError(f"checkpoint {path}: meta.json names {rel!r}, outside the checkpoint; it was not written by d2v")
+        if not f.is_file():
+            raise CheckpointError(f"checkpoint {path} is missing {rel}; it is damaged (delete it to resume from an earlier one)")
+        if _sha256(f) != want:
+            raise CheckpointError(
+                f"checkpoint {path}: {rel} does not match the checksum recorded when it was written (the file changed "
+                "since: disk error, partial copy or edit); delete this checkpoint to resume from an earlier one"
+            )
 
 
 def load_checkpoint(path: str | Path) -> dict[str, Any]:
@@ -198,12 +252,14 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
     if not (p / COMPLETE_MARKER).is_file():
         raise MissingCheckpointError(f"{p} is not a complete d2v checkpoint (no {COMPLETE_MARKER})")
     try:
+        meta = json.loads((p / COMPLETE_MARKER).read_text(encoding="utf-8"))
+        verify_checksums(p, meta if isinstance(meta, dict) else {})
         out = {
             "path": p,
             "student": load_file(str(p / "student.safetensors")),
             "teacher": load_file(str(p / "teacher.safetensors")),
             "config_yaml": (p / "config.yaml").read_text(encoding="utf-8"),
-            "meta": json.loads((p / COMPLETE_MARKER).read_text(encoding="utf-8")),
+            "meta": meta,
             "extra": {f.name: f.read_bytes() for f in (p / "extra").iterdir()} if (p / "extra").is_dir() else {},
         }
         state_file = p / "trainer_state.pt"
@@ -229,3 +285,26 @@ def _load_trainer_state(path: Path) -> Any:
             f"refusing to load {path}: it holds more than tensors and plain data ({detail}), and unpickling it "
             "could run code; use checkpoints written by d2v, from a source you trust"
         ) from exc
+
+
+def describe_mismatch(state: Mapping[str, torch.Tensor], target: Mapping[str, torch.Tensor]) -> str | None:
+    """Why checkpoint weights ``state`` do not fit a model whose state is ``target``: missing or
+    unexpected keys, shapes and dtypes (a silent cast of int8 weights would load garbage)."""
+    problems = []
+    missing = [k for k in target if k not in state]
+    unexpected = [k for k in state if k not in target]
+    for key in target:
+        if key in state:
+            have, want = state[key], target[key]
+            if tuple(have.shape) != tuple(want.shape):
+                problems.append(f"{key}: shape {tuple(have.shape)} in the checkpoint, {tuple(want.shape)} in this config")
+            elif have.dtype != want.dtype:
+                problems.append(f"{key}: dtype {have.dtype} in the checkpoint, {want.dtype} in this model")
+    if missing:
+        problems.append(f"missing {len(missing)} tensor(s), e.g. {missing[0]}")
+    if unexpected:
+        problems.append(f"{len(unexpected)} unexpected tensor(s), e.g. {unexpected[0]}")
+    if not problems:
+        return None
+    more = f"; and {len(problems) - 3} more" if len(problems) > 3 else ""
+    return "; ".join(problems[:3]) + more

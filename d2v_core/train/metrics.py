@@ -41,6 +41,7 @@ class MetricsLogger:
     def __init__(self, run_dir: Path, max_steps: int, start_step: int = 0, tensorboard: bool = True, progress: bool = True,
                  stream: TextIO | None = None) -> None:
         self.path = run_dir / "metrics.jsonl"
+        keep_rows_up_to(self.path, start_step)
         self._file = open(self.path, "a", encoding="utf-8")
         self._tb = None
         if tensorboard:
@@ -89,8 +90,37 @@ class MetricsLogger:
         self._file.close()
 
 
+def _parse_rows(text: str) -> list[dict[str, Any]]:
+    """The rows of a ``metrics.jsonl``; a torn last line (a kill in the middle of a write) is dropped."""
+    lines = [line for line in text.splitlines() if line.strip()]
+    rows = []
+    for i, line in enumerate(lines):
+        try:
+            rows.append(json.loads(line))
+        except ValueError:
+            if i == len(lines) - 1:
+                break
+            raise
+    return rows
+
+
+def keep_rows_up_to(path: Path, step: int) -> None:
+    """Before a (resumed) run appends to ``path``: drop the rows after ``step`` (written after the
+    checkpoint it resumes from, so they are written again) and a torn last line, atomically."""
+    if not path.exists():
+        return
+    text = path.read_text(encoding="utf-8", errors="replace")
+    rows = _parse_rows(text)
+    kept = [r for r in rows if not isinstance(r, dict) or not isinstance(r.get("step"), int) or r["step"] <= step]
+    if len(kept) == len(rows) and (not text or text.endswith("\n")) and len(rows) == len([x for x in text.splitlines() if x.strip()]):
+        return
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text("".join(json.dumps(r) + "\n" for r in kept), encoding="utf-8")
+    tmp.replace(path)
+
+
 def read_metrics(run_dir: str | Path) -> list[dict[str, Any]]:
     path = Path(run_dir) / "metrics.jsonl"
     if not path.exists():
         return []
-    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+    return _parse_rows(path.read_text(encoding="utf-8", errors="replace"))

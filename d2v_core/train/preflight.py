@@ -10,6 +10,7 @@ import torch
 
 from d2v_core.config import RunConfig
 from d2v_core.errors import PreflightError
+from d2v_core.train import run_folder
 from d2v_core.train.checkpoint import latest_checkpoint, remove_stale_temporaries
 
 
@@ -43,9 +44,10 @@ def check_batch(cfg: RunConfig, world_size: int) -> int:
 
 
 def check_output_dir(run_dir: Path, resume: bool, bytes_needed: int) -> None:
-    """Writable, room for a checkpoint, and no earlier run overwritten unless resuming."""
+    """d2v's own (or new) folder, writable, room for a checkpoint, and no earlier run
+    overwritten unless resuming."""
     try:
-        run_dir.mkdir(parents=True, exist_ok=True)
+        run_folder.claim(run_dir, resume=resume)  # before anything is written there
         probe = run_dir / f".write-test-{uuid.uuid4().hex}"
         probe.write_bytes(b"ok")
         probe.unlink()

@@ -17,9 +17,11 @@ from d2v_core.errors import CheckpointError, ConfigError, DataError
 from d2v_core.inference.pretrained import self_contained_config
 from d2v_core.registry import Registry
 from d2v_core.train import checkpoint as ckpt
+from d2v_core.train import run_folder
 from d2v_core.train.build import build_model, build_record_decoder
 from d2v_core.train.distributed import init_distributed, shutdown
 from d2v_core.train.preflight import check_batch, check_distributed, check_output_dir, checkpoint_bytes, resolve_device
+from d2v_core.train.resume import check_resume_config, record_run
 from d2v_core.train.trainer import Trainer, TrainResult
 
 
@@ -31,6 +33,7 @@ def pretrain(
     versions: dict[str, str] | None = None,
     allow_pipe_urls: bool = False,
     init_from: str | Path | None = None,
+    allow_config_change: bool = False,
 ) -> TrainResult:
     """Pretrain per ``cfg``; with ``resume``, continue from the newest complete checkpoint in
     ``cfg.runtime.out_dir`` so that the run matches an uninterrupted one."""
@@ -47,6 +50,7 @@ def pretrain(
     trainer = None
     clean = False
     made_run_dir = not Path(cfg.runtime.out_dir).exists()
+    locked_dir: Path | None = None
     try:
         micro_batch = check_batch(cfg, dist.world_size)
         spec = registry.modality(cfg.modality)
@@ -57,6 +61,12 @@ def pretrain(
             torch.use_deterministic_algorithms(True, warn_only=True)
         run_dir = Path(cfg.runtime.out_dir)
         latest = ckpt.latest_checkpoint(run_dir) if resume else None
+        if dist.is_main and latest is not None:
+            run_folder.claim(run_dir, resume=True)
+            run_folder.acquire_lock(run_dir)  # before loading the checkpoint: a second writer stops here
+            locked_dir = run_dir
+        loaded = ckpt.load_checkpoint(latest.path) if latest is not None else None
+        changes = check_resume_config(loaded["config_yaml"], cfg, allow_config_change) if loaded is not None else {}
         start = ckpt.load_checkpoint(init_from) if init_from is not None and latest is None else None
         if start is not None:  # the weights come with their files (a tokenizer): use the checkpoint's copies
             cfg = self_contained_config(cfg, Path(start["path"]) / "extra", start["extra"])
@@ -65,6 +75,10 @@ def pretrain(
             model.encoder.load_extra_state(start["extra"])
             _load_init_weights(model, start, init_from)  # before any folder is made: a refused run leaves none
         if dist.is_main:
+            if locked_dir is None:  # d2v's folder and one writer, before anything is checked or written
+                run_folder.claim(run_dir, resume=resume)
+                run_folder.acquire_lock(run_dir)
+                locked_dir = run_dir
             check_output_dir(run_dir, resume, checkpoint_bytes(sum(p.numel() for p in model.parameters())))
         loader = TrainLoader(
             source, build_record_decoder(cfg, registry), batch_size=micro_batch, rank=dist.rank,
@@ -75,15 +89,17 @@ def pretrain(
         )
         trainer = Trainer(cfg, model, loader, device, dist, versions)
         if start is not None:
-            trainer.teacher.load_state_dict(start["teacher"])
-        if latest is not None:
-            trainer.restore(ckpt.load_checkpoint(latest.path))
+            trainer.teacher.load_state_dict(start["teacher"])  # the student's weights were checked and loaded above
+        if latest is not None and loaded is not None:
+            problem = ckpt.describe_mismatch(loaded["student"], model.state_dict())
+            if problem:
+                raise CheckpointError(f"--resume: the checkpoint {latest.path} does not fit this config ({problem})")
+            trainer.restore(loaded)
             trainer.last_checkpoint = latest.path
         if dist.is_main:
             run_dir.mkdir(parents=True, exist_ok=True)
             (run_dir / "config.yaml").write_text(config_to_yaml(cfg), encoding="utf-8")
-            (run_dir / "run.json").write_text(json.dumps({"versions": {"d2v": __version__, **(versions or {})},
-                                                          "resumed_from": str(latest.path) if latest else None}, indent=2))
+            record_run(run_dir, {"d2v": __version__, **(versions or {})}, latest.path if latest else None, changes)
         result = trainer.fit()
         if dist.is_main:
             summary = {"step": result.step, "last_loss": result.last_loss, "checkpoint": str(result.checkpoint),
@@ -98,10 +114,11 @@ def pretrain(
         # worker threads wait for it (a deadlock seen under load).
         trainer = None
         gc.collect()
+        if locked_dir is not None:
+            run_folder.release_lock(locked_dir)
         shutdown(barrier_first=clean)
-        if not clean and made_run_dir:  # a refused run leaves no empty folder behind
-            with contextlib.suppress(OSError):  # not empty (or gone): keep it
-                Path(cfg.runtime.out_dir).rmdir()
+        if not clean and made_run_dir:  # a refused run leaves no folder behind that holds only d2v's marker
+            _remove_unused_run_dir(Path(cfg.runtime.out_dir))
 
 
 def weight_mismatch(expected: dict[str, torch.Tensor], given: dict[str, torch.Tensor]) -> str | None:
@@ -112,6 +129,13 @@ def weight_mismatch(expected: dict[str, torch.Tensor], given: dict[str, torch.Te
     parts = [f"{len(keys)} {what} (e.g. {keys[0]})" for keys, what in
              ((missing, "missing"), (unexpected, "unexpected"), (shapes, "of another shape")) if keys]
     return "; ".join(parts) or None
+
+
+def _remove_unused_run_dir(run_dir: Path) -> None:
+    with contextlib.suppress(OSError):  # anything else in it (or gone): keep it
+        if {p.name for p in run_dir.iterdir()} <= {run_folder.MANIFEST}:
+            (run_dir / run_folder.MANIFEST).unlink(missing_ok=True)
+            run_dir.rmdir()
 
 
 def _load_init_weights(model: torch.nn.Module, start: dict, init_from: str | Path) -> None:

@@ -34,6 +34,7 @@ from d2v_core.train.distributed import DistInfo, all_reduce_sum
 from d2v_core.train.metrics import MetricsLogger
 from d2v_core.train.optim import build_optimizer
 from d2v_core.train.schedules import lr_at
+from d2v_core.train.watchdog import StopWatchdog
 
 
 @dataclass
@@ -317,10 +318,13 @@ class Trainer:
         last_loss, t_last, saved = None, time.time(), self.step if self.step else -1
         self._acc_from = self._checked_to = self.step  # a resumed run starts from a checked step
         self._acc_from += 1
+        watchdog = StopWatchdog(rt.stop_timeout_s, lambda: f"step {self.step}, last checkpoint {self.last_checkpoint}")
         try:
+            watchdog.start()
             while self.step < rt.max_steps and not self._should_stop(at_check=True):
                 while True:  # steps up to the next check (log step, last step or a stop signal)
                     self.train_step()
+                    watchdog.beat()  # a step finished: the run is alive, it stops at the next check
                     check = self.step % rt.log_every == 0 or self.step == rt.max_steps
                     if check or self._should_stop(at_check=False):
                         break
@@ -340,9 +344,12 @@ class Trainer:
             if saved != self.step:
                 self.save()
         finally:
+            watchdog.stop()
             for sig, h in handlers.items():
                 signal.signal(sig, h)
             if logger:
                 logger.close()
-        return TrainResult(self.run_dir, self.step, self.last_checkpoint, last_loss, stopped_early=self._stop,
-                           stop_signal=self._stop_signal)
+        # a signal that arrives while the final checkpoint is written does not undo a finished run
+        stopped = self._stop and self.step < rt.max_steps
+        return TrainResult(self.run_dir, self.step, self.last_checkpoint, last_loss, stopped_early=stopped,
+                           stop_signal=self._stop_signal if stopped else None)

@@ -60,7 +60,7 @@ class AudioRecordDecoder(RecordDecoder):
 
     def decode(self, record: Mapping[str, Any], generator: torch.Generator | None = None) -> dict:
         opts = self.options
-        wav = load_waveform(self._payload(record), opts.sample_rate)
+        wav = load_waveform(self._payload(record), opts.sample_rate, opts.max_duration_s)
         if wav.shape[0] < max(opts.min_sample_size, 1):
             raise SkipRecord("too_short", f"{wav.shape[0]} samples < min_sample_size {opts.min_sample_size}")
         if opts.normalize:
@@ -73,7 +73,7 @@ class AudioRecordDecoder(RecordDecoder):
     def decode_for_inference(self, record: Mapping[str, Any]) -> dict:
         """The whole clip, normalised: no random crop and no ``min_sample_size`` (that is a
         training filter); only clips too short for one frame are skipped."""
-        wav = load_waveform(self._payload(record), self.options.sample_rate)
+        wav = load_waveform(self._payload(record), self.options.sample_rate, self.options.max_duration_s)
         if wav.shape[0] < MIN_INFERENCE_SAMPLES:
             raise SkipRecord("too_short", f"{wav.shape[0]} samples < {MIN_INFERENCE_SAMPLES} (one frame)")
         if self.options.normalize:

@@ -92,7 +92,7 @@ class AudioFeatureEncoder(FeatureEncoder):
         return Features(self.feature_projection(x), padding_mask)
 
     def contextualize(self, x: Tensor, padding_mask: Tensor | None) -> Context:
-        if padding_mask is not None:
+        if padding_mask is not None and self.options.pos_conv_zero_pads:
             x = x.masked_fill(padding_mask.unsqueeze(-1), 0.0)  # pads must not leak into the pos conv
         x = x + self.pos_conv_embed(x)
         x = self.dropout(self.layer_norm(x))

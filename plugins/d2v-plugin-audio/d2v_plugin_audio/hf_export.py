@@ -110,6 +110,8 @@ def check_exportable(cfg: RunConfig) -> None:
     if cfg.encoder.get("alibi"):
         reasons.append("encoder.alibi is true (Data2VecAudioModel has no ALiBi attention bias; data2vec 2.0 audio "
                        "models have no transformers counterpart)")
+    if cfg.encoder.get("pos_conv_zero_pads") is False:
+        reasons.append("encoder.pos_conv_zero_pads is false (Data2VecAudioModel zeroes padded frames before its positional conv)")
     if reasons:
         raise ExportError(f"cannot export to hf: {'; '.join(reasons)}")
 
@@ -243,7 +245,7 @@ class AudioHFExporter(Exporter):
         raw = json.loads((src / "config.json").read_text(encoding="utf-8"))
         if raw.get("model_type") != "data2vec-audio":
             raise ExportError(f"{src} holds a {raw.get('model_type')!r} model; --modality audio imports 'data2vec-audio' models")
-        c = _transformers().Data2VecAudioConfig.from_pretrained(str(src))
+        c = _transformers().Data2VecAudioConfig.from_pretrained(str(src), local_files_only=True, trust_remote_code=False)
         if c.hidden_act != "gelu" or c.feat_extract_activation != "gelu":
             raise ExportError(f"{src}: activations {c.hidden_act!r}/{c.feat_extract_activation!r}; d2v's audio model uses exact 'gelu'")
         if getattr(c, "add_adapter", False):
@@ -261,6 +263,7 @@ class AudioHFExporter(Exporter):
                 "pos_conv_depth": c.num_conv_pos_embeddings, "pos_conv_kernel": c.conv_pos_kernel_size,
                 "pos_conv_groups": c.num_conv_pos_embedding_groups,
                 "alibi": False, "alibi_scale_init": 1.0,  # Data2VecAudioModel has no ALiBi
+                "pos_conv_zero_pads": True,  # it zeroes padded frames before its positional conv
             },
         }
         pre_file = src / "preprocessor_config.json"
@@ -279,7 +282,7 @@ class AudioHFExporter(Exporter):
         tf = _transformers()
         try:
             with _quiet(tf):
-                hf, info = tf.Data2VecAudioModel.from_pretrained(str(src), output_loading_info=True, local_files_only=True,
+                hf, info = tf.Data2VecAudioModel.from_pretrained(str(src), output_loading_info=True, local_files_only=True, trust_remote_code=False,
                                                                  ignore_mismatched_sizes=True)  # reported below
         except (OSError, ValueError, RuntimeError) as exc:  # no weights file, unreadable or wrongly shaped weights
             first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Literal, Optional, Union
 
-from pydantic import Field, NonNegativeInt, PositiveInt, model_validator
+from pydantic import Field, NonNegativeInt, PositiveFloat, PositiveInt, model_validator
 
 from d2v_core.config import StrictModel
 
@@ -27,6 +27,9 @@ class AudioEncoderOptions(StrictModel):
       (fairseq ``pos_conv_depth 5``, ``conv_pos 95`` -> kernel ``max(3, 95 // 5) = 19``, groups 16).
     - ``alibi`` (data2vec 2.0 audio): add a symmetric ALiBi bias to every layer's attention logits,
       times a learned per-head scale that starts at ``alibi_scale_init`` (clamped at 0 in use).
+    - ``pos_conv_zero_pads``: zero padded frames before the positional conv (fairseq data2vec 1.0,
+      ``wav2vec2.py`` ``index_put``); data2vec 2.0's ``AudioEncoder`` does not, so checkpoints
+      imported from it set this to false.
     """
 
     conv_channels: Union[PositiveInt, list[PositiveInt]] = 512
@@ -38,6 +41,7 @@ class AudioEncoderOptions(StrictModel):
     pos_conv_groups: PositiveInt = 16
     alibi: bool = False
     alibi_scale_init: float = Field(1.0, ge=0.0)
+    pos_conv_zero_pads: bool = True
 
     @model_validator(mode="after")
     def _layers_agree(self) -> "AudioEncoderOptions":
@@ -94,6 +98,8 @@ class AudioDataOptions(StrictModel):
     ``min_sample_size`` samples and randomly cropped to ``max_sample_size``. ``batching``:
     ``crop`` cuts every clip of a batch to the shortest one at a random offset (no padding,
     fairseq pretraining); ``pad`` pads with zeros and returns a sample-level padding mask.
+    ``max_duration_s``: the size limit, the duration in the file's header, checked before any
+    sample is decoded; longer files are skipped as ``too_long``.
     """
 
     sample_rate: PositiveInt = 16000
@@ -101,6 +107,7 @@ class AudioDataOptions(StrictModel):
     min_sample_size: NonNegativeInt = 32000
     normalize: bool = True
     batching: Literal["crop", "pad"] = "crop"
+    max_duration_s: PositiveFloat = 3600.0
 
     @model_validator(mode="after")
     def _sizes(self) -> "AudioDataOptions":

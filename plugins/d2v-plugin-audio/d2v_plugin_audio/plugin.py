@@ -1,4 +1,4 @@
-"""Registers the audio modality, the ``span`` and ``block-1d`` maskers and the ``hf`` exporter with d2v (no torch imported here)."""
+"""Registers the audio modality, the ``span`` and ``block-1d`` maskers the ``hf`` exporter and the fairseq importer with d2v (no torch imported here)."""
 
 from __future__ import annotations
 
@@ -48,6 +48,22 @@ HF_EXPORTER = ComponentSpec(
     modalities=("audio",),
 )
 
+FAIRSEQ_IMPORTER = ComponentSpec(
+    kind="importer",
+    name="audio-fairseq",
+    factory=f"{_PKG}.fairseq_import:AudioFairseqImporter",
+    description="fairseq data2vec 1.0 audio checkpoints (data2vec_audio; d2v import --from-fairseq)",
+    modalities=("audio",),
+)
+
+FAIRSEQ_V2_IMPORTER = ComponentSpec(
+    kind="importer",
+    name="audio-fairseq-v2",
+    factory=f"{_PKG}.fairseq_import:AudioV2FairseqImporter",
+    description="fairseq data2vec 2.0 audio checkpoints (data2vec_multi, supported_modality AUDIO)",
+    modalities=("audio",),
+)
+
 
 @hookimpl
 def d2v_register(registry) -> None:  # type: ignore[no-untyped-def]
@@ -55,3 +71,5 @@ def d2v_register(registry) -> None:  # type: ignore[no-untyped-def]
     registry.add_component(SPAN_MASKER)
     registry.add_component(BLOCK1D_MASKER)
     registry.add_component(HF_EXPORTER)
+    registry.add_component(FAIRSEQ_IMPORTER)
+    registry.add_component(FAIRSEQ_V2_IMPORTER)

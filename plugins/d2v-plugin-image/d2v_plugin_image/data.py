@@ -47,14 +47,14 @@ class ImageRecordDecoder(RecordDecoder):
     def decode(self, record: Mapping[str, Any], generator: torch.Generator | None = None) -> dict:
         key = str(record.get("__key__", ""))
         ext, data = self._payload(record)
-        img = decode_image(data, what=f"{key or 'record'}.{ext}")
+        img = decode_image(data, what=f"{key or 'record'}.{ext}", max_pixels=self.options.max_pixels)
         return {"image": self.transform(img, generator), "key": key}
 
     def decode_for_inference(self, record: Mapping[str, Any]) -> dict:
         """The deterministic eval transform (resize, centre crop, normalise), never augmentation."""
         key = str(record.get("__key__", ""))
         ext, data = self._payload(record)
-        img = decode_image(data, what=f"{key or 'record'}.{ext}")
+        img = decode_image(data, what=f"{key or 'record'}.{ext}", max_pixels=self.options.max_pixels)
         return {"image": self.eval_transform(img, None), "key": key}
 
     def collate(self, samples: list[dict]) -> Batch:

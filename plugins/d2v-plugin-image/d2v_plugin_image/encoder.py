@@ -31,6 +31,24 @@ def beit_trunc_normal_(tensor: Tensor, std: float) -> Tensor:
     return nn.init.trunc_normal_(tensor, mean=0.0, std=std, a=-std, b=std)
 
 
+def mae_sincos_2d(side: int, dim: int) -> Tensor:
+    """MAE's ``get_2d_sincos_pos_embed(dim, side)`` (fairseq ``examples/data2vec/models/mae.py``
+    L370-L417): (side * side, dim); the first half of the channels encodes the column index
+    (``grid[0]`` of ``np.meshgrid(grid_w, grid_h)``), the second the row index, each as
+    ``[sin, cos]`` of ``pos / 10000 ** (2i / (dim / 2))``."""
+    if dim % 4:
+        raise ConfigError(f"the MAE sin-cos table needs model.dim divisible by 4, got {dim}")
+    coords = torch.arange(side, dtype=torch.float64)
+    grid_w, grid_h = torch.meshgrid(coords, coords, indexing="xy")  # np.meshgrid(grid_w, grid_h): w first
+
+    def one_d(pos: Tensor, d: int) -> Tensor:
+        omega = 1.0 / 10000 ** (torch.arange(d // 2, dtype=torch.float64) / (d / 2.0))
+        out = pos.reshape(-1)[:, None] * omega[None, :]
+        return torch.cat([out.sin(), out.cos()], dim=1)
+
+    return torch.cat([one_d(grid_w, dim // 2), one_d(grid_h, dim // 2)], dim=1).float()
+
+
 class ImageEncoder(FeatureEncoder):
     """Patches of a (B, 3, H, W) image batch to tokens, then CLS and the shared relative bias.
 
@@ -57,6 +75,9 @@ class ImageEncoder(FeatureEncoder):
         self.mask_embedding = nn.Parameter(torch.zeros(dim))
         if position == "relative":
             self.rel_pos_bias = RelativePositionBias(self.grid, heads)
+        elif position == "sincos-mae":  # MAE's channel order, saved like fairseq's fixed_positional_encoder
+            self.rel_pos_bias = None
+            self.register_buffer("pos_embed", mae_sincos_2d(self.grid[0], dim).unsqueeze(0))
         else:  # fixed, derived from the grid: not saved
             self.rel_pos_bias = None
             self.register_buffer("pos_embed", build_sincos2d_pos_embed(list(self.grid), dim).unsqueeze(0), persistent=False)

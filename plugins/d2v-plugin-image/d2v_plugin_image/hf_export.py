@@ -237,7 +237,7 @@ def _hf_config_of(src_dir: Any) -> tuple[Any, int, int]:
     if model_type != "data2vec-vision":
         raise ExportError(f"{src} holds a {model_type!r} model; the image modality imports 'data2vec-vision' "
                           "(Data2VecVisionModel) directories")
-    config = _transformers().Data2VecVisionConfig.from_pretrained(str(src))
+    config = _transformers().Data2VecVisionConfig.from_pretrained(str(src), local_files_only=True, trust_remote_code=False)
     problems = []
     if config.use_relative_position_bias:
         problems.append("per-layer relative position biases (use_relative_position_bias=true)")
@@ -320,7 +320,8 @@ class ImageHFExporter(Exporter):
         try:
             with _quiet_transformers():
                 hf, info = tf.Data2VecVisionModel.from_pretrained(str(src_dir), config=config, add_pooling_layer=False,
-                                                                  output_loading_info=True)
+                                                                  output_loading_info=True, local_files_only=True,
+                                                                  trust_remote_code=False)
         except (OSError, ValueError, RuntimeError) as exc:
             raise ExportError(f"cannot load {src_dir} as Data2VecVisionModel: {_first_line(exc)}") from None
         bad = sorted(str(k) for k in [*info.get("missing_keys", ()), *info.get("mismatched_keys", ())])

@@ -32,15 +32,19 @@ def _to_rgb(img: Image.Image) -> Image.Image:
     return img.convert("RGB")
 
 
-def decode_image(data: bytes, what: str = "image") -> Image.Image:
-    """Decode ``data`` fully into an RGB image, or raise ``SkipRecord("unreadable", ...)``."""
+def decode_image(data: bytes, what: str = "image", max_pixels: int | None = None) -> Image.Image:
+    """Decode ``data`` fully into an RGB image, or raise ``SkipRecord("unreadable", ...)``; an
+    image of more than ``max_pixels`` (from its header, before any pixel is decoded) raises
+    ``SkipRecord("too_large", ...)``."""
     if not isinstance(data, (bytes, bytearray, memoryview)):
         raise SkipRecord("unreadable", f"{what}: expected bytes, got {type(data).__name__}")
     if len(data) == 0:
         raise SkipRecord("unreadable", f"{what}: empty file")
     try:
         # No context manager: closing would free the decoded pixels of an RGB image we return.
-        img = Image.open(io.BytesIO(data))
+        img = Image.open(io.BytesIO(data))  # reads the header only
+        if max_pixels is not None and img.width * img.height > max_pixels:
+            raise SkipRecord("too_large", f"{what}: {img.width}x{img.height} pixels, more than max_pixels={max_pixels}")
         img.load()  # decode now, so truncated files fail here rather than in the transforms
         if img.width == 0 or img.height == 0:
             raise SkipRecord("unreadable", f"{what}: image has zero size")

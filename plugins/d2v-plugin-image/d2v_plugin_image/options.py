@@ -19,7 +19,9 @@ class ImageEncoderOptions(StrictModel):
     exactly ``image_size``.
 
     - ``position``: ``relative`` (BEiT / data2vec: a learned relative position bias shared by all
-      layers) or ``sincos`` (data2vec 2.0 / MAE: a fixed 2-D sine-cosine embedding added to the
+      layers), ``sincos-mae`` (MAE's exact table, as fairseq's data2vec 2.0 stores it: checkpoints
+      imported from fairseq use it; it is saved with the checkpoint) or ``sincos`` (data2vec 2.0 /
+      MAE: a fixed 2-D sine-cosine embedding added to the
       patches before masking).
     - ``input_norm``: a LayerNorm after the CLS token is prepended (data2vec 2.0's context encoder).
     - ``init``: ``beit`` (truncated normal, std ``init_std``, for the patch conv, CLS and mask
@@ -30,7 +32,7 @@ class ImageEncoderOptions(StrictModel):
     image_size: PositiveInt = 224
     patch_size: PositiveInt = 16
     init_std: float = Field(0.02, gt=0.0)
-    position: Literal["relative", "sincos"] = "relative"
+    position: Literal["relative", "sincos", "sincos-mae"] = "relative"
     input_norm: bool = False
     init: Literal["beit", "mae"] = "beit"
 
@@ -51,6 +53,8 @@ class ImageDataOptions(StrictModel):
     fraction ``crop_scale``, aspect ``crop_ratio``, ``interpolation``) to ``image_size``, then
     ImageNet mean/std normalisation. Without ``augment``: resize the short side and centre-crop.
     ``image_size`` ``None`` means the encoder's ``image_size`` (the two must agree).
+    ``max_pixels``: the size limit, width x height read from the file's header before decoding;
+    larger images are skipped as ``too_large`` (a 12000x12000 PNG would take ~3 GB to decode).
     """
 
     image_size: Optional[PositiveInt] = None
@@ -60,6 +64,7 @@ class ImageDataOptions(StrictModel):
     crop_scale: tuple[float, float] = (0.08, 1.0)
     crop_ratio: tuple[float, float] = (3.0 / 4.0, 4.0 / 3.0)
     interpolation: Literal["bicubic", "bilinear"] = "bicubic"
+    max_pixels: PositiveInt = 40_000_000
 
     @model_validator(mode="after")
     def _ranges(self) -> "ImageDataOptions":

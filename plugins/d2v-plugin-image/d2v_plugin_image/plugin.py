@@ -59,6 +59,30 @@ CONV2D_DECODER = ComponentSpec(
     modalities=("image",),
 )
 
+FAIRSEQ_IMPORTER = ComponentSpec(
+    kind="importer",
+    name="image-fairseq",
+    factory=f"{_PKG}.fairseq_import:ImageFairseqImporter",
+    description="fairseq data2vec_vision (BEiT layout) checkpoints (d2v import --from-fairseq)",
+    modalities=("image",),
+)
+
+FAIRSEQ_V2_IMPORTER = ComponentSpec(
+    kind="importer",
+    name="image-fairseq-v2",
+    factory=f"{_PKG}.fairseq_import:ImageV2FairseqImporter",
+    description="fairseq data2vec 2.0 image checkpoints (data2vec_multi, supported_modality IMAGE)",
+    modalities=("image",),
+)
+
+BEIT_IMPORTER = ComponentSpec(
+    kind="importer",
+    name="image-data2vec-vision",
+    factory=f"{_PKG}.fairseq_import:VisionBEiTImporter",
+    description="data2vec_vision's own BEiT checkpoints (the released data2vec 1.0 image models; d2v import --from-fairseq)",
+    modalities=("image",),
+)
+
 
 @hookimpl
 def d2v_register(registry) -> None:  # type: ignore[no-untyped-def]
@@ -66,3 +90,6 @@ def d2v_register(registry) -> None:  # type: ignore[no-untyped-def]
     registry.add_component(BLOCK_MASKER)
     registry.add_component(CONV2D_DECODER)
     registry.add_component(HF_EXPORTER)
+    registry.add_component(FAIRSEQ_IMPORTER)
+    registry.add_component(FAIRSEQ_V2_IMPORTER)
+    registry.add_component(BEIT_IMPORTER)

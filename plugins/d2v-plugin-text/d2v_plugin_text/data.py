@@ -35,9 +35,14 @@ class TextRecordDecoder(RecordDecoder):
 
     extensions = ("txt",)
 
+    #: Characters read per token allowed, before tokenizing: bounds the work on a huge document
+    #: (sentencepiece pieces are rarely longer; a document cut here is still longer than the limit).
+    CHARS_PER_TOKEN = 16
+
     def __init__(self, tokenizer: Tokenizer, block_size: int = 512, break_mode: str = "complete_doc",
-                 drop_partial_row: bool = False) -> None:
+                 drop_partial_row: bool = False, max_doc_blocks: int = 8) -> None:
         self.tokenizer = tokenizer
+        self.max_doc_tokens = max_doc_blocks * (block_size - 1)
         self.block_size = block_size
         self.break_mode = break_mode
         self.drop_partial_row = drop_partial_row
@@ -55,10 +60,16 @@ class TextRecordDecoder(RecordDecoder):
                 raise SkipRecord("undecodable", f"not UTF-8 text ({exc.reason} at byte {exc.start})") from None
         if not text.strip():
             raise SkipRecord("empty", "no text")
-        ids = self.tokenizer.encode(text)
+        limit = self.max_doc_tokens  # the size limit, applied before the whole text is tokenized
+        cut = len(text) > limit * self.CHARS_PER_TOKEN
+        ids = self.tokenizer.encode(text[: limit * self.CHARS_PER_TOKEN] if cut else text)
         if not ids:
             raise SkipRecord("empty", "text encodes to no tokens")
-        return {"tokens": ids + [self.tokenizer.eos_id], "key": str(record.get("__key__", ""))}
+        sample = {"tokens": ids[: limit - 1] + [self.tokenizer.eos_id] if len(ids) >= limit else ids + [self.tokenizer.eos_id],
+                  "key": str(record.get("__key__", ""))}
+        if cut or len(ids) >= limit:
+            sample["_note"] = "truncated"  # counted by the loader (summary.json bad_records.notes)
+        return sample
 
     # -- corpus-level packing (the core's loader packs the whole corpus into blocks) --------------
     def sample_length(self, sample: dict) -> int:
@@ -114,4 +125,5 @@ def build_record_decoder(cfg: RunConfig) -> TextRecordDecoder:
         raise ConfigError(
             f"data.options.block_size ({data.block_size}) exceeds encoder.max_positions ({enc.max_positions})"
         )
-    return TextRecordDecoder(load_tokenizer(enc.tokenizer), data.block_size, data.break_mode, data.drop_partial_row)
+    return TextRecordDecoder(load_tokenizer(enc.tokenizer), data.block_size, data.break_mode, data.drop_partial_row,
+                             data.max_doc_blocks)

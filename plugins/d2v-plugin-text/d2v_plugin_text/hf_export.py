@@ -200,7 +200,7 @@ class TextHFExporter(Exporter):
         transformers = _transformers()
         if not (src / "config.json").is_file():
             raise ExportError(f"{src} has no config.json: not a transformers model directory")
-        cfg = transformers.AutoConfig.from_pretrained(str(src), local_files_only=True)
+        cfg = transformers.AutoConfig.from_pretrained(str(src), local_files_only=True, trust_remote_code=False)
         if cfg.model_type != "data2vec-text":
             raise ExportError(f"{src} holds a {cfg.model_type!r} model; the text plugin imports 'data2vec-text' models")
         problems = []
@@ -249,7 +249,7 @@ class TextHFExporter(Exporter):
         transformers = _transformers()
         with _quiet_transformers():
             hf, info = transformers.Data2VecTextModel.from_pretrained(
-                str(src), add_pooling_layer=False, output_loading_info=True, local_files_only=True
+                str(src), add_pooling_layer=False, output_loading_info=True, local_files_only=True, trust_remote_code=False
             )
         extra = sorted(k for k in info.get("unexpected_keys", ()) if not k.startswith(DROPPED_HEADS))
         missing = sorted(info.get("missing_keys", ()))

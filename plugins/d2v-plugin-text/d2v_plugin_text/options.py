@@ -50,11 +50,15 @@ class TextDataOptions(StrictModel):
     - ``drop_partial_row``: leave out rows shorter than ``block_size`` (data2vec 2.0 presets with
       ``break_mode: none``: only the corpus's last row; masks with the same count in every row
       would otherwise be sized by that short row).
+    - ``max_doc_blocks``: the size limit of one document, in rows: a longer one (a whole book on
+      one line) is cut to ``max_doc_blocks * (block_size - 1)`` tokens before it is tokenized in
+      full, and counted as ``truncated``.
     """
 
     block_size: PositiveInt = Field(512, ge=2)
     break_mode: Literal["complete_doc", "complete", "none", "eos"] = "complete_doc"
     drop_partial_row: bool = False
+    max_doc_blocks: PositiveInt = 8
 
 
 class BertMaskOptions(StrictModel):

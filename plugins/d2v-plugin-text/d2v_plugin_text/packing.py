@@ -40,21 +40,22 @@ def pack_rows(
         doc = list(doc)
         if not doc:
             continue
+        start = 0  # an offset, not repeated slicing: a long document costs O(len), not O(len^2 / cap)
         if break_mode == "none":
-            while doc:  # fill the current row, cut it when full, carry the rest over
+            while start < len(doc):  # fill the current row, cut it when full, carry the rest over
                 take = cap - len(current.ids)
-                current.ids += doc[:take]
+                current.ids += doc[start : start + take]
                 current.sources.append(i)
-                doc = doc[take:]
+                start += take
                 if len(current.ids) == cap:
                     flush()
             continue
         if len(current.ids) + len(doc) > cap:
             flush()
-            while len(doc) > cap:
-                rows.append(PackedRow([bos_id, *doc[:cap]], [i]))
-                doc = doc[cap:]
-        current.ids += doc
+            while len(doc) - start > cap:
+                rows.append(PackedRow([bos_id, *doc[start : start + cap]], [i]))
+                start += cap
+        current.ids += doc[start:]
         current.sources.append(i)
     flush()
     return rows

@@ -77,6 +77,24 @@ def d2v_register(registry) -> None:  # type: ignore[no-untyped-def]
             modalities=(MODALITY,),
         )
     )
+    registry.add_component(
+        ComponentSpec(
+            kind="importer",
+            name="text-fairseq",
+            factory=f"{_PKG}.fairseq_import:TextFairseqImporter",
+            description="fairseq data2vec 1.0 text checkpoints (data2vec_text; d2v import --from-fairseq)",
+            modalities=(MODALITY,),
+        )
+    )
+    registry.add_component(
+        ComponentSpec(
+            kind="importer",
+            name="text-fairseq-v2",
+            factory=f"{_PKG}.fairseq_import:TextV2FairseqImporter",
+            description="fairseq data2vec 2.0 text checkpoints (data2vec_multi, supported_modality TEXT)",
+            modalities=(MODALITY,),
+        )
+    )
 
 
 @hookimpl

@@ -53,7 +53,7 @@ def test_base_preset_follows_the_spec(registry):
     assert (o.lr, o.betas, o.eps, o.weight_decay, o.clip_norm) == (2e-4, (0.9, 0.98), 1e-6, 0.01, 5.0)
     assert (o.schedule.name, o.schedule.warmup_steps, o.schedule.warmup_init_lr, o.schedule.min_lr) == ("cosine", 10_000, 0.0, 0.0)
     assert cfg.runtime.max_steps == 1_000_000
-    assert cfg.data.options == {"block_size": 512, "break_mode": "complete_doc", "drop_partial_row": False}
+    assert cfg.data.options == {"block_size": 512, "break_mode": "complete_doc", "drop_partial_row": False, "max_doc_blocks": 8}
 
 
 def test_span_presets_use_fairseq_released_masking(registry):
