@@ -24,12 +24,13 @@ def show(
     init_from: Optional[str] = rf.INIT_FROM,
     max_bad_fraction: List[float] = rf.MAX_BAD_FRACTION,
     compile_: bool = rf.COMPILE,
+    threads: List[int] = rf.THREADS,
 ) -> None:
     """Print the config `d2v pretrain` would store for the same flags, as YAML."""
     from d2v_core.config_resolve import config_to_yaml
 
     flags = {"--data": data, "--out": out, "--masker": masker, "--max-steps": max_steps, "--max-bad-fraction": max_bad_fraction,
-             "--compile": [True] if compile_ else []}
+             "--compile": [True] if compile_ else [], "--threads": threads}
     cfg = rf.run_config(modality=modality, preset=preset, config=config, set_=set_, flags=flags, init_from=init_from,
                         note=lambda line: typer.echo(line, err=True))
     typer.echo(config_to_yaml(cfg), nl=False)

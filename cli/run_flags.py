@@ -27,6 +27,7 @@ FLAG_PATHS = {
     "--max-steps": "runtime.max_steps",
     "--max-bad-fraction": "data.max_bad_fraction",
     "--compile": "runtime.compile",
+    "--threads": "runtime.threads",
 }
 
 # Shared option declarations. Flags are lists so that a flag given twice is seen (and refused).
@@ -44,6 +45,9 @@ MAX_BAD_FRACTION = typer.Option(
     [], "--max-bad-fraction", help="Abort when more than this fraction of records is unusable (data.max_bad_fraction, default 0.5)."
 )
 COMPILE = typer.Option(False, "--compile", help="torch.compile the student and the teacher (runtime.compile=true).")
+THREADS = typer.Option(
+    [], "--threads", min=1, help="torch intra-op threads per process (runtime.threads); fewer than the cores is often faster on a shared machine."
+)
 INIT_FROM = typer.Option(
     None, "--init-from", help="Start from the weights of this checkpoint (e.g. made by d2v import), with a fresh optimiser."
 )

@@ -17,16 +17,15 @@ def _source(spec: str, extensions):  # noqa: ANN001
 
 def embed(
     checkpoint: str = typer.Argument(..., help="Checkpoint or run directory."),
-    inputs: List[str] = typer.Argument(..., help="Files' folders or CSV/JSONL manifests."),
+    inputs: List[str] = typer.Argument(..., help="Files (e.g. clip.flac), folders of them, or CSV/JSONL manifests."),
     out: str = typer.Option(..., "--out", "-o", help="Output .safetensors or .npy (plus OUT.keys.txt)."),
     layer: Optional[int] = typer.Option(None, "--layer", help="Output of layer N (1-based; 0: the Transformer input)."),
     top_k: Optional[int] = typer.Option(None, "--top-k", help="Mean of the last K layer outputs."),
-    pool: str = typer.Option("mean", "--pool", help="mean | cls | none"),
-    batch_size: int = typer.Option(16, "--batch-size"),
+    pool: str = typer.Option("mean", "--pool", help="mean | cls | none (one vector per step; .safetensors only)."),
+    batch_size: int = typer.Option(16, "--batch-size", min=1, help="Records per forward pass."),
 ) -> None:
-    """Features of a pretrained encoder for files, folders or manifests."""
-    from rich.progress import Progress
-
+    """Features of a pretrained encoder for files, folders or manifests (progress on stderr)."""
+    from d2v_cli.progress import CountProgress
     from d2v_core.errors import ConfigError
     from d2v_core.inference.embed import Embeddings, embed_source, write_embeddings
     from d2v_core.inference.pretrained import load_pretrained
@@ -39,11 +38,10 @@ def embed(
     pre = load_pretrained(checkpoint, get_registry())
     total = Embeddings()
     sources = [_source(s, pre.record_decoder.extensions) for s in inputs]
-    with Progress(transient=True) as bar:
-        task = bar.add_task("embedding", total=sum(len(s) for s in sources))
+    with CountProgress(sum(len(s) for s in sources), "embedded", "record") as bar:
         for src in sources:
             emb = embed_source(pre.model, pre.record_decoder, src, layer=layer, top_k=top_k, pool=pool, batch_size=batch_size,
-                               progress=lambda n: bar.advance(task, n))
+                               progress=bar.advance)
             total.keys += emb.keys
             total.vectors += emb.vectors
             total.meta += emb.meta
@@ -57,16 +55,16 @@ def probe(
     train: Optional[str] = typer.Option(None, "--train", help="Manifest (CSV/JSONL) with paths and labels."),
     test: Optional[str] = typer.Option(None, "--test", help="Test manifest."),
     split_by: Optional[str] = typer.Option(None, "--split-by", help="Hold out whole groups of this column (e.g. speaker)."),
-    label_column: str = typer.Option("label", "--label-column"),
-    test_fraction: float = typer.Option(0.25, "--test-fraction"),
+    label_column: str = typer.Option("label", "--label-column", help="Manifest column with the class labels."),
+    test_fraction: float = typer.Option(0.25, "--test-fraction", help="With --split-by: the fraction of groups held out."),
     baseline: Optional[str] = typer.Option(None, "--baseline", help="random-init: also probe the untrained architecture."),
-    layer: Optional[int] = typer.Option(None, "--layer"),
-    top_k: Optional[int] = typer.Option(None, "--top-k"),
-    pool: str = typer.Option("mean", "--pool"),
-    seed: int = typer.Option(0, "--seed"),
-    json_out: Optional[str] = typer.Option(None, "--json", help="Also write the report to this JSON file."),
+    layer: Optional[int] = typer.Option(None, "--layer", help="Features of layer N (1-based; 0: the Transformer input)."),
+    top_k: Optional[int] = typer.Option(None, "--top-k", help="Features: the mean of the last K layer outputs."),
+    pool: str = typer.Option("mean", "--pool", help="mean | cls: how a record's steps become one vector."),
+    seed: int = typer.Option(0, "--seed", help="Seed of the split, the probe and the random-init baseline."),
+    json_out: Optional[str] = typer.Option(None, "--json", help="Write the full report (per class, skipped records) to this JSON file."),
 ) -> None:
-    """Linear probe (logistic regression) on frozen, pooled features; reports accuracy."""
+    """Linear probe (logistic regression) on frozen, pooled features; prints the accuracies."""
     from d2v_core.errors import ConfigError
     from d2v_core.inference.embed import embed_source
     from d2v_core.inference.pretrained import load_pretrained
@@ -95,21 +93,23 @@ def probe(
         report[name]["skipped"] = tr.stats.summary()
         report["majority_class_accuracy"] = majority_accuracy(split.y_train, split.y_test)
         report["classes"] = len(set(split.y_train))
-    typer.echo(json.dumps(report, indent=2))
     rows = [(k, report[k]["accuracy"]) for k in ("pretrained", "random-init") if k in report]
     rows.append(("majority class", report["majority_class_accuracy"]))
+    typer.echo(f"probe: {report['classes']} classes, {len(split.y_train)} train / {len(split.y_test)} test records; "
+               f"skipped: {report['pretrained']['skipped']}")
     typer.echo("\n".join(f"{name:>15}: accuracy {acc:.4f}" for name, acc in rows))
     if json_out:
         from pathlib import Path
 
         Path(json_out).write_text(json.dumps(report, indent=2), encoding="utf-8")
+        typer.echo(f"report: {json_out}")
 
 
 def export(
     checkpoint: str = typer.Argument(..., help="Checkpoint or run directory."),
     fmt: str = typer.Option("hf", "--format", help="hf: a transformers model directory."),
-    out: str = typer.Option(..., "--out", "-o"),
-    overwrite: bool = typer.Option(False, "--overwrite"),
+    out: str = typer.Option(..., "--out", "-o", help="Output directory (from_pretrained loads it)."),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing output directory."),
 ) -> None:
     """Export the encoder (e.g. to transformers' Data2Vec{Audio,Vision,Text}Model)."""
     from d2v_core.inference.exchange import export_checkpoint

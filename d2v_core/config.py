@@ -219,7 +219,8 @@ class RuntimeConfig(StrictModel):
     save_every: PositiveInt = 1000
     keep_last: PositiveInt = 3
     tensorboard: bool = True
-    progress: bool = True
+    progress: bool = True  # a progress bar on a terminal; plain lines (one per log_every steps) otherwise or when false
+    threads: Optional[PositiveInt] = None  # torch intra-op threads (torch.set_num_threads); None: torch's default
     deterministic: bool = False
     distributed: Literal["ddp", "fsdp"] = "ddp"
     #: ``torch.compile`` the student's and the teacher's encoder and Transformer (inductor; see

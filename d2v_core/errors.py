@@ -1,4 +1,9 @@
-"""Typed errors. Each carries a one-line, actionable message and the exit code the CLI uses."""
+"""Typed errors. Each carries a one-line, actionable message and the exit code the CLI uses.
+
+The exit-code rule, the same for every command: 2 for usage errors (a bad option or value, an
+unknown name, a config that does not validate, a path that does not exist or holds no
+checkpoint), 1 for a command that started and failed (unusable data, a stopped run, an export
+the model cannot take), 130/143 for a run stopped by SIGINT/SIGTERM."""
 
 from __future__ import annotations
 
@@ -31,6 +36,12 @@ class DuplicateComponentError(PluginError):
     """Two distributions register the same component name."""
 
 
+class UsageError(D2VError):
+    """The command was called wrongly (exit code 2, like the option errors typer reports)."""
+
+    exit_code = 2
+
+
 class DataError(D2VError):
     """Training or input data that cannot be used (no files match, nothing decodes, ...)."""
 
@@ -47,6 +58,14 @@ class CheckpointError(D2VError):
     """A checkpoint that is missing, incomplete or cannot be written."""
 
     exit_code = 1
+
+
+class MissingInputError(UsageError, DataError):
+    """A data path named by the user that does not exist."""
+
+
+class MissingCheckpointError(UsageError, CheckpointError):
+    """A checkpoint or run path named by the user that holds no complete checkpoint."""
 
 
 class TrainingError(D2VError):

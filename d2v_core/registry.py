@@ -9,7 +9,8 @@ from d2v_core.specs import COMPONENT_KINDS, ComponentSpec, ModalitySpec
 
 
 def _install_hint(kind: str, name: str) -> str:
-    return f"pip install d2v-plugin-{name}" if kind == "modality" else "install the plugin that provides it"
+    # no guessed package name: a modality's distribution may be called anything
+    return f"install the plugin that provides this {kind} (d2v list-plugins shows what is installed)"
 
 
 class Registry:
@@ -88,7 +89,7 @@ class Registry:
         if spec is None:
             installed = ", ".join(sorted(self._modalities)) or "none"
             raise UnknownComponentError(
-                f"unknown modality {name!r} (installed: {installed}); try: {_install_hint('modality', name)}"
+                f"unknown modality {name!r} (installed: {installed}); {_install_hint('modality', name)}"
             )
         return spec
 

@@ -43,3 +43,32 @@ def run_cli(args: list[str], capsys) -> tuple[int, str, str]:
 def cli(capsys):
     """``cli(["config", "show", ...]) -> (exit code, stdout, stderr)``."""
     return lambda args: run_cli(args, capsys)
+
+
+@pytest.fixture(scope="session")
+def core_env(tmp_path_factory):
+    """The six wheels (``dist/``), a torch layer and the core wheel installed with its declared
+    dependencies (``core/``): made once per test session and shared by every xdist worker (see
+    ``tests/wheel_env.py``)."""
+    from filelock import FileLock
+
+    sys.path.insert(0, str(Path(__file__).parent))
+    import wheel_env
+
+    worker = os.environ.get("PYTEST_XDIST_WORKER")
+    shared = tmp_path_factory.getbasetemp().parent if worker else tmp_path_factory.getbasetemp()
+    base = shared / "d2v-wheels"
+    with FileLock(str(shared / "d2v-wheels.lock")):
+        if not (base / "ready").exists():
+            import shutil
+
+            shutil.rmtree(base, ignore_errors=True)
+            dist = base / "dist"
+            dist.mkdir(parents=True)
+            for folder in (wheel_env.ROOT, *(wheel_env.ROOT / p for p in wheel_env.PLUGINS.values())):
+                wheel_env.build_wheel(folder, dist, base / "src")
+            wheel_env.link_torch_layer(base / "torch")
+            python = wheel_env.make_env(base / "core", [base / "torch"])
+            wheel_env.pip_install(python, *dist.glob("d2v-*.whl"))
+            (base / "ready").touch()
+    return base

@@ -166,6 +166,8 @@ def test_pipe_urls_refused_unless_allowed(tmp_path):
 def test_missing_path_and_unknown_file_type(tmp_path):
     with pytest.raises(DataError, match="does not exist"):
         resolve_source(str(tmp_path / "nope"), ("npy",))
-    odd = _write(tmp_path / "one.npy", b"x")
-    with pytest.raises(DataError, match="cannot read"):
+    odd = _write(tmp_path / "one.xyz", b"x")
+    with pytest.raises(DataError, match=r"cannot read .*: pass a \.npy file or a folder of them"):
         resolve_source(str(odd), ("npy",))
+    one = resolve_source(str(_write(tmp_path / "sub" / "clip.npy", b"x")), ("npy",))  # one file: one record
+    assert one.kind == "file" and [(e.key, e.ext, e.path) for e in one.entries] == [("clip", "npy", str(tmp_path / "sub" / "clip.npy"))]

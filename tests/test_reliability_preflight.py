@@ -56,12 +56,14 @@ def test_checkpoint_size_estimate_counts_student_teacher_and_adam_moments():
     assert checkpoint_bytes(1_000_000) == int(1_000_000 * 4 * 4 * 1.2)  # 4 fp32 copies, 20% headroom
 
 
-@pytest.mark.parametrize("pattern", ["shards/*.tar", "shards/x-{000000..000001}.tar", "missing-folder", "empty-folder"])
-def test_data_that_matches_nothing(tmp_path, example_plugins, cli, pattern):
+@pytest.mark.parametrize("pattern, exit_code", [("shards/*.tar", 2), ("shards/x-{000000..000001}.tar", 2), ("missing-folder", 2),
+                                               ("empty-folder", 1)])
+def test_data_that_matches_nothing(tmp_path, example_plugins, cli, pattern, exit_code):
+    """A path or pattern that names nothing is a usage error (2); a folder without usable files, a data error (1)."""
     (tmp_path / "empty-folder").mkdir()
     out = tmp_path / "run"
     code, _, err = cli(["pretrain", *COMMON, "--data", str(tmp_path / pattern), "--out", str(out)])
-    assert_refused_before_training(code, err, out, 1, str(tmp_path / pattern).split("{")[0].split("*")[0])
+    assert_refused_before_training(code, err, out, exit_code, str(tmp_path / pattern).split("{")[0].split("*")[0])
 
 
 @pytest.mark.parametrize("world_size, accum, batch, ok", [(2, 1, 8, True), (2, 1, 7, False), (4, 2, 8, True), (4, 2, 12, False), (3, 1, 8, False)])

@@ -80,6 +80,9 @@ def test_probe_with_random_init_baseline(trained, cli, tmp_path):
     assert 0.0 <= report["random-init"]["accuracy"] <= 1.0
     assert report["pretrained"]["accuracy"] >= report["majority_class_accuracy"]
     assert "random-init: accuracy" in out
+    # a short summary on stdout; the full report only in the file
+    assert out.splitlines()[0].startswith("probe: 2 classes, 32 train / 16 test records; skipped: ") and "{" not in out
+    assert out.splitlines()[-1] == f"report: {report_file}" and len(out.splitlines()) == 5
     code, _, err = cli(["probe", str(run), "--train", str(manifest)])
     assert code == 2 and "--test MANIFEST or --split-by" in err
 

@@ -15,6 +15,8 @@ dict as in webdataset: ``{"__key__": str, "__url__": file or shard, "<ext>": byt
 - ``.jsonl``: one object per line with ``path`` or ``text`` (payload ``{"txt": text bytes}``);
   optional ``key``/``id``; other fields become ``__meta__``.
 - ``.txt``: one text record per non-empty line (key = 1-based line number, 9 digits).
+- one file with one of ``extensions`` (``clip.flac``): that record alone (key = file name without
+  the extension).
   Lines of ``.jsonl`` / ``.txt`` that are not UTF-8 are counted as ``invalid_utf8``.
 - shards: a ``.tar`` path, a glob (``shards/*.tar``) or a brace pattern
   (``shards/audio-{000000..000003}.tar``).
@@ -34,7 +36,7 @@ from typing import Any, Iterator, Mapping
 
 import braceexpand
 
-from d2v_core.errors import DataError
+from d2v_core.errors import DataError, MissingInputError
 
 TAR_SUFFIXES = (".tar", ".tar.gz", ".tgz")
 _SCHEME = re.compile(r"^[a-zA-Z][a-zA-Z0-9+.-]*:")
@@ -59,7 +61,7 @@ class Source:
     """Resolved training data: a list of :class:`Entry` (folder, manifest) or shard URLs."""
 
     spec: str
-    kind: str  # "folder" | "csv" | "jsonl" | "lines" | "shards"
+    kind: str  # "folder" | "file" | "csv" | "jsonl" | "lines" | "shards"
     entries: tuple[Entry, ...] = ()
     urls: tuple[str, ...] = ()
     manifest: str | None = None
@@ -223,7 +225,7 @@ def resolve_source(spec: str, extensions: tuple[str, ...] | list[str], allow_pip
     if path.is_dir():
         return _folder(spec, path, exts)
     if not path.exists():
-        raise DataError(f"training data {spec!r} does not exist (expected a folder, a .csv/.tsv/.jsonl/.txt manifest or tar shards)")
+        raise MissingInputError(f"training data {spec!r} does not exist (expected a folder, a .csv/.tsv/.jsonl/.txt manifest or tar shards)")
     name = path.name.lower()
     if _looks_like_tar(name):
         return Source(spec, "shards", urls=(str(path.resolve()),))
@@ -236,8 +238,11 @@ def resolve_source(spec: str, extensions: tuple[str, ...] | list[str], allow_pip
         return _jsonl_manifest(spec, path, exts)
     if name.endswith(".txt"):
         return _text_lines(spec, path)
+    ext = _match_ext(name, exts)
+    if ext is not None:
+        return Source(spec, "file", entries=(Entry(key=_strip_ext(path.name, ext), path=str(path.resolve()), ext=ext),))
     raise DataError(
-        f"cannot read {spec!r} as training data: pass a folder of {_exts_text(exts)} files, "
+        f"cannot read {spec!r} as training data: pass a {_exts_text(exts)} file or a folder of them, "
         "a .csv/.tsv/.jsonl manifest, a .txt file (one text per line) or .tar shards"
     )
 
@@ -258,12 +263,12 @@ def _brace_shards(spec: str, expanded: str) -> Source:
         if _GLOB_CHARS.search(part):
             hits = sorted(glob.glob(part, recursive=True))
             if not hits:
-                raise DataError(f"pattern {spec!r}: {part!r} matches no file (looking for .tar shards)")
+                raise MissingInputError(f"pattern {spec!r}: {part!r} matches no file (looking for .tar shards)")
             names += hits
             continue
         if not Path(part).is_file():
             total = sum(1 for _ in braceexpand.braceexpand(expanded))
-            raise DataError(f"shard {part} does not exist (named by pattern {spec!r}, {total} files); fix the range or create the shards with `d2v make-shards`")
+            raise MissingInputError(f"shard {part} does not exist (named by pattern {spec!r}, {total} files); fix the range or create the shards with `d2v make-shards`")
         names.append(part)
     return _shards_from(spec, names)
 
@@ -271,7 +276,7 @@ def _brace_shards(spec: str, expanded: str) -> Source:
 def _glob_shards(spec: str, expanded: str) -> Source:
     names = sorted(n for n in glob.glob(expanded, recursive=True) if Path(n).is_file())
     if not names:
-        raise DataError(f"pattern {spec!r} matches no file (looking for .tar shards); check the path and quoting")
+        raise MissingInputError(f"pattern {spec!r} matches no file (looking for .tar shards); check the path and quoting")
     return _shards_from(spec, names)
 
 

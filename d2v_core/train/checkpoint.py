@@ -29,7 +29,7 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
-from d2v_core.errors import CheckpointError, first_line
+from d2v_core.errors import CheckpointError, MissingCheckpointError, first_line
 from d2v_core.train import run_folder
 
 STEP_DIR = re.compile(r"^step_(\d{8})$")
@@ -307,10 +307,10 @@ def checkpoint_dir(path: str | Path) -> Path:
     if (p / "checkpoints").is_dir() and not (p / COMPLETE_MARKER).exists():
         latest = latest_checkpoint(p)
         if latest is None:
-            raise CheckpointError(f"no complete checkpoint in {p / 'checkpoints'}")
+            raise MissingCheckpointError(f"no complete checkpoint in {p / 'checkpoints'}")
         p = latest.path
     if not (p / COMPLETE_MARKER).is_file():
-        raise CheckpointError(f"{p} is not a complete d2v checkpoint (no {COMPLETE_MARKER})")
+        raise MissingCheckpointError(f"{p} is not a complete d2v checkpoint (no {COMPLETE_MARKER})")
     return p
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import gc
 import json
 import random
@@ -43,10 +44,13 @@ def pretrain(
     if not cfg.data.train:
         raise ConfigError("no training data: pass --data PATH (a folder, a CSV/JSONL manifest or tar shards)")
     check_distributed(cfg)
+    if cfg.runtime.threads is not None:  # on a shared machine fewer threads than cores can be much faster
+        torch.set_num_threads(cfg.runtime.threads)
     device = resolve_device(cfg)
     dist = init_distributed(device.type)
     trainer = None
     clean = False
+    made_run_dir = not Path(cfg.runtime.out_dir).exists()
     locked_dir: Path | None = None
     try:
         micro_batch = check_batch(cfg, dist.world_size)
@@ -71,6 +75,7 @@ def pretrain(
         model = parts.model
         if start is not None:
             model.encoder.load_extra_state(start.extra)
+            _load_init_weights(model, start, init_from)  # before any folder is made: a refused run leaves none
         if dist.is_main:
             if locked_dir is None:  # d2v's folder and one writer, before anything is checked or written
                 run_folder.claim(run_dir, resume=resume)
@@ -86,15 +91,7 @@ def pretrain(
         )
         trainer = Trainer(cfg, model, loader, device, dist, versions, schedule=build_schedule(cfg, registry))
         if start is not None:
-            try:
-                model.load_state_dict(start.student)
-                trainer.teacher.load_state_dict(start.teacher)
-            except (RuntimeError, KeyError) as exc:
-                problem = next((line.strip() for line in str(exc).splitlines()[1:] if line.strip()), str(exc))
-                raise CheckpointError(
-                    f"--init-from {init_from}: its weights do not fit this config ({problem}); "
-                    f"pass its config: --config {start.path / 'config.yaml'}"
-                ) from None
+            trainer.teacher.load_state_dict(start.teacher)  # the student's weights were checked and loaded above
         if latest is not None and loaded is not None:
             mismatch = ckpt.describe_mismatch(loaded["student"], model.state_dict())
             if mismatch:
@@ -122,6 +119,35 @@ def pretrain(
         if locked_dir is not None:
             run_folder.release_lock(locked_dir)
         shutdown(barrier_first=clean)
+        if not clean and made_run_dir:  # a refused run leaves no folder behind that holds only d2v's marker
+            _remove_unused_run_dir(Path(cfg.runtime.out_dir))
+
+
+def weight_mismatch(expected: dict[str, torch.Tensor], given: dict[str, torch.Tensor]) -> str | None:
+    """A short account of how ``given`` weights differ from a model's ``expected`` ones (None: they fit)."""
+    missing = sorted(set(expected) - set(given))
+    unexpected = sorted(set(given) - set(expected))
+    shapes = sorted(k for k in set(expected) & set(given) if tuple(expected[k].shape) != tuple(given[k].shape))
+    parts = [f"{len(keys)} {what} (e.g. {keys[0]})" for keys, what in
+             ((missing, "missing"), (unexpected, "unexpected"), (shapes, "of another shape")) if keys]
+    return "; ".join(parts) or None
+
+
+def _remove_unused_run_dir(run_dir: Path) -> None:
+    with contextlib.suppress(OSError):  # anything else in it (or gone): keep it
+        if {p.name for p in run_dir.iterdir()} <= {run_folder.MANIFEST}:
+            (run_dir / run_folder.MANIFEST).unlink(missing_ok=True)
+            run_dir.rmdir()
+
+
+def _load_init_weights(model: torch.nn.Module, start: ckpt.Checkpoint, init_from: str | Path) -> None:
+    problem = weight_mismatch(model.state_dict(), start.student)
+    if problem is not None:  # the hint first; the key names would be pages long
+        raise CheckpointError(
+            f"--init-from {init_from} does not fit this config: pass its config with --config "
+            f"{start.path / 'config.yaml'} (or no --preset); weights {problem}"
+        )
+    model.load_state_dict(start.student)
 
 
 def _write_report(run_dir: Path) -> None:
