@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import sys
 import time
-from typing import TextIO
+from typing import Any, TextIO
 
 from d2v_core.train.metrics import format_eta
 
@@ -18,7 +18,8 @@ class CountProgress:
     def __init__(self, total: int, verb: str, noun: str, stream: TextIO | None = None) -> None:
         self.total, self.verb, self.noun = total, verb, noun
         self.stream = stream if stream is not None else sys.stderr
-        self.done, self._next_line, self._bar = 0, max(1, total // 10), None
+        self.done, self._next_line = 0, max(1, total // 10)
+        self._bar: Any = None  # a rich Progress on a terminal
 
     def __enter__(self) -> "CountProgress":
         self._t0 = time.time()

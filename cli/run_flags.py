@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any, Callable, List, Optional, Sequence
 
 import typer
 
-from d2v_core.errors import CheckpointError, ConfigError
+from d2v_core.errors import CheckpointError, ConfigError, MissingCheckpointError
 
 if TYPE_CHECKING:
     from d2v_core.config import RunConfig
@@ -116,8 +116,10 @@ def checkpoint_dir(path: str) -> Path:
 
     try:
         found = find(path)
+    except MissingCheckpointError as exc:  # a usage error (exit 2)
+        raise MissingCheckpointError(f"--init-from {path}: {exc}") from None
     except CheckpointError as exc:
         raise CheckpointError(f"--init-from {path}: {exc}") from None
     if not (found / "config.yaml").is_file():
-        raise CheckpointError(f"--init-from {path}: no complete checkpoint with a config.yaml there")
+        raise MissingCheckpointError(f"--init-from {path}: no complete checkpoint with a config.yaml there")
     return found

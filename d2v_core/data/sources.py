@@ -268,7 +268,10 @@ def _brace_shards(spec: str, expanded: str) -> Source:
             continue
         if not Path(part).is_file():
             total = sum(1 for _ in braceexpand.braceexpand(expanded))
-            raise MissingInputError(f"shard {part} does not exist (named by pattern {spec!r}, {total} files); fix the range or create the shards with `d2v make-shards`")
+            raise MissingInputError(
+                f"shard {part} does not exist (named by pattern {spec!r}, {total} files); fix the range or create the shards "
+                "with `d2v make-shards`"
+            )
         names.append(part)
     return _shards_from(spec, names)
 

@@ -140,7 +140,7 @@ def _remove_unused_run_dir(run_dir: Path) -> None:
             run_dir.rmdir()
 
 
-def _load_init_weights(model: torch.nn.Module, start: ckpt.Checkpoint, init_from: str | Path) -> None:
+def _load_init_weights(model: torch.nn.Module, start: ckpt.Checkpoint, init_from: str | Path | None) -> None:
     problem = weight_mismatch(model.state_dict(), start.student)
     if problem is not None:  # the hint first; the key names would be pages long
         raise CheckpointError(
