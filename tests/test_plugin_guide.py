@@ -32,7 +32,11 @@ def test_the_guide_states_every_factory_signature_and_the_encoders_duties():
     table = text[text.index("| kind | registered as |"):text.index("### The encoder's duties")]
     for kind in COMPONENT_KINDS:
         assert re.search(rf'ComponentSpec\(kind="{kind}"\)` \| `factory\(', table), kind
-    assert table.count("`factory(cfg)`") == 2  # the encoder and the record decoder
+    from d2v_core.interfaces import FACTORY_ARGS
+
+    assert "`factory(cfg)`" not in table  # factories never get the whole run config
+    for kind in ("encoder", "record_decoder"):
+        assert f"`factory({', '.join(FACTORY_ARGS[kind])})`" in table, kind
     duties = text[text.index("### The encoder's duties"):text.index("## 4.")]
     for duty in ("`dim`", "`mask_embedding`", "`embed(batch)", "`num_prefix_tokens`", "`ema.teacher_input", "`ema.exclude_params`"):
         assert duty in duties, duty

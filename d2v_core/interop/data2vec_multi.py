@@ -90,7 +90,7 @@ def multi_run_config(c: dict[str, Any], what: str) -> dict[str, Any]:
             "drop_path": float(c["end_drop_path_rate"]), "layerdrop": float(c["layerdrop"]),
         },
         "targets": {"top_k": int(c["average_top_k_layers"]), "source": "block" if c["end_of_block_targets"] else "ffn",
-                    "layer_norm": _norm(c, True), "post_norm": _norm(c, False)},
+                    "per_layer_norm": _norm(c, True), "post_norm": _norm(c, False)},
         "loss": {"beta": float(c["loss_beta"]), "cls_weight": float(c["cls_loss"]),
                  "scale": float(scale) if scale is not None and float(scale) > 0 else "inv_sqrt_dim"},
         "ema": {"decay": float(c["ema_decay"]), "end_decay": float(c["ema_end_decay"])},

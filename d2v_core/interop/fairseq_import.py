@@ -20,7 +20,7 @@ import torch
 from pydantic import ValidationError
 
 from d2v_core.config import RunConfig
-from d2v_core.config_resolve import config_to_yaml, deep_merge, format_validation_error, parse_override, preset_dict
+from d2v_core.config_resolve import config_to_yaml, deep_merge, format_validation_error, parse_override, preset_dict, resolve_options
 from d2v_core.errors import CheckpointError, ConfigError, UnknownComponentError
 from d2v_core.interop.key_map import Rename, Rule, apply_key_map, check_complete, source_names
 from d2v_core.interop.safe_pickle import FairseqCheckpoint, read_fairseq_checkpoint
@@ -147,6 +147,7 @@ def import_fairseq(path: str | Path, out_dir: str | Path, registry: Registry, *,
         cfg = RunConfig.model_validate(merged)
     except ValidationError as exc:
         raise ConfigError(f"imported config: {format_validation_error(exc)} (adjust with --set)") from None
+    cfg = resolve_options(cfg, registry)  # the plugin sections as their options objects, validated once
     importer.validate(cfg, ckpt)
     model = build_model(cfg, registry)
     what = f"{ckpt.path} ({importer.family})"

@@ -149,16 +149,6 @@ def latest_checkpoint(run_dir: str | Path) -> StoredCheckpoint | None:
     return found[-1] if found else None
 
 
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except OSError:  # exists, owned by someone else
-        return True
-    return True
-
-
 def remove_stale_temporaries(run_dir: str | Path) -> list[Path]:
     """Delete the half-written (``.tmp-*``) and half-deleted (``.trash-*``) directories that a
     killed process left in ``RUN/checkpoints``: those of this process and of processes that no
@@ -171,7 +161,7 @@ def remove_stale_temporaries(run_dir: str | Path) -> list[Path]:
     ours = run_folder.recorded(run_dir)
     for p in root.iterdir():
         m = TEMP_DIR.match(p.name)
-        if m and p.name in ours and p.is_dir() and (int(m.group(2)) == os.getpid() or not _pid_alive(int(m.group(2)))):
+        if m and p.name in ours and p.is_dir() and (int(m.group(2)) == os.getpid() or not run_folder.pid_alive(int(m.group(2)))):
             shutil.rmtree(p, ignore_errors=True)
             removed.append(p)
     return removed

@@ -32,7 +32,8 @@ class RunFolderError(PreflightError):
     """The output folder is not d2v's, or another process is writing it."""
 
 
-def _pid_alive(pid: int) -> bool:
+def pid_alive(pid: int) -> bool:
+    """Whether a process ``pid`` exists on this host."""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
@@ -154,7 +155,7 @@ def acquire_lock(run_dir: str | Path) -> Path:
                     continue
                 raise RunFolderError(f"{lock} exists but is not a d2v lock; if no d2v process writes {run_dir}, delete it")
             same_host = holder.get("host") == host
-            if same_host and holder.get("pid") != pid and not _pid_alive(int(holder.get("pid", -1))):
+            if same_host and holder.get("pid") != pid and not pid_alive(int(holder.get("pid", -1))):
                 with contextlib.suppress(FileNotFoundError):  # stale: its process is gone
                     os.unlink(lock)
                 continue

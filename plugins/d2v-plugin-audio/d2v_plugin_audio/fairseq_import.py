@@ -116,7 +116,7 @@ class AudioFairseqImporter(FairseqImporter):
                 "pos_conv_groups": int(c["conv_pos_groups"]), "alibi": False,
             },
             "targets": {"top_k": int(c["average_top_k_layers"]), "source": "ffn",
-                        "layer_norm": _target_norm(c, True), "post_norm": _target_norm(c, False)},
+                        "per_layer_norm": _target_norm(c, True), "post_norm": _target_norm(c, False)},
             "loss": {"beta": float(c["loss_beta"]), "scale": float(scale) if scale not in (None, 0) and float(scale) > 0 else "inv_sqrt_dim"},
             "ema": {"decay": float(c["ema_decay"]), "end_decay": float(c["ema_end_decay"])},
             "masking": {"name": "span", "options": {"mask_prob": float(c["mask_prob"]), "mask_length": int(c["mask_length"])}},
@@ -246,8 +246,8 @@ class AudioV2FairseqImporter(FairseqImporter):
     def key_map(self, cfg: Any, ckpt: FairseqCheckpoint) -> Sequence:
         from d2v_core import BLOCK_RULES
 
-        return v2_encoder_rules(cfg.encoder["pos_conv_depth"], cfg.model.heads,
-                                cfg.decoder.options.get("projection_layers", 1)) + BLOCK_RULES
+        return v2_encoder_rules(cfg.encoder.pos_conv_depth, cfg.model.heads,
+                                cfg.decoder.options.projection_layers) + BLOCK_RULES
 
     def fresh_keys(self, cfg: Any) -> Sequence[str]:
         return ("encoder.mask_embedding",)  # the sparse student has no mask embedding (masked steps are dropped)

@@ -86,7 +86,7 @@ def check_exportable(cfg: RunConfig) -> None:
     if AudioEncoderOptions.model_validate(cfg.encoder).alibi:
         reasons.append("encoder.alibi is true (Data2VecAudioModel has no ALiBi attention bias; data2vec 2.0 audio "
                        "models have no transformers counterpart)")
-    if cfg.encoder.get("pos_conv_zero_pads") is False:
+    if cfg.encoder.pos_conv_zero_pads is False:
         reasons.append("encoder.pos_conv_zero_pads is false (Data2VecAudioModel zeroes padded frames before its positional conv)")
     if reasons:
         raise ExportError(f"cannot export to hf: {'; '.join(reasons)}")

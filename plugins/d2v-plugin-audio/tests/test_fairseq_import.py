@@ -193,8 +193,8 @@ def test_import_matches_fairseq_forward_with_padding(tmp_path, registry, form):
     pre = load_pretrained(tmp_path / "run", registry)
     cfg = pre.cfg
     assert (cfg.model.dim, cfg.model.depth, cfg.model.heads, cfg.model.ffn_dim) == (D, DEPTH, HEADS, FFN)
-    assert cfg.encoder["pos_conv_kernel"] == 5 and cfg.encoder["conv_channels"] == [16, 16, 24, 24]
-    assert cfg.targets.top_k == 2 and cfg.targets.layer_norm == "instance"
+    assert cfg.encoder.pos_conv_kernel == 5 and cfg.encoder.conv_channels == [16, 16, 24, 24]
+    assert cfg.targets.top_k == 2 and cfg.targets.per_layer_norm == "instance"
     if form != "args":  # "${optimization.max_update}" resolved against the checkpoint's own config
         assert cfg.ema.anneal_end_step == 400000
 

@@ -179,8 +179,8 @@ def test_import_matches_fairseq_forward_with_padding(tmp_path, registry):
     pre = load_pretrained(tmp_path / "run", registry)
     cfg = pre.cfg
     assert (cfg.model.dim, cfg.model.depth, cfg.model.heads, cfg.model.ffn_dim) == (D, DEPTH, HEADS, FFN)
-    assert cfg.encoder["alibi"] and not cfg.encoder["pos_conv_zero_pads"] and cfg.masking.clone_batch == 8
-    assert cfg.decoder.name == "conv1d" and cfg.decoder.options["channels"] == DEC_DIM
+    assert cfg.encoder.alibi and not cfg.encoder.pos_conv_zero_pads and cfg.masking.clone_batch == 8
+    assert cfg.decoder.name == "conv1d" and cfg.decoder.options.channels == DEC_DIM
 
     lengths = torch.tensor([4000, 2890])
     wav = torch.randn(2, 4000, generator=torch.Generator().manual_seed(1))

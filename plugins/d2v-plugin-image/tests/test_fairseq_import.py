@@ -120,7 +120,7 @@ def test_import_matches_fairseq_forward(tmp_path, registry, form):
     pre = load_pretrained(tmp_path / "run", registry)
     cfg = pre.cfg
     assert (cfg.model.layout, cfg.model.qkv_bias, cfg.model.final_norm, cfg.model.layer_scale_init) == ("pre_ln", "qv", True, 0.1)
-    assert cfg.targets.source == "block" and cfg.targets.post_norm == "layer" and cfg.masking.options["mask_ratio"] == 10 / 16
+    assert cfg.targets.source == "block" and cfg.targets.post_norm == "layer" and cfg.masking.options.mask_ratio == 10 / 16
 
     img = torch.randn(2, 3, IMG, IMG, generator=torch.Generator().manual_seed(2))
     with torch.no_grad():
@@ -263,7 +263,7 @@ def test_v2_import_matches_fairseq_forward(tmp_path, registry):
     assert result.family == "data2vec 2.0 image" and result.teacher_from_ema and result.unused == []
     pre = load_pretrained(tmp_path / "run", registry)
     cfg = pre.cfg
-    assert cfg.model.depth == PRENET + MAIN and cfg.encoder["position"] == "sincos-mae" and cfg.loss.cls_weight == 0.01
+    assert cfg.model.depth == PRENET + MAIN and cfg.encoder.position == "sincos-mae" and cfg.loss.cls_weight == 0.01
     assert cfg.masking.name == "inverse-block" and cfg.masking.clone_batch == 16 and cfg.decoder.name == "conv2d"
     img = torch.randn(2, 3, IMG, IMG, generator=torch.Generator().manual_seed(4))
     with torch.no_grad():
@@ -359,7 +359,7 @@ def test_data2vec_vision_checkpoint_matches_its_forward(tmp_path, registry):
                                      "model_ema.rel_pos_bias.relative_position_index", "rel_pos_bias.relative_position_index"]
     pre = load_pretrained(tmp_path / "run", registry)
     cfg = pre.cfg
-    assert (cfg.model.norm_eps, cfg.targets.top_k, cfg.targets.layer_norm, cfg.targets.post_norm) == (1e-6, 2, "layer", "layer")
+    assert (cfg.model.norm_eps, cfg.targets.top_k, cfg.targets.per_layer_norm, cfg.targets.post_norm) == (1e-6, 2, "layer", "layer")
     assert cfg.loss.beta == 2.0 and cfg.ema.decay == cfg.ema.end_decay == 0.9998
     img = torch.randn(2, 3, IMG, IMG, generator=torch.Generator().manual_seed(3))
     s = to_port(model)

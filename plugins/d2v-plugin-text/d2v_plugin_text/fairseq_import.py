@@ -113,7 +113,7 @@ class TextFairseqImporter(FairseqImporter):
             },
             "encoder": {"max_positions": max_positions},
             "targets": {"top_k": int(m.get("average_top_k_layers", 8)), "source": "ffn",
-                        "layer_norm": _target_norm(m, True), "post_norm": _target_norm(m, False)},
+                        "per_layer_norm": _target_norm(m, True), "post_norm": _target_norm(m, False)},
             "loss": {"beta": float(m.get("loss_beta", 0.0)), "head": "linear" if head_layers == 1 else "mlp", "head_hidden_mult": 2,
                      "scale": float(scale) if scale is not None and float(scale) > 0 else "inv_sqrt_dim"},
             "ema": {"decay": float(m.get("ema_decay", 0.999)), "end_decay": float(m.get("ema_end_decay", 0.9999))},
@@ -131,14 +131,14 @@ class TextFairseqImporter(FairseqImporter):
     def validate(self, cfg: Any, ckpt: FairseqCheckpoint) -> None:
         rows = ckpt.model.get(_SE + "embed_tokens.weight")
         n = None if rows is None else int(rows.shape[0])
-        if cfg.encoder.get("tokenizer") is None:
+        if cfg.encoder.tokenizer is None:
             raise ConfigError(
                 f"{ckpt.path}: a fairseq text checkpoint holds no tokenizer d2v can use; pass --set encoder.tokenizer=SPM "
                 f"(a sentencepiece model with d2v's ids and {n - 1 if n else 'N-1'} pieces, so that <mask> is id {n - 1 if n else 'N-1'})"
             )
         from d2v_plugin_text.tokenizer import load_tokenizer
 
-        size = load_tokenizer(cfg.encoder["tokenizer"]).vocab_size
+        size = load_tokenizer(cfg.encoder.tokenizer).vocab_size
         if n is not None and size != n:
             raise ConfigError(f"{ckpt.path}: its token table has {n} rows but encoder.tokenizer gives {size} ids (pieces + <mask>)")
 
@@ -226,7 +226,7 @@ class TextV2FairseqImporter(TextFairseqImporter):
     def key_map(self, cfg: Any, ckpt: FairseqCheckpoint) -> Sequence:
         from d2v_core import BLOCK_RULES
 
-        single = cfg.decoder.options.get("projection_layers", 1) == 1
+        single = cfg.decoder.options.projection_layers == 1
         proj = Rename(_TE + "decoder.proj.{kind}", "decoder.proj.{kind}") if single else \
             Rename(_TE + "decoder.proj.{n}.{kind}", "decoder.proj.{n}.{kind}")
         return (

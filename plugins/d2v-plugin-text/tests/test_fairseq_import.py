@@ -142,9 +142,9 @@ def test_import_matches_fairseq_forward_with_padding(tmp_path, registry, form):
     pre = load_pretrained(tmp_path / "run", registry)
     cfg = pre.cfg
     assert (cfg.model.dim, cfg.model.depth, cfg.model.heads, cfg.model.ffn_dim) == (D, DEPTH, HEADS, FFN)
-    assert cfg.encoder["max_positions"] == MAX_POS and cfg.loss.head == "mlp" and cfg.loss.beta == 4.0
-    assert cfg.masking.name == "text-span" and cfg.masking.options == {"mask_prob": 0.35, "span_length": 4}
-    assert cfg.targets.top_k == 2 and cfg.targets.layer_norm == "layer"
+    assert cfg.encoder.max_positions == MAX_POS and cfg.loss.head == "mlp" and cfg.loss.beta == 4.0
+    assert cfg.masking.name == "text-span" and (cfg.masking.options.mask_prob, cfg.masking.options.span_length) == (0.35, 4)
+    assert cfg.targets.top_k == 2 and cfg.targets.per_layer_norm == "layer"
 
     tokens = tokens_with_padding()
     with torch.no_grad():
