@@ -29,8 +29,8 @@ def show(
     """Print the config `d2v pretrain` would store for the same flags, as YAML."""
     from d2v_core.config_resolve import config_to_yaml
 
-    flags = {"--data": data, "--out": out, "--masker": masker, "--max-steps": max_steps, "--max-bad-fraction": max_bad_fraction,
-             "--compile": [True] if compile_ else [], "--threads": threads}
+    flags = rf.config_flags(data=data, out=out, masker=masker, max_steps=max_steps, max_bad_fraction=max_bad_fraction,
+                            compile_=compile_, threads=threads)
     cfg = rf.run_config(modality=modality, preset=preset, config=config, set_=set_, flags=flags, init_from=init_from,
                         note=lambda line: typer.echo(line, err=True))
     typer.echo(config_to_yaml(cfg), nl=False)

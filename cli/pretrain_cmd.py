@@ -52,8 +52,8 @@ def pretrain(
     if not _is_main_rank():  # the other ranks' warnings repeat rank 0's
         warnings.simplefilter("ignore")
     loaded = get_plugins()
-    flags = {"--data": data, "--out": out, "--masker": masker, "--max-steps": max_steps, "--max-bad-fraction": max_bad_fraction,
-             "--compile": [True] if compile_ else [], "--threads": threads}
+    flags = rf.config_flags(data=data, out=out, masker=masker, max_steps=max_steps, max_bad_fraction=max_bad_fraction,
+                            compile_=compile_, threads=threads)
     cfg = rf.run_config(modality=modality, preset=preset, config=config, set_=set_, flags=flags, init_from=init_from,
                         note=_say)
     if resume:

@@ -53,6 +53,13 @@ INIT_FROM = typer.Option(
 )
 
 
+def config_flags(*, data: Sequence[str], out: Sequence[str], masker: Sequence[str], max_steps: Sequence[int],
+                 max_bad_fraction: Sequence[float], compile_: bool, threads: Sequence[int]) -> dict[str, Sequence[Any]]:
+    """The config-changing flags of ``pretrain`` and ``config show``, keyed as in :data:`FLAG_PATHS`."""
+    return {"--data": data, "--out": out, "--masker": masker, "--max-steps": max_steps, "--max-bad-fraction": max_bad_fraction,
+            "--compile": [True] if compile_ else [], "--threads": threads}
+
+
 def flag_overrides(flags: dict[str, Sequence[Any]]) -> list[Any]:
     """Typed overrides for the flags given (flag -> the values typer collected)."""
     from d2v_core.config_resolve import Override
