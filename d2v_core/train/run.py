@@ -123,16 +123,6 @@ def pretrain(
             _remove_unused_run_dir(Path(cfg.runtime.out_dir))
 
 
-def weight_mismatch(expected: dict[str, torch.Tensor], given: dict[str, torch.Tensor]) -> str | None:
-    """A short account of how ``given`` weights differ from a model's ``expected`` ones (None: they fit)."""
-    missing = sorted(set(expected) - set(given))
-    unexpected = sorted(set(given) - set(expected))
-    shapes = sorted(k for k in set(expected) & set(given) if tuple(expected[k].shape) != tuple(given[k].shape))
-    parts = [f"{len(keys)} {what} (e.g. {keys[0]})" for keys, what in
-             ((missing, "missing"), (unexpected, "unexpected"), (shapes, "of another shape")) if keys]
-    return "; ".join(parts) or None
-
-
 def _remove_unused_run_dir(run_dir: Path) -> None:
     with contextlib.suppress(OSError):  # anything else in it (or gone): keep it
         if {p.name for p in run_dir.iterdir()} <= {run_folder.MANIFEST}:
@@ -141,11 +131,11 @@ def _remove_unused_run_dir(run_dir: Path) -> None:
 
 
 def _load_init_weights(model: torch.nn.Module, start: ckpt.Checkpoint, init_from: str | Path | None) -> None:
-    problem = weight_mismatch(model.state_dict(), start.student)
+    problem = ckpt.describe_mismatch(start.student, model.state_dict())
     if problem is not None:  # the hint first; the key names would be pages long
         raise CheckpointError(
             f"--init-from {init_from} does not fit this config: pass its config with --config "
-            f"{start.path / 'config.yaml'} (or no --preset); weights {problem}"
+            f"{start.path / 'config.yaml'} (or no --preset); {problem}"
         )
     model.load_state_dict(start.student)
 
