@@ -3,14 +3,16 @@ PYTHON ?= $(shell command -v python3.11 || command -v python3)
 VENV := .venv
 BIN := $(VENV)/bin
 PLUGINS := plugins/d2v-plugin-audio plugins/d2v-plugin-image plugins/d2v-plugin-text plugins/d2v-plugin-maskers
+# installed for the tests only (not a dependency of d2v nor in d2v[all]): users pip install it themselves
+TEST_PLUGINS := plugins/d2v-plugin-mlflow
 STAMP := $(VENV)/.d2v-installed
 
 .PHONY: demo test lint install clean
 
-$(STAMP): pyproject.toml $(addsuffix /pyproject.toml,$(PLUGINS))
+$(STAMP): pyproject.toml $(addsuffix /pyproject.toml,$(PLUGINS) $(TEST_PLUGINS))
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
-	$(BIN)/python -m pip install -q -e ".[dev]" $(addprefix -e ,$(PLUGINS))
+	$(BIN)/python -m pip install -q -e ".[dev]" $(addprefix -e ,$(PLUGINS) $(TEST_PLUGINS))
 	touch $(STAMP)
 
 install: $(STAMP)

@@ -48,6 +48,8 @@ _LAZY = {
     "Decoder": "d2v_core.interfaces",
     "BuildContext": "d2v_core.interfaces",
     "ScheduleContext": "d2v_core.interfaces",
+    "MetricsLogger": "d2v_core.loggers",
+    "LoggerContext": "d2v_core.loggers",
     "Options": "d2v_core.config",
     "exact_count": "d2v_core.mask_counts",
     "uniform_keys": "d2v_core.mask_counts",

@@ -1,5 +1,6 @@
 """Components the core itself provides, registered like any plugin's (as plugin ``core``): the
-target normalisers and data2vec 2.0's 1-D convolutional decoder."""
+target normalisers, the LR schedules, data2vec 2.0's 1-D convolutional decoder and the metrics
+loggers ``jsonl`` and ``tensorboard``."""
 
 from __future__ import annotations
 
@@ -29,4 +30,12 @@ def d2v_register(registry) -> None:  # type: ignore[no-untyped-def]
         ComponentSpec("decoder", "conv1d", "d2v_core.model.conv_decoder:build_conv_decoder_1d",
                       options="d2v_core.decoder_options:ConvDecoderOptions",
                       description="data2vec 2.0 1-D conv decoder (audio, text): conv -> LN -> GELU blocks + projection")
+    )
+    registry.add_component(
+        ComponentSpec("logger", "jsonl", "d2v_core.train.metrics:build_jsonl_logger",
+                      description="<run>/metrics.jsonl, one row per log step (always on: resume, d2v report and the benchmarks read it)")
+    )
+    registry.add_component(
+        ComponentSpec("logger", "tensorboard", "d2v_core.train.metrics:build_tensorboard_logger",
+                      description="TensorBoard event files in <run>/tensorboard (on while runtime.tensorboard)")
     )

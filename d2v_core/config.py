@@ -218,7 +218,12 @@ class RuntimeConfig(StrictModel):
     log_every: PositiveInt = 10
     save_every: PositiveInt = 1000
     keep_last: PositiveInt = 3
-    tensorboard: bool = True
+    tensorboard: bool = True  # the core's `tensorboard` logger
+    #: more metrics loggers by name (a plugin's, e.g. ``mlflow``; ``d2v list-plugins``), after the
+    #: core's ``jsonl`` (always on: resume, ``d2v report`` and the benchmarks read metrics.jsonl)
+    #: and ``tensorboard``; ``logger_options``: a logger's name -> its options
+    loggers: list[str] = Field(default_factory=list)
+    logger_options: dict[str, PluginSection] = Field(default_factory=dict)
     progress: bool = True  # a progress bar on a terminal; plain lines (one per log_every steps) otherwise or when false
     threads: Optional[PositiveInt] = None  # torch intra-op threads (torch.set_num_threads); None: torch's default
     deterministic: bool = False

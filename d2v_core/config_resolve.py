@@ -177,6 +177,28 @@ def _validate_options(model_ref: Any, data: Any, where: str) -> Any:
         raise ConfigError(f"config: {format_validation_error(exc, where)}") from None
 
 
+def run_loggers(cfg: RunConfig) -> list[str]:
+    """The loggers a run writes to, in order: ``jsonl`` (always), ``tensorboard`` (while
+    ``runtime.tensorboard``), then ``runtime.loggers`` (a name given twice is used once)."""
+    names = ["jsonl", *(["tensorboard"] if cfg.runtime.tensorboard else []), *cfg.runtime.loggers]
+    return list(dict.fromkeys(names))
+
+
+def _logger_options(cfg: RunConfig, registry: Registry) -> dict[str, Any]:
+    """Every logger of the run checked to be registered (an unknown name lists the installed
+    ones), and its ``runtime.logger_options`` entry validated against its options model (the
+    model's defaults for a logger that declares one and is given none)."""
+    names = run_loggers(cfg)
+    specs = {name: registry.component("logger", name) for name in names}
+    stray = sorted(set(cfg.runtime.logger_options) - set(names))
+    if stray:
+        raise ConfigError(f"config: runtime.logger_options.{stray[0]}: {stray[0]!r} is not one of this run's loggers "
+                          f"({', '.join(names)}); add it to runtime.loggers or drop its options")
+    given = cfg.runtime.logger_options
+    return {name: _validate_options(specs[name].options, given.get(name, {}), f"runtime.logger_options.{name}")
+            for name in names if name in given or specs[name].options is not None}
+
+
 def resolve_options(cfg: RunConfig, registry: Registry) -> RunConfig:
     """``cfg`` with its plugin sections (``encoder``, ``masking.options``, ``decoder.options``,
     ``data.options``) as the options objects of the components it names, the masker's name
@@ -198,6 +220,7 @@ def resolve_options(cfg: RunConfig, registry: Registry) -> RunConfig:
         )
     elif decoder.options:
         raise ConfigError("config: decoder.options are set but decoder.name is not; name a decoder or drop the options")
+    runtime = cfg.runtime.model_copy(update={"logger_options": _logger_options(cfg, registry)})
     updates = {
         "encoder": _validate_options(spec.encoder_options, cfg.encoder, "encoder"),
         "masking": cfg.masking.model_copy(
@@ -206,6 +229,7 @@ def resolve_options(cfg: RunConfig, registry: Registry) -> RunConfig:
         "data": cfg.data.model_copy(update={"options": _validate_options(spec.data_options, cfg.data.options, "data.options")}),
         "decoder": decoder,
         "optim": cfg.optim.model_copy(update={"schedule": schedule}),
+        "runtime": runtime,
     }
     return cfg.model_copy(update=updates)
 

@@ -23,7 +23,7 @@ def d2v_register(registry) -> None:  # type: ignore[no-untyped-def]
 
     Call ``registry.add_modality(ModalitySpec(...))`` for a modality and
     ``registry.add_component(ComponentSpec(kind=..., name=...))`` for a masker, normaliser,
-    exporter or decoder. The hook must return ``None``. Each plugin's registrations are applied
+    exporter, importer, decoder, LR schedule or metrics logger. The hook must return ``None``. Each plugin's registrations are applied
     all-or-nothing: if the hook raises, or registers a name another distribution already
     registered, none of its registrations are kept and the error is shown by
     ``d2v list-plugins``.

@@ -17,6 +17,7 @@ where it needs more of the run, a :class:`BuildContext`; never from the whole ru
 - ``decoder`` (data2vec 2.0): ``factory(options, ctx) -> Decoder``
 - ``exporter``: ``factory() -> Exporter``
 - ``schedule``: ``factory(options, ctx: ScheduleContext) -> Callable[[int], float]`` (update -> learning rate)
+- ``logger``: ``factory(options, ctx: LoggerContext) -> MetricsLogger`` (a metrics sink, rank 0; ``loggers.py``)
 """
 
 from __future__ import annotations
@@ -51,6 +52,7 @@ FACTORY_ARGS: dict[str, tuple[str, ...]] = {
     "exporter": (),
     "importer": (),
     "schedule": ("options", "ctx"),
+    "logger": ("options", "ctx"),
 }
 
 

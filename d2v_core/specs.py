@@ -15,7 +15,7 @@ from d2v_core.errors import PluginError
 
 Ref = Union[str, Callable[..., Any], type]
 
-COMPONENT_KINDS = ("masker", "normalizer", "decoder", "exporter", "importer", "schedule")
+COMPONENT_KINDS = ("masker", "normalizer", "decoder", "exporter", "importer", "schedule", "logger")
 
 
 def load_ref(ref: Ref, what: str = "object") -> Any:
@@ -39,10 +39,11 @@ def load_ref(ref: Ref, what: str = "object") -> Any:
 
 @dataclass(frozen=True)
 class ComponentSpec:
-    """A swappable component: a masker, normaliser, decoder (v2), exporter or LR schedule.
+    """A swappable component: a masker, normaliser, decoder (v2), exporter, importer, LR schedule
+    or metrics logger.
 
     The factory's signature depends on the kind (``interfaces.py``): ``masker``
-    ``factory(options)``, ``decoder`` and ``schedule`` ``factory(options, ctx)``, ``normalizer`` and ``exporter``
+    ``factory(options)``, ``decoder``, ``schedule`` and ``logger`` ``factory(options, ctx)``, ``normalizer`` and ``exporter``
     ``factory()``; ``options`` is an instance of ``options`` (a :class:`d2v_core.Options` model)
     validated once from the run config, or ``None`` when the component takes none.
     ``modalities`` limits which modalities may use it (``None``: any).

@@ -47,7 +47,7 @@ def cli(capsys):
 
 @pytest.fixture(scope="session")
 def core_env(tmp_path_factory):
-    """The six wheels (``dist/``), a torch layer and the core wheel installed with its declared
+    """The seven wheels (``dist/``), a torch layer and the core wheel installed with its declared
     dependencies (``core/``): made once per test session and shared by every xdist worker (see
     ``tests/wheel_env.py``)."""
     from filelock import FileLock

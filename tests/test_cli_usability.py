@@ -15,7 +15,8 @@ import numpy as np
 import pytest
 import torch
 
-from d2v_core.train.metrics import MetricsLogger, plain_line
+from d2v_core.loggers import LoggerContext
+from d2v_core.train.metrics import MetricsWriter, plain_line
 
 WORKER = Path(__file__).with_name("pretrain_worker.py")
 BASE = ["pretrain", "--modality", "vectors", "--set", "runtime.tensorboard=false", "--set", "data.batch_size=8"]
@@ -61,13 +62,13 @@ class _Terminal(io.StringIO):
 
 def test_on_a_terminal_the_rich_bar_instead_of_lines(tmp_path):
     tty = _Terminal()
-    logger = MetricsLogger(tmp_path, max_steps=4, tensorboard=False, stream=tty)
+    logger = MetricsWriter(LoggerContext(tmp_path, max_steps=4), stream=tty)
     assert logger._progress is not None  # the rich bar, writing to that terminal
     logger.log(2, {"loss": 1.5, "rel_loss": 0.5, "lr": 1e-4})
     logger.close()
     assert "step 2/4" in tty.getvalue() and not LINE.match(tty.getvalue().strip().splitlines()[-1])
     piped = io.StringIO()
-    logger = MetricsLogger(tmp_path, max_steps=4, tensorboard=False, stream=piped)
+    logger = MetricsWriter(LoggerContext(tmp_path, max_steps=4), stream=piped)
     logger.log(2, {"loss": 1.5, "rel_loss": 0.5, "lr": 1e-4})
     logger.close()
     assert piped.getvalue().startswith("step 2/4 loss 1.5 rel_loss 0.5 lr 0.0001 eta ")

@@ -30,12 +30,17 @@ DISTRIBUTIONS = {
     "plugins/d2v-plugin-text": ("d2v_plugin_text",),
     "plugins/d2v-plugin-maskers": ("d2v_plugin_maskers",),
     "plugins/d2v-plugin-example": ("d2v_plugin_example",),
+    "plugins/d2v-plugin-mlflow": ("d2v_plugin_mlflow",),
 }
 # declared but not imported by name, on purpose
 CONSTRAINTS = {
     "d2v": {
         "tensorboard": "imported as torch.utils.tensorboard",
         "torchvision": "timm imports it; pinned to the build for torch 2.11 so that no install replaces torch",
+    },
+    "d2v-plugin-mlflow": {
+        "sqlalchemy": "mlflow's SQLite tracking store (the default store) imports it; mlflow-skinny does not require it",
+        "alembic": "mlflow's SQLite tracking store migrates its tables with it; mlflow-skinny does not require it",
     },
 }
 # import names that are this project's own distributions

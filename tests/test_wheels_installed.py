@@ -2,7 +2,7 @@
 dependencies only (see ``tests/wheel_env.py`` for the layers), then ``d2v list-plugins`` and a
 few ``d2v pretrain`` steps on the demo data the wheel ships.
 
-Cost (2 shared cores, warm pip cache): building six wheels ~5 s, the core environment ~30-60 s
+Cost (2 shared cores, warm pip cache): building seven wheels ~5 s, the core environment ~30-60 s
 (once per test session, shared by the xdist workers), each plugin environment 5-30 s plus its
 pretrain run; see docs/plugin-guide.md#installing-from-wheels.
 """
@@ -31,6 +31,7 @@ PRETRAIN = {
     "text": ("text", []),
     "example": ("vectors", []),
     "maskers": None,  # no modality of its own: its masker is checked with the conformance kit
+    "mlflow": None,  # no modality of its own: its logger writes a run that MLflow reads back
 }
 MASKER_CHECK = """
 from d2v_core.plugin_loader import get_registry
@@ -39,6 +40,24 @@ spec = get_registry().component("masker", "inverse-block")
 masker = spec.load_factory()(spec.load_options()())
 print("ratio", check_masker(masker, length=196, grid=(14, 14)))
 """
+# the default store (SQLite in the run folder) needs sqlalchemy and alembic, which mlflow-skinny does not bring
+MLFLOW_CHECK = """
+import pathlib, tempfile
+from mlflow.tracking import MlflowClient
+from d2v_core import LoggerContext
+from d2v_core.plugin_loader import get_registry
+spec = get_registry().component("logger", "mlflow")
+run = pathlib.Path(tempfile.mkdtemp())
+logger = spec.load_factory()(spec.load_options()(), LoggerContext(run, max_steps=2))
+logger.log_config({"optim": {"lr": 0.001}})
+logger.log(1, {"loss": 2.5})
+logger.log(2, {"loss": 1.5})
+logger.close()
+client = MlflowClient(f"sqlite:///{run / 'mlflow.db'}")
+got = client.get_run(logger.run_id)
+print("mlflow", got.info.status, got.data.params, [(m.step, m.value) for m in client.get_metric_history(logger.run_id, "loss")])
+"""
+CHECKS = {"maskers": (MASKER_CHECK, "ratio "), "mlflow": (MLFLOW_CHECK, "mlflow FINISHED {'optim.lr': '0.001'} [(1, 2.5), (2, 1.5)]")}
 
 
 def _plugin_env(base: Path, name: str, tmp: Path, wheel: Path) -> Path:
@@ -58,7 +77,7 @@ def check_plugin_installed(base: Path, name: str, tmp: Path, wheel: Path | None 
     assert rows[name]["status"] == "ok" and rows[name]["distribution"] == dist_name, rows
     assert set(rows) == {"core", name}, f"only the core and {name} should be installed: {sorted(rows)}"
     if PRETRAIN[name] is None:
-        return wheel_env.run([str(python), "-c", MASKER_CHECK], cwd=tmp, env=wheel_env.clean_env())
+        return wheel_env.run([str(python), "-c", CHECKS[name][0]], cwd=tmp, env=wheel_env.clean_env())
     modality, flags = PRETRAIN[name]
     out = d2v(python, "pretrain", "--modality", modality, "--max-steps", "2", "--out", str(tmp / "run"),
               "--set", "runtime.log_every=1", *flags, cwd=tmp)
@@ -70,7 +89,7 @@ def check_plugin_installed(base: Path, name: str, tmp: Path, wheel: Path | None 
 def test_plugin_works_installed_alone_from_its_wheel(core_env, name, tmp_path):
     out = check_plugin_installed(core_env, name, tmp_path)
     if PRETRAIN[name] is None:
-        assert out.startswith("ratio ")
+        assert out.startswith(CHECKS[name][1]), out
     else:
         assert "step 2" in out and str(tmp_path / "run") in out, out
         assert "demo data" in out, out  # trained on the data the wheel ships

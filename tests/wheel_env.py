@@ -33,6 +33,7 @@ PLUGINS = {
     "text": "plugins/d2v-plugin-text",
     "maskers": "plugins/d2v-plugin-maskers",
     "example": "plugins/d2v-plugin-example",
+    "mlflow": "plugins/d2v-plugin-mlflow",
 }
 _IGNORE = shutil.ignore_patterns(".venv", "tests", "__pycache__", "build", "dist", "*.egg-info", "runs", "*.pyc")
 

@@ -7,11 +7,13 @@ Each factory gets its validated options and a :class:`~d2v_core.interfaces.Build
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import partial
 from typing import Any, Callable
 
 from d2v_core.config import RunConfig
-from d2v_core.config_resolve import resolve_options
+from d2v_core.config_resolve import resolve_options, run_loggers
 from d2v_core.interfaces import BuildContext, Decoder, FeatureEncoder, Masker, Normalizer, RecordDecoder, ScheduleContext
+from d2v_core.loggers import LoggerContext, MetricsLogger
 from d2v_core.model.data2vec import Data2Vec
 from d2v_core.registry import Registry
 from d2v_core.specs import load_ref
@@ -111,3 +113,17 @@ def build_schedule(cfg: RunConfig, registry: Registry) -> Callable[[int], float]
 def build_masker(cfg: RunConfig, registry: Registry) -> Masker:
     """Only the masker (benchmarks)."""
     return _masker(resolve_options(cfg, registry), registry)
+
+
+def _open_logger(spec: Any, options: Any, ctx: LoggerContext) -> MetricsLogger:
+    return spec.load_factory()(options, ctx)
+
+
+def logger_factories(cfg: RunConfig, registry: Registry) -> list[tuple[str, Callable[[LoggerContext], MetricsLogger]]]:
+    """``(name, open(ctx))`` for each logger of the run (``run_loggers``), for the trainer's
+    :class:`~d2v_core.train.metrics.MetricsWriter` to open on rank 0 (the factory is imported
+    only then, so a broken plugin logger is reported and left out, not fatal)."""
+    cfg = resolve_options(cfg, registry)
+    options = cfg.runtime.logger_options
+    return [(name, partial(_open_logger, registry.component("logger", name), _options(options.get(name, {}))))
+            for name in run_loggers(cfg)]

@@ -1,5 +1,6 @@
-"""Metrics sinks: JSONL per logged step, TensorBoard events, and the console: a rich progress
-bar on a terminal, one plain line per logged step anywhere else (files, pipes, CI logs)."""
+"""Metrics output: the core's loggers (JSONL per logged step, TensorBoard events), the writer
+that passes each log step to the run's loggers, and the console: a rich progress bar on a
+terminal, one plain line per logged step anywhere else (files, pipes, CI logs)."""
 
 from __future__ import annotations
 
@@ -9,7 +10,10 @@ import sys
 import time
 from datetime import timedelta
 from pathlib import Path
-from typing import Any, TextIO
+from typing import Any, Callable, Mapping, Sequence, TextIO
+
+from d2v_core.errors import first_line
+from d2v_core.loggers import LoggerContext, MetricsLogger
 
 # what the console shows of a logged step, in this order
 SHOWN = ("loss", "rel_loss", "lr", "tau", "target_var", "samples_per_s")
@@ -32,28 +36,82 @@ def plain_line(step: int, max_steps: int, values: dict[str, Any], eta_s: float) 
     return " ".join(parts)
 
 
-class MetricsLogger:
-    """Writes ``metrics.jsonl`` (one object per logged step) and TensorBoard event files under
-    ``run_dir``, and shows step, loss, rel_loss, lr, tau, target_var, samples/s and ETA: as a rich
-    progress bar when ``progress`` and ``stream`` is a terminal, otherwise as one plain line per
-    logged step (never cut to a width). Only rank 0 creates one (others print nothing)."""
+LoggerFactory = Callable[[LoggerContext], MetricsLogger]
 
-    def __init__(self, run_dir: Path, max_steps: int, start_step: int = 0, tensorboard: bool = True, progress: bool = True,
-                 stream: TextIO | None = None) -> None:
-        self.path = run_dir / "metrics.jsonl"
-        keep_rows_up_to(self.path, start_step)
+
+class JsonlLogger(MetricsLogger):
+    """The core's ``jsonl`` logger, always on: ``metrics.jsonl``, one object per logged step
+    (``step``, ``time`` in seconds since this process started logging, then the values). A
+    resumed run first drops the rows after the step it resumes from (they are written again)."""
+
+    def __init__(self, ctx: LoggerContext) -> None:
+        self.path = ctx.run_dir / "metrics.jsonl"
+        keep_rows_up_to(self.path, ctx.start_step)
         self._file = open(self.path, "a", encoding="utf-8")
-        self._tb = None
-        if tensorboard:
-            try:
-                from torch.utils.tensorboard import SummaryWriter
+        self._t0 = time.time()
 
-                self._tb = SummaryWriter(str(run_dir / "tensorboard"))
-            except ImportError:  # tensorboard is a dependency, but keep logging if it is broken
-                self._tb = None
+    def log(self, step: int, scalars: Mapping[str, Any]) -> None:
+        row = {"step": step, "time": round(time.time() - self._t0, 3), **scalars}
+        self._file.write(json.dumps(row) + "\n")
+        self._file.flush()
+
+    def close(self, status: str = "finished") -> None:
+        self._file.close()
+
+
+class TensorBoardLogger(MetricsLogger):
+    """The core's ``tensorboard`` logger (on while ``runtime.tensorboard``): event files under
+    ``<run>/tensorboard``, every finite number as the scalar ``train/<name>``."""
+
+    def __init__(self, ctx: LoggerContext) -> None:
+        from torch.utils.tensorboard import SummaryWriter
+
+        self._tb = SummaryWriter(str(ctx.run_dir / "tensorboard"))
+
+    def log(self, step: int, scalars: Mapping[str, Any]) -> None:
+        for k, v in scalars.items():
+            if isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v):
+                self._tb.add_scalar(f"train/{k}", v, step)
+
+    def close(self, status: str = "finished") -> None:
+        self._tb.close()
+
+
+def build_jsonl_logger(options: Any, ctx: LoggerContext) -> MetricsLogger:
+    return JsonlLogger(ctx)
+
+
+def build_tensorboard_logger(options: Any, ctx: LoggerContext) -> MetricsLogger:
+    return TensorBoardLogger(ctx)
+
+
+class MetricsWriter:
+    """The trainer's one writer (rank 0): passes each log step's values to the run's loggers
+    (``metrics.jsonl``, TensorBoard, a plugin's tracker) and shows step, loss, rel_loss, lr, tau,
+    target_var, samples/s and ETA, as a rich progress bar when ``progress`` and ``stream`` is a
+    terminal, otherwise as one plain line per logged step (never cut to a width).
+
+    ``loggers``: ``(name, factory(ctx))`` pairs, opened here (default: JSONL only). A logger that
+    raises (when opened or in any call) is reported once on ``errors`` (stderr) and left out for
+    the rest of the run: a broken tracker never stops training."""
+
+    def __init__(self, ctx: LoggerContext, loggers: Sequence[tuple[str, LoggerFactory]] | None = None, *,
+                 config: Mapping[str, Any] | None = None, progress: bool = True, stream: TextIO | None = None,
+                 errors: TextIO | None = None) -> None:
+        self._errors = errors
+        self.loggers: dict[str, MetricsLogger] = {}
+        self.failed: dict[str, str] = {}  # logger name -> the error that turned it off
+        for name, factory in loggers if loggers is not None else [("jsonl", JsonlLogger)]:
+            logger = self._call(name, "open", factory, ctx)
+            if isinstance(logger, MetricsLogger):
+                self.loggers[name] = logger
+            elif name not in self.failed:
+                self._fail(name, "open", TypeError(f"the factory returned {type(logger).__name__}, not a d2v MetricsLogger"))
+        if config is not None:
+            self._each("log_config", config)
         self._progress = None
         self._stream = stream if stream is not None else sys.stdout
-        self._max_steps, self._start_step = max_steps, start_step
+        self._max_steps, self._start_step = ctx.max_steps, ctx.start_step
         if progress and getattr(self._stream, "isatty", lambda: False)():
             from rich.console import Console
             from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
@@ -62,18 +120,31 @@ class MetricsLogger:
                 TextColumn("step {task.completed}/{task.total}"), BarColumn(), TextColumn("{task.fields[info]}"),
                 TimeRemainingColumn(), transient=False, console=Console(file=self._stream),
             )
-            self._task = self._progress.add_task("pretrain", total=max_steps, completed=start_step, info="")
+            self._task = self._progress.add_task("pretrain", total=ctx.max_steps, completed=ctx.start_step, info="")
             self._progress.start()
         self._t0 = time.time()
 
+    # -- one failing logger never stops the others or the run -----------------------------------
+    def _fail(self, name: str, what: str, exc: BaseException) -> None:
+        self.loggers.pop(name, None)
+        self.failed[name] = f"{type(exc).__name__}: {first_line(exc)}"
+        print(f"d2v: logger {name!r} failed ({what}): {self.failed[name]}; it is off for the rest of this run",
+              file=self._errors or sys.stderr, flush=True)
+
+    def _call(self, name: str, what: str, fn: Callable[..., Any], *args: Any) -> Any:
+        try:
+            return fn(*args)
+        except Exception as exc:  # noqa: BLE001 - any error of a sink is reported, then the sink is dropped
+            self._fail(name, what, exc)
+            return None
+
+    def _each(self, method: str, *args: Any) -> None:
+        for name, logger in list(self.loggers.items()):
+            self._call(name, method if method != "log" else f"log at step {args[0]}", getattr(logger, method), *args)
+
+    # -- the trainer's calls ---------------------------------------------------------------------
     def log(self, step: int, values: dict[str, Any]) -> None:
-        row = {"step": step, "time": round(time.time() - self._t0, 3), **values}
-        self._file.write(json.dumps(row) + "\n")
-        self._file.flush()
-        if self._tb is not None:
-            for k, v in values.items():
-                if isinstance(v, (int, float)) and math.isfinite(v):
-                    self._tb.add_scalar(f"train/{k}", v, step)
+        self._each("log", step, values)
         if self._progress is not None:
             info = " ".join(f"{k}={values[k]:.4g}" for k in SHOWN if k in values)
             self._progress.update(self._task, completed=step, info=info)
@@ -82,12 +153,16 @@ class MetricsLogger:
             eta = (self._max_steps - step) * (time.time() - self._t0) / done if done > 0 else float("nan")
             print(plain_line(step, self._max_steps, values, eta), file=self._stream, flush=True)
 
-    def close(self) -> None:
+    def close(self, status: str | None = None) -> None:
+        """Close every logger; ``status`` (default: ``"failed"`` while an error propagates,
+        ``"killed"`` for an interrupt, else ``"finished"``) is passed to each."""
+        if status is None:
+            exc = sys.exc_info()[1]
+            status = "finished" if exc is None else "killed" if isinstance(exc, KeyboardInterrupt) else "failed"
         if self._progress is not None:
             self._progress.stop()
-        if self._tb is not None:
-            self._tb.close()
-        self._file.close()
+        self._each("close", status)
+        self.loggers.clear()
 
 
 def _parse_rows(text: str) -> list[dict[str, Any]]:

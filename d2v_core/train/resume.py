@@ -22,6 +22,7 @@ RESUMABLE_CHANGES = frozenset({
     "runtime.max_steps", "runtime.log_every", "runtime.save_every", "runtime.keep_last", "runtime.out_dir",
     "runtime.progress", "runtime.tensorboard", "runtime.stop_timeout_s", "data.num_workers", "data.max_bad_fraction",
     "runtime.compile", "runtime.compile_dynamic", "model.activation_checkpointing",
+    "runtime.loggers", "runtime.logger_options",  # where metrics go, not what is computed
 })
 
 
@@ -53,7 +54,7 @@ def check_resume_config(stored_yaml: str, cfg: RunConfig, allow_config_change: b
     """The changes of a resumed run against its checkpoint's config; raises :class:`ConfigError`
     listing the fields when one outside :data:`RESUMABLE_CHANGES` differs (unless allowed)."""
     changes = config_changes(stored_yaml, cfg)
-    refused = [k for k in changes if k not in RESUMABLE_CHANGES]
+    refused = [k for k in changes if k not in RESUMABLE_CHANGES and not k.startswith("runtime.logger_options.")]
     if refused and not allow_config_change:
         listed = ", ".join(f"{k} ({changes[k][0]!r} -> {changes[k][1]!r})" for k in refused[:8])
         more = f" and {len(refused) - 8} more" if len(refused) > 8 else ""

@@ -18,7 +18,7 @@ from d2v_core.inference.pretrained import self_contained_config
 from d2v_core.registry import Registry
 from d2v_core.train import checkpoint as ckpt
 from d2v_core.train import run_folder
-from d2v_core.train.build import build_components, build_schedule
+from d2v_core.train.build import build_components, build_schedule, logger_factories
 from d2v_core.train.distributed import init_distributed, shutdown
 from d2v_core.train.preflight import check_batch, check_distributed, check_output_dir, checkpoint_bytes, resolve_device
 from d2v_core.train.resume import check_resume_config, record_run
@@ -89,7 +89,8 @@ def pretrain(
             max_tokens=cfg.data.max_tokens, bucket_window=cfg.data.bucket_window,
             pin_memory=device.type == "cuda",  # page-locked batches: the trainer's copies to the GPU do not block
         )
-        trainer = Trainer(cfg, model, loader, device, dist, versions, schedule=build_schedule(cfg, registry))
+        trainer = Trainer(cfg, model, loader, device, dist, versions, schedule=build_schedule(cfg, registry),
+                          loggers=logger_factories(cfg, registry))
         if start is not None:
             trainer.teacher.load_state_dict(start.teacher)  # the student's weights were checked and loaded above
         if latest is not None and loaded is not None:

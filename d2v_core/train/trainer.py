@@ -16,7 +16,7 @@ import signal
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Iterator, cast
+from typing import Any, Callable, Iterator, Sequence, cast
 
 import torch
 from torch.nn.parallel import DistributedDataParallel as DDP
@@ -25,13 +25,14 @@ from d2v_core import __version__
 from d2v_core.config import RunConfig
 from d2v_core.config_resolve import config_to_yaml
 from d2v_core.errors import CheckpointError, TrainingError
+from d2v_core.loggers import LoggerContext, MetricsLogger
 from d2v_core.model.data2vec import Data2Vec
 from d2v_core.model.ema_teacher import EMATeacher
 from d2v_core.train import checkpoint as ckpt
 from d2v_core.train import fsdp
 from d2v_core.train.compile import compile_encoder_and_transformer
 from d2v_core.train.distributed import DistInfo, all_reduce_sum
-from d2v_core.train.metrics import MetricsLogger
+from d2v_core.train.metrics import MetricsWriter
 from d2v_core.train.optim import build_optimizer
 from d2v_core.train.schedules import lr_at
 from d2v_core.train.watchdog import StopWatchdog
@@ -82,12 +83,15 @@ class Trainer:
     :class:`d2v_core.data.loader.TrainLoader`); only rank 0 writes."""
 
     def __init__(self, cfg: RunConfig, model: Data2Vec, loader, device: torch.device, dist: DistInfo,
-                 versions: dict[str, str] | None = None, schedule: Callable[[int], float] | None = None) -> None:
+                 versions: dict[str, str] | None = None, schedule: Callable[[int], float] | None = None,
+                 loggers: Sequence[tuple[str, Callable[[LoggerContext], MetricsLogger]]] | None = None) -> None:
         """``schedule``: update -> learning rate (``build_schedule``); default: the core's
-        schedule that ``cfg.optim.schedule`` names."""
+        schedule that ``cfg.optim.schedule`` names. ``loggers``: the metrics loggers rank 0
+        opens (``build.logger_factories``); default: those of ``cfg`` from the installed plugins."""
         self.cfg, self.model, self.loader, self.device, self.dist = cfg, model.to(device), loader, device, dist
         self.run_dir = Path(cfg.runtime.out_dir)
         self.versions = {"d2v": __version__, **(versions or {})}
+        self.loggers = loggers
         self.student_scope = model.teacher_scope()  # one object, so the EMA matches parameters once
         self.teacher = EMATeacher(self.student_scope, cfg.ema)
         if cfg.runtime.compile:  # after the teacher's copy: compiled methods are bound to their module
@@ -313,9 +317,20 @@ class Trainer:
         self._stop = bool(all_reduce_sum(flag).item() > 0)  # sync: at check steps only
         return self._stop
 
+    def _metrics_writer(self) -> MetricsWriter:
+        """Rank 0's one writer: every log step's values go to the run's loggers through it."""
+        loggers = self.loggers
+        if loggers is None:
+            from d2v_core.plugin_loader import get_registry
+            from d2v_core.train.build import logger_factories
+
+            loggers = logger_factories(self.cfg, get_registry())
+        ctx = LoggerContext(self.run_dir, self.cfg.runtime.max_steps, self.step, self.cfg.modality, self.cfg.preset)
+        return MetricsWriter(ctx, loggers, config=self.cfg.model_dump(mode="json"), progress=self.cfg.runtime.progress)
+
     def fit(self) -> TrainResult:
         rt = self.cfg.runtime
-        logger = MetricsLogger(self.run_dir, rt.max_steps, self.step, rt.tensorboard, rt.progress) if self.dist.is_main else None
+        logger = self._metrics_writer() if self.dist.is_main else None
         handlers = {}
         for sig in (signal.SIGINT, signal.SIGTERM):  # stop after the current step, with a checkpoint
             with contextlib.suppress(ValueError):  # not the main thread

@@ -1,0 +1,1 @@
+"""d2v metrics logger 'mlflow': a run's params, metrics and files in an MLflow tracking store."""
