@@ -49,12 +49,14 @@ class Panel:
 @dataclass
 class ReportData:
     """What the report shows: a ``caption`` (run, modality/preset, key settings), the panels
-    against the update step, and ``time_s``: (step, seconds of training) for the time axis."""
+    against the update step, and the same steps in training time on a second axis
+    (``time_label``, with its unit, and (step, time in that unit) points)."""
 
     caption: str
     panels: list[Panel]
     xlabel: str
-    time_s: list[tuple[int, float]]
+    time_label: str
+    time_points: list[tuple[int, float]]
     last: dict[str, Any]
 
 
@@ -137,7 +139,10 @@ def report_data(run_dir: str | Path) -> ReportData:
     for title, ylabel, keys in specs:
         series = [Series(k, [(r["step"], r[k]) for r in rows if isinstance(r.get(k), (int, float))]) for k in keys]
         panels.append(Panel(title, ylabel, [s for s in series if s.points], _refs(keys, cfg)))
-    return ReportData(caption(run, cfg), panels, "update (optimiser step)", training_seconds(rows), rows[-1])
+    seconds = training_seconds(rows)
+    unit, scale = ("min", 60.0) if seconds and seconds[-1][1] > 180 else ("s", 1.0)
+    return ReportData(caption(run, cfg), panels, "update (optimiser step)", f"training time ({unit})",
+                      [(step, t / scale) for step, t in seconds], rows[-1])
 
 
 def _draw(data: ReportData, png: Path) -> None:
@@ -158,13 +163,10 @@ def _draw(data: ReportData, png: Path) -> None:
         if len(panel.series) + len(panel.refs) > 1:
             ax.legend(fontsize=7)
     axes[-1].set_xlabel(data.xlabel)
-    if len(data.time_s) >= 2:  # the same steps in training time on the top axis
-        steps, secs = (np.array(v, dtype=float) for v in zip(*data.time_s, strict=True))
-        minutes = secs[-1] > 180
-        unit, scale = ("min", 60.0) if minutes else ("s", 1.0)
-        top = axes[0].secondary_xaxis("top", functions=(lambda x: np.interp(x, steps, secs / scale),
-                                                        lambda t: np.interp(t, secs / scale, steps)))
-        top.set_xlabel(f"training time ({unit})", fontsize=8)
+    if len(data.time_points) >= 2:  # the same steps in training time on the top axis
+        steps, times = (np.array(v, dtype=float) for v in zip(*data.time_points, strict=True))
+        top = axes[0].secondary_xaxis("top", functions=(lambda x: np.interp(x, steps, times), lambda t: np.interp(t, times, steps)))
+        top.set_xlabel(data.time_label, fontsize=8)
     fig.suptitle(data.caption, fontsize=8)
     fig.tight_layout()
     fig.savefig(png, dpi=90)
