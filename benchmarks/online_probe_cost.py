@@ -36,7 +36,7 @@ def step_seconds(rows: list[dict]) -> float:
     """Median seconds per training step over the logged intervals after the first (warm-up);
     ``samples_per_s`` is measured without the probe's time."""
     per_step = []
-    for prev, row in zip(rows, rows[1:]):
+    for prev, row in zip(rows, rows[1:], strict=False):
         if row.get("samples_per_s"):
             per_step.append(row["samples"] / row["samples_per_s"] / (row["step"] - prev["step"]))
     if not per_step:
@@ -59,7 +59,8 @@ def measure(modality: str, a: argparse.Namespace) -> dict:
     defaults = EvalConfig()
     manifest = probe_manifest(modality, a.root, a.work / "manifests")
     split = [] if modality != "audio" else ["--set", f"eval.split_by={task['split_by']}"]
-    extra = ["--probe", str(manifest), "--set", f"eval.every={a.steps // 2}", "--set", "runtime.log_every=5", *split]
+    extra = ["--probe", str(manifest), "--set", f"eval.every={a.steps // 2}", "--set", f"runtime.log_every={max(1, a.steps // 8)}",
+             *split, *[x for s in a.sets for x in ("--set", s)]]
     run = a.work / modality
     info = pretrain(modality, str(a.root / task["data"]), run, a.steps, None, extra)
     rows = read_metrics(run)
@@ -87,15 +88,18 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--steps", type=int, default=40, help="steps of each measuring run (two probes: at half and at the end)")
     p.add_argument("--root", type=Path, default=SHARED)
     p.add_argument("--work", type=Path, default=ROOT / "runs" / "bench" / "online_probe_cost")
-    p.add_argument("--out", default="online_probe_cost")
+    p.add_argument("--set", dest="sets", action="append", default=[], help="extra --set for d2v pretrain (smoke tests)")
+    p.add_argument("--out", type=Path, default=None, help="results folder (default benchmarks/results)")
     a = p.parse_args(argv)
+    if a.steps < 4:
+        p.error("--steps must be at least 4 (two probes and a logged interval between them)")
     result: dict = {"machine": machine_info(), "modalities": {}}
     for modality in a.modality:
         result["modalities"][modality] = r = measure(modality, a)
         print(f"{modality}: step {r['step_s']:.3f} s, probe first {r['first_probe_s']:.1f} s / later {r['later_probe_s']:.1f} s "
               f"({r['probe_train_size']:.0f}+{r['probe_test_size']:.0f} records); {r['probes_per_run']} probes in "
               f"{r['max_steps']} steps: {100 * r['cost_fraction']:.1f}% of the run")
-    print(f"wrote {write_result(a.out, result)}")
+    print(f"wrote {write_result('online_probe_cost', result, a.out)}")
 
 
 if __name__ == "__main__":
