@@ -153,3 +153,52 @@ def test_a_bad_probe_manifest_is_a_usage_error_before_any_folder_is_written(tmp_
     assert code == 2 and err.count("\n") == 1 and "eval.probe (--probe)" in err, err
     assert {"missing": "does not exist", "not_utf8": "cannot be read", "no_label_column": "no 'label' column"}[problem] in err
     assert not run.exists()
+
+
+def test_fsdp_on_several_processes_is_refused_before_the_run(tmp_path, example_plugins):
+    from d2v_core.config_resolve import parse_set, resolve_config
+    from d2v_core.errors import ProbeManifestError
+    from d2v_core.plugin_loader import get_registry
+    from d2v_core.train.online_probe import probe_sources
+
+    manifest = labelled(tmp_path / "data")
+    registry = get_registry()
+    cfg = resolve_config(registry, "vectors", None, None, [parse_set(f"eval.probe={manifest}"), parse_set("runtime.distributed=fsdp")])
+    exts = registry.modality("vectors").extensions
+    assert probe_sources(cfg, exts, 1) is not None  # one process runs unsharded
+    with pytest.raises(ProbeManifestError, match="runtime.distributed=fsdp on several processes") as err:
+        probe_sources(cfg, exts, 2)
+    assert err.value.exit_code == 2
+
+
+@pytest.mark.slow
+def test_with_two_ddp_processes_rank_0_probes_and_the_run_is_unchanged(tmp_path):
+    """2 gloo processes: only rank 0 probes (no collective of its own), nobody waits forever, and
+    every step's loss is the 1-process run's without a probe (the probe changes nothing)."""
+    import os
+    import subprocess
+    import sys
+
+    def run_worker(args: list[str], nproc: int) -> subprocess.CompletedProcess:  # as tests/test_pretrain_e2e.py
+        worker = str(Path(__file__).parent / "pretrain_worker.py")
+        launch = [sys.executable] if nproc == 1 else [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}"]
+        res = subprocess.run([*launch, worker, *args], capture_output=True, text=True, timeout=600,
+                             env={**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"})
+        assert res.returncode == 0, res.stderr[-3000:]
+        return res
+
+    def losses(run: Path) -> dict[int, float]:
+        return {r["step"]: r["loss"] for r in (json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines())}
+
+    manifest = labelled(tmp_path / "data")
+    args = ["--modality", "vectors", "--data", str(tmp_path / "data"), "--max-steps", "4", "--masker", "stripes",
+            "--set", "data.batch_size=8", "--set", "runtime.device=cpu", "--set", "runtime.log_every=1",
+            "--set", "runtime.progress=false", "--set", "runtime.tensorboard=false"]
+    plain, probed = tmp_path / "plain", tmp_path / "probed"
+    run_worker([*args, "--out", str(plain)], nproc=1)
+    res = run_worker([*args, "--out", str(probed), "--probe", str(manifest), "--set", "eval.every=2"], nproc=2)
+    assert [r["step"] for r in probe_rows(probed)] == [2, 4] and "online probe" not in res.stderr
+    a, b = losses(plain), losses(probed)
+    assert sorted(a) == sorted(b) == [1, 2, 3, 4]
+    for step in a:
+        assert b[step] == pytest.approx(a[step], abs=1e-5), (step, a[step], b[step])
