@@ -145,7 +145,7 @@ def import_(
 
 
 def report(run_dir: str = typer.Argument(..., help="A run directory (with metrics.jsonl).")) -> None:
-    """Plot a run's loss, lr, tau, target/pred variance and throughput (PNG and HTML)."""
+    """Plot a run's loss, rel_loss, lr, tau, target/pred variance, throughput and online probe (PNG and HTML)."""
     from d2v_core.inference.report import write_report
 
     png, page = write_report(run_dir)
