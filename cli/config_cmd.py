@@ -25,12 +25,13 @@ def show(
     max_bad_fraction: List[float] = rf.MAX_BAD_FRACTION,
     compile_: bool = rf.COMPILE,
     threads: List[int] = rf.THREADS,
+    probe: List[str] = rf.PROBE,
 ) -> None:
     """Print the config `d2v pretrain` would store for the same flags, as YAML."""
     from d2v_core.config_resolve import config_to_yaml
 
     flags = rf.config_flags(data=data, out=out, masker=masker, max_steps=max_steps, max_bad_fraction=max_bad_fraction,
-                            compile_=compile_, threads=threads)
+                            compile_=compile_, threads=threads, probe=probe)
     cfg = rf.run_config(modality=modality, preset=preset, config=config, set_=set_, flags=flags, init_from=init_from,
                         note=lambda line: typer.echo(line, err=True))
     typer.echo(config_to_yaml(cfg), nl=False)

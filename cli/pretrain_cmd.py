@@ -38,6 +38,7 @@ def pretrain(
         False, "--allow-config-change", help="With --resume: continue with settings that differ from the run's (recorded in run.json)."
     ),
     max_bad_fraction: List[float] = rf.MAX_BAD_FRACTION,
+    probe: List[str] = rf.PROBE,
 ) -> None:
     """Pretrain a data2vec model: preset, then --config, then --set and the flags above (each
     config value once on the command line).
@@ -53,7 +54,7 @@ def pretrain(
         warnings.simplefilter("ignore")
     loaded = get_plugins()
     flags = rf.config_flags(data=data, out=out, masker=masker, max_steps=max_steps, max_bad_fraction=max_bad_fraction,
-                            compile_=compile_, threads=threads)
+                            compile_=compile_, threads=threads, probe=probe)
     cfg = rf.run_config(modality=modality, preset=preset, config=config, set_=set_, flags=flags, init_from=init_from,
                         note=_say)
     if resume:

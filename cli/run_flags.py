@@ -28,6 +28,7 @@ FLAG_PATHS = {
     "--max-bad-fraction": "data.max_bad_fraction",
     "--compile": "runtime.compile",
     "--threads": "runtime.threads",
+    "--probe": "eval.probe",
 }
 
 # Shared option declarations. Flags are lists so that a flag given twice is seen (and refused).
@@ -48,16 +49,20 @@ COMPILE = typer.Option(False, "--compile", help="torch.compile the student and t
 THREADS = typer.Option(
     [], "--threads", min=1, help="torch intra-op threads per process (runtime.threads); fewer than the cores is often faster on a shared machine."
 )
+PROBE = typer.Option(
+    [], "--probe", help="Labelled CSV/JSONL manifest for the online probe (eval.probe): probe_acc every eval.every steps."
+)
 INIT_FROM = typer.Option(
     None, "--init-from", help="Start from the weights of this checkpoint (e.g. made by d2v import), with a fresh optimiser."
 )
 
 
 def config_flags(*, data: Sequence[str], out: Sequence[str], masker: Sequence[str], max_steps: Sequence[int],
-                 max_bad_fraction: Sequence[float], compile_: bool, threads: Sequence[int]) -> dict[str, Sequence[Any]]:
+                 max_bad_fraction: Sequence[float], compile_: bool, threads: Sequence[int],
+                 probe: Sequence[str] = ()) -> dict[str, Sequence[Any]]:
     """The config-changing flags of ``pretrain`` and ``config show``, keyed as in :data:`FLAG_PATHS`."""
     return {"--data": data, "--out": out, "--masker": masker, "--max-steps": max_steps, "--max-bad-fraction": max_bad_fraction,
-            "--compile": [True] if compile_ else [], "--threads": threads}
+            "--compile": [True] if compile_ else [], "--threads": threads, "--probe": probe}
 
 
 def flag_overrides(flags: dict[str, Sequence[Any]]) -> list[Any]:
@@ -90,7 +95,7 @@ def run_config(
     from d2v_core.plugin_loader import get_registry
     from d2v_core.specs import load_ref
 
-    for flag in ("--data", "--out", "--masker"):
+    for flag in ("--data", "--out", "--masker", "--probe"):
         if any(isinstance(v, str) and not v.strip() for v in flags.get(flag, ())):
             raise ConfigError(f"{flag} is empty; pass a value (or leave the flag out)")
     registry = get_registry()

@@ -53,10 +53,10 @@ def embed(
 def probe(
     checkpoint: str = typer.Argument(..., help="Checkpoint or run directory."),
     train: Optional[str] = typer.Option(None, "--train", help="Manifest (CSV/JSONL) with paths and labels."),
-    test: Optional[str] = typer.Option(None, "--test", help="Test manifest."),
+    test: Optional[str] = typer.Option(None, "--test", help="Test manifest (neither this nor --split-by: a seeded random quarter is held out)."),
     split_by: Optional[str] = typer.Option(None, "--split-by", help="Hold out whole groups of this column (e.g. speaker)."),
     label_column: str = typer.Option("label", "--label-column", help="Manifest column with the class labels."),
-    test_fraction: float = typer.Option(0.25, "--test-fraction", help="With --split-by: the fraction of groups held out."),
+    test_fraction: float = typer.Option(0.25, "--test-fraction", help="Without --test: the fraction of groups (--split-by) or of records held out (seeded)."),
     baseline: Optional[str] = typer.Option(None, "--baseline", help="random-init: also probe the untrained architecture."),
     layer: Optional[int] = typer.Option(None, "--layer", help="Features of layer N (1-based; 0: the Transformer input)."),
     top_k: Optional[int] = typer.Option(None, "--top-k", help="Features: the mean of the last K layer outputs."),
@@ -68,7 +68,7 @@ def probe(
     from d2v_core.errors import ConfigError
     from d2v_core.inference.embed import embed_source
     from d2v_core.inference.pretrained import load_pretrained
-    from d2v_core.inference.probe import ProbeSplit, check_probe_args, fit_and_score, labels_of, majority_accuracy, split_by_group
+    from d2v_core.inference.probe import check_probe_args, fit_and_score, majority_accuracy, make_split
     from d2v_core.plugin_loader import get_registry
 
     check_probe_args(train is not None, test is not None, split_by)
@@ -81,14 +81,8 @@ def probe(
         pre = load_pretrained(checkpoint, registry, random_init=random_init, seed=seed)
         kw: dict[str, Any] = dict(layer=layer, top_k=top_k, pool=pool)
         tr = embed_source(pre.model, pre.record_decoder, _source(train, pre.record_decoder.extensions), **kw)
-        if split_by:
-            split = split_by_group(tr, label_column, split_by, test_fraction, seed)
-        else:
-            assert test is not None  # check_probe_args: --test unless --split-by
-            te = embed_source(pre.model, pre.record_decoder, _source(test, pre.record_decoder.extensions), **kw)
-            import numpy as np
-
-            split = ProbeSplit(np.stack(tr.vectors), labels_of(tr, label_column), np.stack(te.vectors), labels_of(te, label_column))
+        te = embed_source(pre.model, pre.record_decoder, _source(test, pre.record_decoder.extensions), **kw) if test else None
+        split = make_split(tr, te, label_column, split_by, test_fraction, seed)
         report[name] = fit_and_score(split, seed)
         report[name]["skipped"] = tr.stats.summary()
         report["majority_class_accuracy"] = majority_accuracy(split.y_train, split.y_test)
@@ -151,7 +145,7 @@ def import_(
 
 
 def report(run_dir: str = typer.Argument(..., help="A run directory (with metrics.jsonl).")) -> None:
-    """Plot a run's loss, lr, tau, target/pred variance and throughput (PNG and HTML)."""
+    """Plot a run's loss, rel_loss, lr, tau, target/pred variance, throughput and online probe (PNG and HTML)."""
     from d2v_core.inference.report import write_report
 
     png, page = write_report(run_dir)

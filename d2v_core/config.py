@@ -241,6 +241,34 @@ class RuntimeConfig(StrictModel):
     stop_timeout_s: float = Field(60.0, gt=0.0)
 
 
+class EvalConfig(StrictModel):
+    """The online probe: every ``every`` updates (at the first logged step at or after each
+    multiple, and at the last step) rank 0 embeds the labelled manifest ``probe`` with the
+    student (and, with ``teacher``, the teacher) and fits ``d2v probe``'s logistic regression.
+    Test records: the manifest ``probe_test``, or whole groups of the column ``split_by`` (a
+    seeded ``test_fraction`` of them), or, given neither, a seeded random ``test_fraction`` of
+    the records (``d2v probe``'s rules, seed 0). ``max_records``: the first N records of each
+    manifest. ``None`` ``probe``: no online probe."""
+
+    probe: Optional[str] = None
+    probe_test: Optional[str] = None
+    split_by: Optional[str] = None
+    test_fraction: float = Field(0.25, gt=0.0, lt=1.0)
+    label_column: str = "label"
+    every: PositiveInt = 200
+    max_records: PositiveInt = 1000
+    teacher: bool = False
+    batch_size: PositiveInt = 16
+
+    @model_validator(mode="after")
+    def _one_split(self) -> "EvalConfig":
+        if self.probe_test is not None and self.split_by is not None:
+            raise ValueError("give eval.probe_test or eval.split_by, not both")
+        if self.probe is None and (self.probe_test is not None or self.split_by is not None):
+            raise ValueError("eval.probe_test and eval.split_by need eval.probe (the labelled manifest to train the probe on)")
+        return self
+
+
 class RunConfig(StrictModel):
     """The resolved configuration of one pretraining run."""
 
@@ -256,6 +284,7 @@ class RunConfig(StrictModel):
     optim: OptimConfig = Field(default_factory=OptimConfig)
     data: DataConfig = Field(default_factory=DataConfig)
     runtime: RuntimeConfig = Field(default_factory=RuntimeConfig)
+    eval: EvalConfig = Field(default_factory=EvalConfig)
 
     @model_validator(mode="after")
     def _top_k(self) -> "RunConfig":

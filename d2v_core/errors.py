@@ -85,3 +85,8 @@ def first_line(exc: BaseException) -> str:
     type name: what a one-line error quotes of a library's multi-line message."""
     text = (exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)).strip()
     return text.splitlines()[0].strip() if text else type(exc).__name__
+
+
+class ProbeManifestError(UsageError):
+    """An online-probe manifest (``eval.probe``, ``eval.probe_test``) that does not exist, cannot
+    be read or has no label column, found before the run starts."""

@@ -83,8 +83,11 @@ def test_probe_with_random_init_baseline(trained, cli, tmp_path):
     # a short summary on stdout; the full report only in the file
     assert out.splitlines()[0].startswith("probe: 2 classes, 32 train / 16 test records; skipped: ") and "{" not in out
     assert out.splitlines()[-1] == f"report: {report_file}" and len(out.splitlines()) == 5
-    code, _, err = cli(["probe", str(run), "--train", str(manifest)])
-    assert code == 2 and "--test MANIFEST or --split-by" in err
+    code, _, err = cli(["probe", str(run), "--train", str(manifest), "--test", str(manifest), "--split-by", "group"])
+    assert code == 2 and "--test MANIFEST or --split-by COLUMN, not both" in err
+    # neither: a seeded random quarter of the records is held out
+    code, out, err = cli(["probe", str(run), "--train", str(manifest)])
+    assert code == 0 and out.startswith("probe: 2 classes, 36 train / 12 test records"), err
 
 
 def test_report_writes_png_and_html(trained, cli):

@@ -160,3 +160,12 @@ def test_size_limits_runs(tmp_path: Path) -> None:
     result = json.loads((tmp_path / "size_limits_quick.json").read_text())
     assert result["pack_rows"]["rows"] == -(-50_000 // 511)
     assert result["text_decode"]["note"] == "truncated" and result["text_decode"]["batch_rows"] <= 8
+
+
+def test_online_probe_cost_runs(tmp_path: Path) -> None:
+    _make_datasets(tmp_path / "data")
+    run_script("online_probe_cost.py", "--modality", "text", "--steps", "4", "--root", str(tmp_path / "data"),
+               "--work", str(tmp_path / "runs"), "--set", "data.batch_size=2", "--out", str(tmp_path))
+    row = json.loads((tmp_path / "online_probe_cost.json").read_text())["modalities"]["text"]
+    assert row["probe_train_size"] + row["probe_test_size"] == 24 and row["probes_per_run"] == 5  # 1000 steps, every 200
+    assert row["first_probe_s"] > 0 and row["later_probe_s"] > 0 and 0 < row["cost_fraction"] < 1

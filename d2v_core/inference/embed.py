@@ -4,7 +4,7 @@ pooled by mean over valid steps, the CLS token, or not at all."""
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
@@ -133,3 +133,47 @@ def write_embeddings(emb: Embeddings, out: str | Path, pool: str) -> list[Path]:
     index = out.with_suffix(out.suffix + ".keys.txt")
     index.write_text("".join(k + "\n" for k in emb.keys), encoding="utf-8")
     return [out, index]
+
+
+@dataclass
+class DecodedSet:
+    """A source's records decoded once and collated as model inputs (on the CPU), to embed again
+    and again (the online probe): ``batches[i]`` holds the records ``keys[i]`` / ``meta[i]``."""
+
+    batches: list[dict] = field(default_factory=list)
+    keys: list[list[str]] = field(default_factory=list)
+    meta: list[list[dict]] = field(default_factory=list)
+    stats: BadRecordStats = field(default_factory=BadRecordStats)
+
+
+def decode_source(source: Source, decoder, *, batch_size: int = 16, max_records: int | None = None) -> DecodedSet:
+    """Decode and collate the (first ``max_records``) records of a folder or manifest source in
+    the groups :func:`embed_source` makes; unusable records are skipped and counted."""
+    if source.is_sharded:
+        raise ConfigError("embedding from tar shards is not supported yet; pass a folder or a CSV/JSONL manifest")
+    if max_records is not None:
+        source = replace(source, entries=source.entries[:max_records])
+    out = DecodedSet()
+    for group in _batches(source, decoder, batch_size, out.stats):
+        out.batches.append(decoder.collate_for_inference([g["sample"] for g in group]))
+        out.keys.append([g["key"] for g in group])
+        out.meta.append([g["meta"] for g in group])
+    return out
+
+
+@torch.no_grad()
+def embed_decoded(model: Data2Vec, decoded: DecodedSet, device: torch.device, *, layer: int | None = None,
+                  top_k: int | None = None, pool: str = "mean") -> Embeddings:
+    """:func:`embed_source`'s embeddings of records decoded by :func:`decode_source` (the model's
+    mode is the caller's: put it in eval mode first)."""
+    result = Embeddings(stats=decoded.stats)
+    for batch, keys, meta in zip(decoded.batches, decoded.keys, decoded.meta, strict=True):
+        on_device = {k: v.to(device) if isinstance(v, Tensor) else v for k, v in batch.items()}
+        states, pad = encoder_states(model, on_device, layer, top_k)
+        pooled = pool_states(states, pad, model.encoder.num_prefix_tokens, pool)
+        if len(pooled) != len(keys):
+            raise DataError(f"collate_for_inference made {len(pooled)} rows from {len(keys)} records; it must make one row per record")
+        result.vectors += pooled
+        result.keys += keys
+        result.meta += meta
+    return result

@@ -43,6 +43,33 @@ def split_by_group(emb: Embeddings, label_column: str, group_column: str, test_f
     return ProbeSplit(x[~is_test], list(y[~is_test]), x[is_test], list(y[is_test]))
 
 
+def split_random(emb: Embeddings, label_column: str, test_fraction: float = 0.25, seed: int = 0) -> ProbeSplit:
+    """Hold out a seeded random ``test_fraction`` of the records (at least one, and at least one
+    kept for training): the split when neither a test manifest nor a group column is given."""
+    n = len(emb.keys)
+    if n < 2:
+        raise DataError(f"the probe manifest has {n} usable record(s); need at least 2 to hold some out")
+    order = list(range(n))
+    random.Random(seed).shuffle(order)
+    held = set(order[: min(n - 1, max(1, round(test_fraction * n)))])
+    is_test = np.array([i in held for i in range(n)])
+    x, y = np.stack(emb.vectors), np.array(labels_of(emb, label_column))
+    return ProbeSplit(x[~is_test], list(y[~is_test]), x[is_test], list(y[is_test]))
+
+
+def make_split(train: Embeddings, test: Embeddings | None, label_column: str, split_by: str | None = None,
+               test_fraction: float = 0.25, seed: int = 0) -> ProbeSplit:
+    """The probe's split, by one rule for ``d2v probe`` and the online probe: the ``test``
+    embeddings when given, else whole groups of ``split_by``, else a random ``test_fraction``."""
+    if test is not None:
+        if not train.vectors or not test.vectors:
+            raise DataError(f"no usable record in the probe's {'training' if not train.vectors else 'test'} manifest")
+        return ProbeSplit(np.stack(train.vectors), labels_of(train, label_column), np.stack(test.vectors), labels_of(test, label_column))
+    if split_by is not None:
+        return split_by_group(train, label_column, split_by, test_fraction, seed)
+    return split_random(train, label_column, test_fraction, seed)
+
+
 def fit_and_score(split: ProbeSplit, seed: int = 0) -> dict:
     """Standardise, fit multinomial logistic regression on train, report test accuracy."""
     from sklearn.linear_model import LogisticRegression
@@ -67,5 +94,5 @@ def majority_accuracy(y_train: Sequence[str], y_test: Sequence[str]) -> float:
 def check_probe_args(train_given: bool, test_given: bool, split_by: str | None) -> None:
     if not train_given:
         raise ConfigError("pass --train MANIFEST")
-    if test_given == (split_by is not None):
-        raise ConfigError("pass either --test MANIFEST or --split-by COLUMN (one of them)")
+    if test_given and split_by is not None:
+        raise ConfigError("pass --test MANIFEST or --split-by COLUMN, not both (neither: a seeded random quarter is held out)")

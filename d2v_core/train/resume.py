@@ -17,12 +17,15 @@ from d2v_core.errors import ConfigError
 #: Fields a resumed run may change: when to stop, how often to log and save, how many old
 #: checkpoints to keep, how data is read (not which data), how progress is shown, where the
 #: folder now lives, how much bad data to tolerate, and how the same math is executed
-#: (compilation, activation checkpointing).
+#: (compilation, activation checkpointing), and what the online probe measures.
 RESUMABLE_CHANGES = frozenset({
     "runtime.max_steps", "runtime.log_every", "runtime.save_every", "runtime.keep_last", "runtime.out_dir",
     "runtime.progress", "runtime.tensorboard", "runtime.stop_timeout_s", "data.num_workers", "data.max_bad_fraction",
     "runtime.compile", "runtime.compile_dynamic", "model.activation_checkpointing",
     "runtime.loggers", "runtime.logger_options",  # where metrics go, not what is computed
+    # the online probe measures the run and never changes it
+    "eval.probe", "eval.probe_test", "eval.split_by", "eval.test_fraction", "eval.label_column", "eval.every",
+    "eval.max_records", "eval.teacher", "eval.batch_size",
 })
 
 

@@ -20,6 +20,7 @@ from d2v_core.train import checkpoint as ckpt
 from d2v_core.train import run_folder
 from d2v_core.train.build import build_components, build_schedule, logger_factories
 from d2v_core.train.distributed import init_distributed, shutdown
+from d2v_core.train.online_probe import OnlineProbe, probe_sources
 from d2v_core.train.preflight import check_batch, check_distributed, check_output_dir, checkpoint_bytes, resolve_device
 from d2v_core.train.resume import check_resume_config, record_run
 from d2v_core.train.trainer import Trainer, TrainResult
@@ -56,6 +57,7 @@ def pretrain(
         micro_batch = check_batch(cfg, dist.world_size)
         spec = registry.modality(cfg.modality)
         source = resolve_source(cfg.data.train, spec.extensions, allow_pipe_urls=allow_pipe_urls)
+        probe_inputs = probe_sources(cfg, spec.extensions, dist.world_size)  # every rank: all refuse alike
         torch.manual_seed(cfg.runtime.seed)
         random.seed(cfg.runtime.seed)
         if cfg.runtime.deterministic:
@@ -89,8 +91,9 @@ def pretrain(
             max_tokens=cfg.data.max_tokens, bucket_window=cfg.data.bucket_window,
             pin_memory=device.type == "cuda",  # page-locked batches: the trainer's copies to the GPU do not block
         )
+        probe = OnlineProbe(cfg.eval, parts.record_decoder, probe_inputs) if probe_inputs and dist.is_main else None
         trainer = Trainer(cfg, model, loader, device, dist, versions, schedule=build_schedule(cfg, registry),
-                          loggers=logger_factories(cfg, registry))
+                          loggers=logger_factories(cfg, registry), probe=probe)
         if start is not None:
             trainer.teacher.load_state_dict(start.teacher)  # the student's weights were checked and loaded above
         if latest is not None and loaded is not None:

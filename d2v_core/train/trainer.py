@@ -33,6 +33,7 @@ from d2v_core.train import fsdp
 from d2v_core.train.compile import compile_encoder_and_transformer
 from d2v_core.train.distributed import DistInfo, all_reduce_sum
 from d2v_core.train.metrics import MetricsWriter
+from d2v_core.train.online_probe import OnlineProbe, probe_due
 from d2v_core.train.optim import build_optimizer
 from d2v_core.train.schedules import lr_at
 from d2v_core.train.watchdog import StopWatchdog
@@ -84,12 +85,14 @@ class Trainer:
 
     def __init__(self, cfg: RunConfig, model: Data2Vec, loader, device: torch.device, dist: DistInfo,
                  versions: dict[str, str] | None = None, schedule: Callable[[int], float] | None = None,
-                 loggers: Sequence[tuple[str, Callable[[LoggerContext], MetricsLogger]]] | None = None) -> None:
+                 loggers: Sequence[tuple[str, Callable[[LoggerContext], MetricsLogger]]] | None = None,
+                 probe: OnlineProbe | None = None) -> None:
         """``schedule``: update -> learning rate (``build_schedule``); default: the core's
         schedule that ``cfg.optim.schedule`` names. ``loggers``: the metrics loggers rank 0
-        opens (``build.logger_factories``); default: those of ``cfg`` from the installed plugins."""
+        opens (``build.logger_factories``); default: those of ``cfg`` from the installed plugins.
+        ``probe``: rank 0's online probe (``eval``)."""
         self.cfg, self.model, self.loader, self.device, self.dist = cfg, model.to(device), loader, device, dist
-        self.run_dir = Path(cfg.runtime.out_dir)
+        self.run_dir, self.probe = Path(cfg.runtime.out_dir), probe
         self.versions = {"d2v": __version__, **(versions or {})}
         self.loggers = loggers
         self.student_scope = model.teacher_scope()  # one object, so the EMA matches parameters once
@@ -345,7 +348,7 @@ class Trainer:
                 while True:  # steps up to the next check (log step, last step or a stop signal)
                     self.train_step()
                     watchdog.beat()  # a step finished: the run is alive, it stops at the next check
-                    check = self.step % rt.log_every == 0 or self.step == rt.max_steps
+                    check = self.step % rt.log_every == 0 or self.step == rt.max_steps or probe_due(self.cfg.eval, self.step, rt.max_steps)
                     if check or self._should_stop(at_check=False):
                         break
                     if self.step % rt.save_every == 0:
@@ -356,7 +359,9 @@ class Trainer:
                 if logger:
                     now = time.time()
                     m["samples_per_s"] = m["samples"] / max(now - t_last, 1e-9)
-                    t_last = now
+                    if self.probe is not None:  # rank 0 only, no collective: the other ranks wait in the next step
+                        m.update(self.probe.at_step(self.step, rt.max_steps, self.model, self.teacher.model))
+                    t_last = time.time()  # after the probe: its seconds are not training throughput
                     logger.log(self.step, m)
                 if self.step % rt.save_every == 0:
                     self.save()
