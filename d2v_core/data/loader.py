@@ -346,16 +346,6 @@ class TrainLoader:
 
         return planned_batches(self, epoch)
 
-    def batches_per_epoch(self) -> int | None:
-        """Batches each rank yields per epoch when no record is skipped (list sources), or
-        None for shards (unknown until read) and resampled shards (endless)."""
-        if self.source.is_sharded:
-            return None
-        if self.batching != "count":
-            return len(self._planned_batches(0) or ())
-        per_rank = len(self.source.entries) // self.world_size
-        return per_rank // self.batch_size + (0 if self.drop_last or per_rank % self.batch_size == 0 else 1)
-
     def _plan(self, epoch: int) -> _EpochPlan:
         budget: dict[str, Any] = {}
         if self.batching != "count":

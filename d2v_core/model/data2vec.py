@@ -124,14 +124,6 @@ class Data2Vec(nn.Module):
         data-dependent size (``t[mask]`` on a GPU tensor would)."""
         return plan_from_mask(self.make_mask(x, padding_mask, grid, generator), x.device, self.decoder is not None)
 
-    def encode(self, batch: Batch, mask: Tensor | None = None) -> tuple[Tensor, Tensor | None]:
-        """Student features (B, T, D) without prefix tokens, and the padding mask."""
-        feats = self.encoder.embed(batch)
-        x = feats.x if mask is None else self.encoder.apply_mask(feats.x, mask)
-        ctx = self.encoder.contextualize(x, feats.padding_mask)
-        out = self.transformer(ctx.x, ctx.padding_mask, ctx.attn_bias)
-        return out.x[:, self.encoder.num_prefix_tokens :], feats.padding_mask
-
     @torch.no_grad()
     def targets(self, teacher: nn.ModuleDict, batch: Batch, feats: Features) -> Tensor:
         """The teacher's targets (B, T, D) for the unmasked input (in fp32, out of any autocast,
