@@ -59,6 +59,8 @@ _LAZY = {
     "Transformer": "d2v_core.model.transformer",
     "pad_sequences": "d2v_core.data.collate",
     "lengths_to_padding_mask": "d2v_core.data.collate",
+    "crop_window": "d2v_core.data.collate",
+    "crop_offset": "d2v_core.data.collate",
     # fairseq import (d2v import --from-fairseq): what a plugin's importer needs
     "FairseqImporter": "d2v_core.interop.fairseq_import",
     "FairseqCheckpoint": "d2v_core.interop.safe_pickle",
