@@ -17,7 +17,7 @@ import yaml
 from pydantic import BaseModel, ValidationError
 
 from d2v_core.config import RunConfig
-from d2v_core.errors import ConfigError, UnknownComponentError
+from d2v_core.errors import ConfigError, UnknownComponentError, first_line
 from d2v_core.registry import Registry
 from d2v_core.specs import ModalitySpec, load_ref
 
@@ -75,7 +75,7 @@ def load_yaml_file(path: str | Path) -> dict[str, Any]:
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
-        problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+        problem = getattr(exc, "problem", None) or first_line(exc)
         raise ConfigError(f"cannot parse YAML {str(p)!r}{where}: {problem}") from exc
     except UnicodeDecodeError as exc:
         raise ConfigError(f"config file {str(p)!r} is not UTF-8 text") from exc

@@ -80,11 +80,21 @@ class ExportError(D2VError):
     exit_code = 1
 
 
+class NotExportableError(ExportError):
+    """A model whose config the export format cannot represent (nothing is written); raised by
+    :func:`d2v_core.interop.exportable.check_exportable` only."""
+
+
 def first_line(exc: BaseException) -> str:
     """The first non-empty line of an exception's message (``strerror`` for an OSError), or its
-    type name: what a one-line error quotes of a library's multi-line message."""
-    text = (exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)).strip()
-    return text.splitlines()[0].strip() if text else type(exc).__name__
+    type name: what a one-line error quotes of a library's multi-line message. A first line that
+    only introduces what follows (ends in ``:``, like torch's ``Error(s) in loading state_dict
+    for X:``) is joined with the next one, the first that says what is wrong."""
+    text = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
+    lines = [line.strip() for line in text.splitlines() if line.strip()]
+    if not lines:
+        return type(exc).__name__
+    return f"{lines[0]} {lines[1]}" if lines[0].endswith(":") and len(lines) > 1 else lines[0]
 
 
 class ProbeManifestError(UsageError):

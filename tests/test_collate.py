@@ -6,7 +6,14 @@ import pytest
 import torch
 
 import d2v_core
-from d2v_core.data.collate import bucket_by_length, crop_to_shortest, lengths_to_padding_mask, pad_sequences
+from d2v_core.data.collate import (
+    bucket_by_length,
+    crop_offset,
+    crop_to_shortest,
+    crop_window,
+    lengths_to_padding_mask,
+    pad_sequences,
+)
 
 
 def test_pad_sequences_matches_hand_built_batch():
@@ -51,6 +58,27 @@ def test_crop_to_shortest_takes_contiguous_windows_at_random_offsets():
     assert starts[0] == set(range(7)) and starts[2] == set(range(4))  # every offset 0..L-L_min occurs
     g1, g2 = torch.Generator().manual_seed(5), torch.Generator().manual_seed(5)
     assert torch.equal(crop_to_shortest(seqs, g1), crop_to_shortest(seqs, g2))
+
+
+def test_crop_window_start_is_the_offset_times_the_number_of_starts():
+    """One rule: start = floor(offset * (L - size + 1)); each start owns an equal share of [0, 1)."""
+    x = torch.arange(10)
+    for k in range(7):  # 10 - 4 + 1 = 7 starts
+        for offset in (k / 7, (k + 0.5) / 7, (k + 1) / 7 - 1e-12):
+            assert torch.equal(crop_window(x, 4, offset), torch.arange(k, k + 4)), (k, offset)
+    assert torch.equal(crop_window(x, 10, 0.99), x) and torch.equal(crop_window(x, 12, 0.5), x)  # not longer: kept whole
+    assert torch.equal(crop_window(torch.ones(5, 2), 3, 0.0), torch.ones(3, 2))  # steps are dim 0
+
+
+def test_crop_offsets_give_fairseqs_uniform_start():
+    """fairseq's RawAudioDataset.crop_to_max_size: start = np.random.randint(0, diff + 1), every
+    start equally likely; 14,000 offsets over 7 starts: each within 10% (about 5 sd) of 2,000."""
+    g = torch.Generator().manual_seed(0)
+    x = torch.arange(10)
+    counts = [0] * 7
+    for _ in range(14_000):
+        counts[int(crop_window(x, 4, crop_offset(g))[0])] += 1
+    assert all(abs(c - 2000) < 200 for c in counts), counts
 
 
 def test_crop_to_shortest_with_max_len_and_trailing_dims():

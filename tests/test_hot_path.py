@@ -123,6 +123,46 @@ def test_logged_metrics_are_means_over_the_log_interval(tmp_path, example_plugin
         assert row["lr"] == steps[-1]["lr"] and row["tau"] == steps[-1]["tau"]
 
 
+def test_logged_collapse_statistics_are_fairseq_compute_var_per_micro_batch(tmp_path, example_plugins, monkeypatch):
+    """pred_var / target_var at a log step: the mean over the interval's micro-batches of each
+    one's std over its rows (computed here with numpy from the rows the model saw)."""
+    import numpy as np
+
+    import d2v_core.model.data2vec as data2vec
+    from d2v_core.train.metrics import read_metrics
+
+    seen: list[np.ndarray] = []
+    real = data2vec.feature_moments
+    monkeypatch.setattr(data2vec, "feature_moments", lambda y: seen.append(y.detach().double().numpy()) or real(y))
+    make_trainer(tmp_path, "runtime.max_steps=4", "runtime.log_every=2", "runtime.save_every=100",
+                 "optim.accum_steps=2").fit()
+
+    def std(y: np.ndarray) -> float:
+        y = y.reshape(-1, y.shape[-1])
+        return float(np.sqrt(y.var(axis=0, ddof=1) + 1e-6).mean())
+
+    rows = read_metrics(tmp_path / "run")
+    assert [r["step"] for r in rows] == [2, 4] and len(seen) == 2 * 8  # pred, target of 4 x 2 micro-batches
+    for i, row in enumerate(rows):
+        pred, target = seen[8 * i : 8 * i + 8 : 2], seen[8 * i + 1 : 8 * i + 8 : 2]  # 2 steps x 2 micro-batches
+        assert row["pred_var"] == pytest.approx(np.mean([std(p) for p in pred]), rel=1e-5)
+        assert row["target_var"] == pytest.approx(np.mean([std(t) for t in target]), rel=1e-5)
+
+
+def test_collapse_stops_the_run_at_the_first_checked_log_step(tmp_path, example_plugins):
+    """runtime.min_target_var above any std the run can reach: the log step after
+    health_after_step raises, naming the statistics; before it, nothing is checked."""
+    trainer = make_trainer(tmp_path, "runtime.max_steps=6", "runtime.log_every=2", "runtime.save_every=100",
+                           "runtime.health_after_step=3", "runtime.min_target_var=2.5")
+    with pytest.raises(TrainingError, match=r"representation collapse at step 4: target_var=\S+ \(min 2.5\)"):
+        trainer.fit()
+    assert trainer.step == 4
+    pred = make_trainer(tmp_path / "p", "runtime.max_steps=2", "runtime.log_every=1", "runtime.save_every=100",
+                        "runtime.health_after_step=0", "runtime.min_pred_var=2.5")
+    with pytest.raises(TrainingError, match=r"collapse at step 1: .* pred_var=\S+ \(min 2.5\)"):
+        pred.fit()
+
+
 def test_a_non_finite_step_never_reaches_a_checkpoint(tmp_path, example_plugins):
     """Step 3 sees NaN input; logging is every 10 steps, so the check that catches it is the one
     before the step-4 checkpoint: the run stops there and step 2's checkpoint stays the latest."""

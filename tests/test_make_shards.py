@@ -19,11 +19,6 @@ from d2v_core.errors import ConfigError, DataError
 from d2v_core.plugin_loader import plugin_context
 
 
-def make_shards(*args, **options):
-    """The shard paths :func:`pack_shards` wrote."""
-    return pack_shards(*args, **options).paths
-
-
 def make_folder(root: Path, n: int, seed: int = 0) -> dict[str, bytes]:
     rng = random.Random(seed)
     payloads = {}
@@ -45,7 +40,7 @@ def read_tar(path: Path) -> list[tuple[str, bytes]]:
 
 def test_round_trip_keeps_keys_and_bytes_and_splits_by_count(tmp_path):
     payloads = make_folder(tmp_path / "src", 10)
-    paths = make_shards(str(tmp_path / "src"), tmp_path / "out", "toy", ("bin",), max_count=4)
+    paths = pack_shards(str(tmp_path / "src"), tmp_path / "out", "toy", ("bin",), max_count=4).paths
     assert [p.name for p in paths] == ["toy-000000.tar", "toy-000001.tar", "toy-000002.tar"]
     members = [read_tar(p) for p in paths]
     assert [len(m) for m in members] == [4, 4, 2]
@@ -79,12 +74,12 @@ def test_metadata_and_text_records(tmp_path):
     (tmp_path / "a.bin").write_bytes(b"AAA")
     manifest = tmp_path / "m.csv"
     manifest.write_text("path,label\na.bin,cat\n")
-    paths = make_shards(str(manifest), tmp_path / "out", "toy", ("bin",))
+    paths = pack_shards(str(manifest), tmp_path / "out", "toy", ("bin",)).paths
     assert dict(read_tar(paths[0])) == {"a.bin": b"AAA", "a.json": json.dumps({"label": "cat"}).encode()}
 
     lines = tmp_path / "t.jsonl"
     lines.write_text(json.dumps({"text": "héllo", "label": 2}) + "\n" + json.dumps({"text": "two", "id": "doc.v1"}) + "\n", encoding="utf-8")
-    paths = make_shards(str(lines), tmp_path / "out_txt", "text", ("txt",))
+    paths = pack_shards(str(lines), tmp_path / "out_txt", "text", ("txt",)).paths
     assert dict(read_tar(paths[0])) == {
         "000000001.txt": "héllo".encode(),
         "000000001.json": b'{"label": 2}',
@@ -104,12 +99,12 @@ def test_shards_read_back_through_the_loader_source(tmp_path):
 
 def test_existing_shards_are_not_overwritten(tmp_path):
     make_folder(tmp_path / "src", 6)
-    first = make_shards(str(tmp_path / "src"), tmp_path / "out", "toy", ("bin",), max_count=2)
+    first = pack_shards(str(tmp_path / "src"), tmp_path / "out", "toy", ("bin",), max_count=2).paths
     before = first[0].read_bytes()
     with pytest.raises(DataError, match="--overwrite"):
-        make_shards(str(tmp_path / "src"), tmp_path / "out", "toy", ("bin",), max_count=1)
+        pack_shards(str(tmp_path / "src"), tmp_path / "out", "toy", ("bin",), max_count=1)
     assert len(list((tmp_path / "out").glob("*.tar"))) == 3 and first[0].read_bytes() == before
-    again = make_shards(str(tmp_path / "src"), tmp_path / "out", "toy", ("bin",), max_count=5, overwrite=True)
+    again = pack_shards(str(tmp_path / "src"), tmp_path / "out", "toy", ("bin",), max_count=5, overwrite=True).paths
     assert sorted(p.name for p in (tmp_path / "out").glob("*.tar")) == [p.name for p in again] == ["toy-000000.tar", "toy-000001.tar"]
 
 
@@ -126,7 +121,7 @@ def test_interrupted_run_leaves_only_complete_shards(tmp_path, monkeypatch):
 
     monkeypatch.setattr(Source, "read", flaky_read)
     with pytest.raises(KeyboardInterrupt):
-        make_shards(str(tmp_path / "src"), tmp_path / "out", "toy", ("bin",), max_count=2)
+        pack_shards(str(tmp_path / "src"), tmp_path / "out", "toy", ("bin",), max_count=2)
     left = sorted((tmp_path / "out").iterdir())
     assert [p.name for p in left] == ["toy-000000.tar", "toy-000001.tar"]
     assert all(len(read_tar(p)) == 2 for p in left)

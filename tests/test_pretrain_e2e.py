@@ -98,7 +98,8 @@ def test_resume_reproduces_an_uninterrupted_run(tmp_path):
 
 def assert_two_processes_match_one(args: list[str], tmp_path: Path, steps: int) -> Path:
     """Run ``args`` in 1 process and under torchrun with 2 (gloo); every step's loss must agree to
-    1e-5. Returns the 1-process run directory."""
+    1e-5, and so must the collapse statistics (the std over both ranks' rows equals the one
+    process's std over the same rows). Returns the 1-process run directory."""
     one, two = tmp_path / "one", tmp_path / "two"
     run_worker([*args, "--out", str(one)])
     run_worker([*args, "--out", str(two)], nproc=2)
@@ -106,6 +107,9 @@ def assert_two_processes_match_one(args: list[str], tmp_path: Path, steps: int) 
     assert sorted(a) == sorted(b) == list(range(1, steps + 1))
     for step in a:
         assert b[step] == pytest.approx(a[step], abs=1e-5), (step, a[step], b[step])
+    for m1, m2 in zip(read_metrics(one), read_metrics(two), strict=True):
+        for key in ("pred_var", "target_var"):
+            assert m2[key] == pytest.approx(m1[key], rel=1e-5), (m1["step"], key, m1[key], m2[key])
     return one
 
 

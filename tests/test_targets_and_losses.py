@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from d2v_core.model.losses import feature_std, loss_scale, regression_loss
+from d2v_core.model.losses import feature_moments, feature_std, loss_scale, regression_loss
 from d2v_core.model.normalizers import IdentityNorm, InstanceNorm, LayerNormNoAffine, instance_norm, layer_norm
 from d2v_core.model.targets import build_targets
 
@@ -89,7 +89,23 @@ def test_loss_scales():
 def test_feature_std_is_fairseq_compute_var():
     y = np.random.default_rng(4).normal(0, 3.0, size=(50, 8))
     expected = np.sqrt(y.var(axis=0, ddof=1) + 1e-6).mean()
-    assert float(feature_std(torch.tensor(y))) == pytest.approx(expected, rel=1e-6)
+    assert float(feature_std(feature_moments(torch.tensor(y)))) == pytest.approx(expected, rel=1e-6)
+
+
+@pytest.mark.parametrize("splits", [(50,), (20, 30), (1, 0, 32, 17)])
+def test_summed_feature_moments_give_the_std_over_all_ranks_rows(splits):
+    """Each rank's moments, summed (what the trainer's all-reduce does), give the std of the
+    concatenated rows, as fairseq's compute_var all-reduces count, sum and sum of squares;
+    with a mean far from zero (no cancellation) and a rank with no rows."""
+    rng = np.random.default_rng(5)
+    y = rng.normal(0, 1.0, size=(50, 6)) * rng.uniform(0.1, 3.0, size=6) + 40.0
+    expected = np.sqrt(y.var(axis=0, ddof=1) + 1e-6).mean()
+    parts = np.split(y, np.cumsum(splits)[:-1])
+    summed = sum(feature_moments(torch.tensor(p, dtype=torch.float32)[None]) for p in parts)
+    assert float(feature_std(summed)) == pytest.approx(expected, rel=1e-5)
+    # a stack of micro-batches reduces to one value each
+    both = feature_std(torch.stack([summed, feature_moments(torch.tensor(y[:10]))]))
+    assert both.shape == (2,) and float(both[1]) == pytest.approx(np.sqrt(y[:10].var(axis=0, ddof=1) + 1e-6).mean(), rel=1e-6)
 
 
 def test_step_reports_the_mean_target_baseline():

@@ -97,7 +97,7 @@ class BadRecordStats:
 
     def check(self, max_bad_fraction: float, min_seen: int = 100) -> None:
         """Raise :class:`DataError` when more than ``max_bad_fraction`` of at least ``min_seen``
-        records were unusable (the data or the decoder is broken, not a few files)."""
+        records were unusable (the data or the record decoder is broken, not a few files)."""
         if self.seen >= max(1, min_seen) and self.bad_fraction > max_bad_fraction:
             example = ""
             if self.examples:
@@ -105,7 +105,7 @@ class BadRecordStats:
                 example = f"; first: {url} [{key}] {msg}"
             raise DataError(
                 f"{100 * self.bad_fraction:.0f}% of records are unusable (limit data.max_bad_fraction="
-                f"{max_bad_fraction}): {self.summary()}{example}; fix the data or the decoder, or raise the "
+                f"{max_bad_fraction}): {self.summary()}{example}; fix the data or the record decoder, or raise the "
                 "limit with --max-bad-fraction"
             )
 

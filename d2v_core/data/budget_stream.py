@@ -41,20 +41,20 @@ def init_budget(loader: "TrainLoader", max_tokens: int | None, bucket_window: in
     from d2v_core.interfaces import RecordDecoder
 
     loader.max_tokens, loader.bucket_window = max_tokens, bucket_window
-    loader.block = loader.decoder.block_layout()
+    loader.block = loader.record_decoder.block_layout()
     loader.batching = "blocks" if loader.block is not None else "tokens" if max_tokens else "count"
     loader.lengths, loader._blocks = None, []
     if loader.batching == "count":
         return
     if max_tokens is not None and max_tokens < 1:
         raise DataError(f"data.max_tokens must be >= 1, got {max_tokens}")
-    if type(loader.decoder).sample_length is RecordDecoder.sample_length:
+    if type(loader.record_decoder).sample_length is RecordDecoder.sample_length:
         what = "packs blocks" if loader.block is not None else "was given data.max_tokens"
         raise ConfigError(
-            f"{type(loader.decoder).__name__} {what} but does not say how long a sample is (sample_length); "
+            f"{type(loader.record_decoder).__name__} {what} but does not say how long a sample is (sample_length); "
             "remove data.max_tokens to batch data.batch_size records"
         )
-    loader.bounds = loader.decoder.length_bounds()
+    loader.bounds = loader.record_decoder.length_bounds()
     if loader.source.is_sharded:
         return
     source = loader.source
@@ -64,7 +64,7 @@ def init_budget(loader: "TrainLoader", max_tokens: int | None, bucket_window: in
         loader.stats.seen += 1
         loader.stats.skip(reason, entry.path or source.manifest, entry.key, detail)
 
-    loader.lengths = record_lengths(source, loader.decoder, num_workers=loader.num_workers, on_bad=on_bad)
+    loader.lengths = record_lengths(source, loader.record_decoder, num_workers=loader.num_workers, on_bad=on_bad)
     if loader.block is not None:
         size, mode, drop_partial = loader.block
         blocks = batching.pack_blocks(loader.lengths, size, mode)
@@ -80,7 +80,7 @@ def init_budget(loader: "TrainLoader", max_tokens: int | None, bucket_window: in
     if longest > max_tokens:  # type: ignore[operator]
         raise DataError(
             f"data.max_tokens={max_tokens} is smaller than the longest record ({longest}); raise it "
-            "or lower the decoder's maximum length"
+            "or lower the record decoder's maximum length"
         )
 
 
@@ -132,7 +132,7 @@ def _collate_blocks(stream: "_EpochStream", blocks: list[list[tuple[dict, int, i
     if not blocks:
         return None
     try:
-        batch = stream.plan.decoder.collate_blocks(blocks)
+        batch = stream.plan.record_decoder.collate_blocks(blocks)
     except Exception as exc:  # noqa: BLE001 - counted like the records it drops
         window.skip(f"collate_error:{type(exc).__name__}", None, None, exception_text(exc))
         return None
@@ -180,7 +180,7 @@ def _usable(stream: "_EpochStream", records: Iterator[dict], window: BadRecordSt
         sample = stream._decode(record, window)
         if sample is None:
             continue
-        n = int(p.decoder.sample_length(sample))
+        n = int(p.record_decoder.sample_length(sample))
         if p.batching == "tokens":
             if not _fits(stream, record, n, window):
                 continue
@@ -206,7 +206,7 @@ def _measured(stream: "_EpochStream", records: Iterator[dict], window: BadRecord
     p = stream.plan
     for record in records:
         try:
-            n = int(p.decoder.record_length(record))
+            n = int(p.record_decoder.record_length(record))
         except SkipRecord as exc:
             window.seen += 1
             window.skip(exc.reason, record.get("__url__"), record.get("__key__"), exc.detail)
@@ -240,7 +240,7 @@ def _streamed_budget(stream: "_EpochStream", records: Iterator[dict], worker: in
 
     p = stream.plan
     _, high = p.bounds
-    raw = type(p.decoder).record_length is not RecordDecoder.record_length
+    raw = type(p.record_decoder).record_length is not RecordDecoder.record_length
     items = _measured(stream, records, window) if raw else _usable(stream, records, window)
     clipped = ((item, min(n, high) if high is not None else n) for item, n in items)
     for batch_items in streaming_batches(clipped, p.max_tokens, p.window,  # type: ignore[arg-type]

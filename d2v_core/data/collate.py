@@ -27,21 +27,36 @@ def pad_sequences(seqs: Sequence[Tensor], pad_value: float = 0) -> tuple[Tensor,
     return padded, lengths_to_padding_mask(lengths, padded.shape[1])
 
 
+def crop_offset(generator: torch.Generator | None = None) -> float:
+    """An offset for :func:`crop_window`: uniform in [0, 1), drawn in float64 so that every
+    start of a window is equally likely (to 2**-53) for any sequence length."""
+    return float(torch.rand((), dtype=torch.float64, generator=generator))
+
+
+def crop_window(x: Tensor, size: int, offset: float) -> Tensor:
+    """The ``size`` steps of ``x`` (L, ...) starting at ``floor(offset * (L - size + 1))``, or all
+    of ``x`` when it is not longer. With ``offset`` uniform in [0, 1) (:func:`crop_offset`) the
+    start is uniform over the ``L - size + 1`` possible ones: fairseq's
+    ``RawAudioDataset.crop_to_max_size``, ``start = np.random.randint(0, diff + 1)``. The
+    offset is a fraction so that it can be drawn before the size is known (the audio decoder
+    draws it per record; its ``collate`` gets no generator)."""
+    diff = x.shape[0] - size
+    if diff <= 0:
+        return x
+    start = min(int(offset * (diff + 1)), diff)
+    return x[start : start + size]
+
+
 def crop_to_shortest(seqs: Sequence[Tensor], generator: torch.Generator | None = None, max_len: int | None = None) -> Tensor:
-    """Crop every tensor (L_i, ...) to the shortest length (and to ``max_len`` if given) at a
-    random offset drawn from ``generator``, then stack: (B, L_min, ...). This is fairseq's
-    audio pretraining batching (``RawAudioDataset.crop_to_max_size``, no padding)."""
+    """Crop every tensor (L_i, ...) to the shortest length (and to ``max_len`` if given) with
+    :func:`crop_window` at an offset drawn from ``generator``, then stack: (B, L_min, ...). This
+    is fairseq's audio pretraining batching (``RawAudioDataset.crop_to_max_size``, no padding)."""
     if len(seqs) == 0:
         raise ValueError("crop_to_shortest needs at least one tensor")
     target = min(s.shape[0] for s in seqs)
     if max_len is not None:
         target = min(target, max_len)
-    out = []
-    for s in seqs:
-        extra = s.shape[0] - target
-        start = int(torch.randint(0, extra + 1, (1,), generator=generator)) if extra > 0 else 0
-        out.append(s[start : start + target])
-    return torch.stack(out)
+    return torch.stack([crop_window(s, target, crop_offset(generator)) for s in seqs])
 
 
 def bucket_by_length(

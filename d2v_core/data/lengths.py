@@ -50,8 +50,8 @@ def _signature(entry: Entry) -> str:
 
 
 class _Measure(Dataset):
-    def __init__(self, source: Source, decoder: RecordDecoder, todo: list[int]) -> None:
-        self.source, self.decoder, self.todo = source, decoder, todo
+    def __init__(self, source: Source, record_decoder: RecordDecoder, todo: list[int]) -> None:
+        self.source, self.record_decoder, self.todo = source, record_decoder, todo
 
     def __len__(self) -> int:
         return len(self.todo)
@@ -60,7 +60,7 @@ class _Measure(Dataset):
         index = self.todo[i]
         entry = self.source.entries[index]
         try:
-            return index, int(self.decoder.record_length(self.source.read(entry))), None, ""
+            return index, int(self.record_decoder.record_length(self.source.read(entry))), None, ""
         except SkipRecord as exc:
             return index, 0, exc.reason, exc.detail
         except (KeyboardInterrupt, GeneratorExit):
@@ -69,21 +69,21 @@ class _Measure(Dataset):
             return index, 0, f"error:{type(exc).__name__}", str(exc)[:300]  # SystemExit too)
 
 
-def record_lengths(source: Source, decoder: RecordDecoder, *, num_workers: int = 0, use_cache: bool = True,
+def record_lengths(source: Source, record_decoder: RecordDecoder, *, num_workers: int = 0, use_cache: bool = True,
                    on_bad: Callable[[int, str, str], None] | None = None) -> list[int]:
     """The length of every entry of ``source`` (0 where it could not be measured: ``on_bad(index,
     reason, detail)`` is called for each such record measured now; the cache keeps a 0)."""
     lengths: list[int | None] = [None] * len(source.entries)
     for i, entry in enumerate(source.entries):
         if entry.meta:
-            n = decoder.length_from_meta(entry.meta)
+            n = record_decoder.length_from_meta(entry.meta)
             if n is not None:
                 lengths[i] = int(n)
     todo = [i for i, n in enumerate(lengths) if n is None]
     if not todo:
         return [int(n or 0) for n in lengths]
     path = cache_path(source) if use_cache else None
-    fingerprint = decoder.length_fingerprint()
+    fingerprint = record_decoder.length_fingerprint()
     cached: dict[str, Any] = {}
     if path is not None and path.is_file():
         try:
@@ -106,7 +106,7 @@ def record_lengths(source: Source, decoder: RecordDecoder, *, num_workers: int =
     missing = [i for i in todo if lengths[i] is None]
     if missing:
         _log.info("d2v: measuring %d record length(s) of %s (once; cached in %s)", len(missing), source.spec, path)
-        measure = _Measure(source, decoder, missing)
+        measure = _Measure(source, record_decoder, missing)
         # an own generator: a DataLoader would otherwise draw its seed from the global RNG, and
         # whether the lengths were cached would change the run's random stream (exact resume)
         results = (iter(DataLoader(measure, batch_size=None, num_workers=num_workers, generator=torch.Generator().manual_seed(0)))

@@ -90,7 +90,7 @@ def _shard_url_of(exc: BaseException, known: set[str]) -> str | None:
 @dataclass(frozen=True)
 class _EpochPlan:
     source: Source
-    decoder: RecordDecoder
+    record_decoder: RecordDecoder
     batch_size: int
     rank: int
     world_size: int
@@ -187,14 +187,14 @@ class _EpochStream(IterableDataset):
     def _decode(self, record: dict, window: BadRecordStats) -> dict | None:
         p = self.plan
         key, url = record.get("__key__"), record.get("__url__")
-        wanted = tuple(p.decoder.extensions)
+        wanted = tuple(p.record_decoder.extensions)
         if wanted and not any(ext in record for ext in wanted):
             have = sorted(k for k in record if not k.startswith("__"))
-            window.skip("missing_payload", url, key, f"record has {have}, decoder reads {list(wanted)}")
+            window.skip("missing_payload", url, key, f"record has {have}, the record decoder reads {list(wanted)}")
             return None
         generator = torch.Generator().manual_seed(record_seed(p.seed, p.epoch, url, key))
         try:
-            sample = p.decoder.decode(record, generator)
+            sample = p.record_decoder.decode(record, generator)
         except SkipRecord as exc:
             window.skip(exc.reason, url, key, exc.detail)
         except (KeyboardInterrupt, GeneratorExit):  # a stop signal (Ctrl-C) or the stream closing
@@ -210,7 +210,7 @@ class _EpochStream(IterableDataset):
 
     def _collate(self, samples: list[dict], window: BadRecordStats) -> dict | None:
         try:
-            batch = self.plan.decoder.collate(samples)
+            batch = self.plan.record_decoder.collate(samples)
         except (KeyboardInterrupt, GeneratorExit):
             raise
         except BaseException as exc:  # noqa: BLE001 - counted like the records it drops
@@ -218,7 +218,7 @@ class _EpochStream(IterableDataset):
                 window.skip(f"collate_error:{type(exc).__name__}", None, None, exception_text(exc))
             return None
         if not isinstance(batch, dict):
-            raise TypeError(f"{type(self.plan.decoder).__name__}.collate returned {type(batch).__name__}, expected a dict")
+            raise TypeError(f"{type(self.plan.record_decoder).__name__}.collate returned {type(batch).__name__}, expected a dict")
         batch.update(window.pop_window())
         return batch
 
@@ -262,7 +262,7 @@ class _EpochStream(IterableDataset):
 class TrainLoader:
     """Per-rank micro-batches of decoded records, deterministic and resumable.
 
-    ``source`` is a :class:`Source` or a ``data.train`` string (resolved with the decoder's
+    ``source`` is a :class:`Source` or a ``data.train`` string (resolved with the record decoder's
     extensions). ``batch_size`` is the per-rank micro-batch; ``pin_memory`` applies with workers.
     Bad records are skipped and counted
     in :attr:`stats` (a :class:`BadRecordStats`); with ``max_bad_fraction`` set, an epoch raises
@@ -281,7 +281,7 @@ class TrainLoader:
     def __init__(
         self,
         source: Source | str,
-        decoder: RecordDecoder,
+        record_decoder: RecordDecoder,
         *,
         batch_size: int,
         rank: int = 0,
@@ -304,9 +304,9 @@ class TrainLoader:
         if num_workers < 0:
             raise DataError(f"data.num_workers must be >= 0, got {num_workers}")
         if isinstance(source, str):
-            source = resolve_source(source, tuple(decoder.extensions))
+            source = resolve_source(source, tuple(record_decoder.extensions))
         self.source = source
-        self.decoder = decoder
+        self.record_decoder = record_decoder
         self.batch_size = batch_size
         self.rank, self.world_size = rank, world_size
         self.num_workers = num_workers
@@ -346,30 +346,20 @@ class TrainLoader:
 
         return planned_batches(self, epoch)
 
-    def batches_per_epoch(self) -> int | None:
-        """Batches each rank yields per epoch when no record is skipped (list sources), or
-        None for shards (unknown until read) and resampled shards (endless)."""
-        if self.source.is_sharded:
-            return None
-        if self.batching != "count":
-            return len(self._planned_batches(0) or ())
-        per_rank = len(self.source.entries) // self.world_size
-        return per_rank // self.batch_size + (0 if self.drop_last or per_rank % self.batch_size == 0 else 1)
-
     def _plan(self, epoch: int) -> _EpochPlan:
         budget: dict[str, Any] = {}
         if self.batching != "count":
             budget = {"batching": self.batching, "planned": self._planned_batches(epoch), "max_tokens": self.max_tokens,
                       "bounds": self.bounds, "window": self.bucket_window or SHARD_WINDOW, "block": self.block}
         return _EpochPlan(
-            self.source, self.decoder, self.batch_size, self.rank, self.world_size, self.seed, epoch,
+            self.source, self.record_decoder, self.batch_size, self.rank, self.world_size, self.seed, epoch,
             self.shuffle_buffer, self.resampled, self.drop_last, **budget,
         )
 
     def iter_epoch(self, epoch: int, skip_batches: int = 0) -> Iterator[dict]:
         """The batches of ``epoch`` for this rank, after dropping the first ``skip_batches``
         (resume: they are decoded again, then discarded, and their bad-record counts are not
-        added, since a checkpoint's ``stats.state_dict()`` already holds them). Each batch is ``decoder.collate``'s
+        added, since a checkpoint's ``stats.state_dict()`` already holds them). Each batch is ``record_decoder.collate``'s
         dict; the accounting keys are already moved into :attr:`stats`."""
         dataset = _EpochStream(self._plan(epoch))
         if self.num_workers == 0:

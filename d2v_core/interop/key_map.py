@@ -4,7 +4,9 @@ A rule pairs a source and a target name template with ``{placeholders}`` (each m
 dotted component): ``Rename("encoder.layers.{i}.fc1.{kind}", "transformer.layers.{i}.fc1.{kind}")``.
 :class:`Fuse` concatenates several source tensors along dim 0 (fairseq's separate ``q_proj``,
 ``k_proj``, ``v_proj`` -> d2v's fused ``qkv``). Because the templates work both ways, a tensor
-the d2v model needs but the source lacks is reported under the source's own name.
+the d2v model needs but the source lacks is reported under the source's own name, and one table
+serves an import (:func:`apply_key_map`) and an export (:func:`export_key_map`, which splits
+what :class:`Fuse` concatenates).
 """
 
 from __future__ import annotations
@@ -33,11 +35,13 @@ def _pattern(template: str) -> re.Pattern[str]:
 
 @dataclass(frozen=True)
 class Rename:
-    """One source tensor -> one target tensor, optionally through ``transform``."""
+    """One source tensor -> one target tensor, optionally through ``transform``; ``inverse``
+    undoes it for :func:`export_key_map`."""
 
     source: str
     target: str
     transform: Callable[[Tensor], Tensor] | None = field(default=None, compare=False)
+    inverse: Callable[[Tensor], Tensor] | None = field(default=None, compare=False)
 
 
 @dataclass(frozen=True)
@@ -87,6 +91,32 @@ def apply_key_map(state: Mapping[str, Tensor], rules: Sequence[Rule]) -> MappedS
     for target, (rule, parts) in pending.items():
         if set(parts) == set(rule.parts):
             out[target] = torch.cat([parts[p] for p in rule.parts], dim=0)
+    return MappedState(out, unused)
+
+
+def export_key_map(state: Mapping[str, Tensor], rules: Sequence[Rule]) -> MappedState:
+    """``rules`` the other way (the first whose target matches a key wins): d2v's tensors under
+    the source's names, a :class:`Fuse` target split along dim 0 into its parts (equal sizes),
+    a :class:`Rename` through its ``inverse``. ``unused``: the d2v keys no rule takes."""
+    compiled = [(r, _pattern(r.target)) for r in rules]
+    out: dict[str, Tensor] = {}
+    unused = []
+    for key, value in state.items():
+        for rule, pat in compiled:
+            m = pat.fullmatch(key)
+            if m is None:
+                continue
+            groups = m.groupdict()
+            if isinstance(rule, Fuse):
+                for part, chunk in zip(rule.parts, value.chunk(len(rule.parts), dim=0), strict=True):
+                    out[rule.source.format(part=part, **groups)] = chunk
+            elif rule.transform is not None and rule.inverse is None:
+                raise ValueError(f"the key map's rule for {rule.target!r} has a transform but no inverse: it cannot export")
+            else:
+                out[rule.source.format(**groups)] = value if rule.inverse is None else rule.inverse(value)
+            break
+        else:
+            unused.append(key)
     return MappedState(out, unused)
 
 

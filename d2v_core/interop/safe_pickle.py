@@ -20,7 +20,7 @@ from typing import Any
 
 import torch
 
-from d2v_core.errors import CheckpointError
+from d2v_core.errors import CheckpointError, first_line
 
 #: omegaconf containers and nodes and argparse.Namespace: rebuilt as plain data.
 _RECORDS = (
@@ -230,8 +230,7 @@ def load_untrusted(path: str | Path) -> Any:
     except pickle.UnpicklingError as exc:
         raise _refusal(p, exc) from None
     except Exception as exc:  # noqa: BLE001 - a corrupt or hostile file: one line, never a traceback
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise CheckpointError(f"cannot read {p} as a torch checkpoint: {first}") from None
+        raise CheckpointError(f"cannot read {p} as a torch checkpoint: {first_line(exc)}") from None
     try:
         return to_plain(raw)
     except RecursionError:

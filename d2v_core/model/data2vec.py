@@ -14,7 +14,7 @@ from torch import Tensor, nn
 from d2v_core.config import RunConfig
 from d2v_core.errors import ConfigError
 from d2v_core.interfaces import Batch, Decoder, FeatureEncoder, Features, Masker, MaskRequest, Normalizer
-from d2v_core.model.losses import feature_std, loss_scale, regression_loss
+from d2v_core.model.losses import feature_moments, loss_scale, regression_loss
 from d2v_core.model.regression_head import build_regression_head
 from d2v_core.model.sparse_student import KeepIndex, keep_context, keep_index, restore_order
 from d2v_core.model.targets import build_targets
@@ -24,15 +24,16 @@ from d2v_core.model.transformer import Transformer
 @dataclass
 class StepOutput:
     """``loss_sum``: summed over masked steps (fp32, differentiable; the CLS loss included);
-    ``sample_size``: number of masked steps (over all clones); ``pred_var`` / ``target_var``:
-    fairseq's collapse statistics (detached); ``baseline_sum``: the loss of predicting the
+    ``sample_size``: number of masked steps (over all clones); ``moments`` (2, 4, D): this
+    process's :func:`~d2v_core.model.losses.feature_moments` of the predictions and the targets,
+    from which the trainer computes fairseq's collapse statistics ``pred_var`` / ``target_var``
+    over all ranks at a log step (no collective here); ``baseline_sum``: the loss of predicting the
     batch's mean target everywhere (detached), so that ``loss_sum / baseline_sum`` shows
     learning even while the targets' variance changes; ``cls_sum``: the CLS part (detached)."""
 
     loss_sum: Tensor
     sample_size: Tensor
-    pred_var: Tensor
-    target_var: Tensor
+    moments: Tensor
     baseline_sum: Tensor
     cls_sum: Tensor | None = None
 
@@ -123,14 +124,6 @@ class Data2Vec(nn.Module):
         data-dependent size (``t[mask]`` on a GPU tensor would)."""
         return plan_from_mask(self.make_mask(x, padding_mask, grid, generator), x.device, self.decoder is not None)
 
-    def encode(self, batch: Batch, mask: Tensor | None = None) -> tuple[Tensor, Tensor | None]:
-        """Student features (B, T, D) without prefix tokens, and the padding mask."""
-        feats = self.encoder.embed(batch)
-        x = feats.x if mask is None else self.encoder.apply_mask(feats.x, mask)
-        ctx = self.encoder.contextualize(x, feats.padding_mask)
-        out = self.transformer(ctx.x, ctx.padding_mask, ctx.attn_bias)
-        return out.x[:, self.encoder.num_prefix_tokens :], feats.padding_mask
-
     @torch.no_grad()
     def targets(self, teacher: nn.ModuleDict, batch: Batch, feats: Features) -> Tensor:
         """The teacher's targets (B, T, D) for the unmasked input (in fp32, out of any autocast,
@@ -204,5 +197,6 @@ class Data2Vec(nn.Module):
             cls_y = cls_y.repeat_interleave(m, 0) if m > 1 else cls_y
             cls = regression_loss(states[:, 0], cls_y, beta, self.scale).sum() * (self.cfg.loss.cls_weight * mask.sum())
             loss = loss + cls
-        return StepOutput(loss, mask.sum(), feature_std(pred.detach()), feature_std(y), baseline,
+        moments = torch.stack([feature_moments(pred.detach()), feature_moments(y)])
+        return StepOutput(loss, mask.sum(), moments, baseline,
                           None if cls is None else cls.detach())

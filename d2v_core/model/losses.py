@@ -5,7 +5,6 @@ from __future__ import annotations
 import math
 
 import torch
-import torch.distributed as dist
 import torch.nn.functional as F
 from torch import Tensor
 
@@ -32,16 +31,26 @@ def regression_loss(pred: Tensor, target: Tensor, beta: float, scale: float) -> 
 
 
 @torch.no_grad()
-def feature_std(y: Tensor) -> Tensor:
-    """fairseq ``compute_var``: mean over features of sqrt(var + 1e-6), the (unbiased) variance
-    taken over all positions of all ranks. Logged as ``target_var`` and ``pred_var``."""
+def feature_moments(y: Tensor) -> Tensor:
+    """This process's sufficient statistics of the rows of ``y`` (..., D) for :func:`feature_std`:
+    (4, D) fp64 rows ``count``, ``sum``, ``sum of squared deviations from the local mean`` and
+    ``count * local mean**2``. Summed elementwise over ranks (one all-reduce at a log step),
+    they give the variance over all ranks' rows; nothing here waits on other processes."""
     y = y.reshape(-1, y.size(-1)).float()
-    if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
-        n = torch.tensor(float(y.size(0)), device=y.device)
-        s, ss = y.sum(0), (y**2).sum(0)
-        for t in (n, s, ss):
-            dist.all_reduce(t)
-        var = ss / (n - 1) - s**2 / (n * (n - 1))
-    else:
-        var = y.var(0)
-    return torch.sqrt(var + 1e-6).mean()
+    n = y.size(0)  # a shape: known on the host
+    if n == 0:
+        return y.new_zeros(4, y.size(-1), dtype=torch.float64)
+    var, mean = torch.var_mean(y, 0, correction=0)  # centred in fp32: as stable as y.var(0)
+    mean, m2 = mean.double(), var.double() * n
+    return torch.stack([torch.full_like(mean, float(n)), mean * n, m2, mean**2 * n])
+
+
+def feature_std(moments: Tensor) -> Tensor:
+    """fairseq ``compute_var`` from summed :func:`feature_moments` (..., 4, D) -> (...): mean over
+    features of sqrt(var + 1e-6), the (unbiased) variance taken over all the rows the moments
+    were summed over (fairseq all-reduces count, sum and sum of squares across ranks). Logged
+    as ``target_var`` and ``pred_var``."""
+    n, s, m2, q = moments.unbind(-2)
+    # the pooled sum of squared deviations: within each rank's rows plus between the ranks' means
+    var = (m2 + q - s**2 / n) / (n - 1)
+    return torch.sqrt(var + 1e-6).mean(-1)

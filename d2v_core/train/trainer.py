@@ -3,7 +3,8 @@ schedule, EMA step, health checks, metrics and checkpoints; DDP or FSDP2 when la
 
 The hot path does not wait on the device: metrics are summed on the device and copied to the
 host every ``runtime.log_every`` steps (and before every checkpoint), where the non-finite-loss
-and collapse checks and, with several processes, the agreement on a stop signal happen. A
+and collapse checks and, with several processes, the agreement on a stop signal happen (the
+collapse statistics' feature moments are all-reduced there too, not in the model's forward). A
 checkpoint is only written after the steps since the last check were found finite, so a bad step
 never overwrites a good checkpoint. Each remaining host-device sync is marked ``# sync:``."""
 
@@ -28,6 +29,7 @@ from d2v_core.errors import CheckpointError, TrainingError
 from d2v_core.loggers import LoggerContext, MetricsLogger
 from d2v_core.model.data2vec import Data2Vec
 from d2v_core.model.ema_teacher import EMATeacher
+from d2v_core.model.losses import feature_std
 from d2v_core.train import checkpoint as ckpt
 from d2v_core.train import fsdp
 from d2v_core.train.compile import compile_encoder_and_transformer
@@ -124,6 +126,9 @@ class Trainer:
         self.last_checkpoint: Path | None = None
         # device sums since the last log step: loss, size, pred_var, target_var, samples, baseline, cls, grad_norm
         self._acc = torch.zeros(8, dtype=torch.float64, device=device)
+        # each micro-batch's local feature moments since the last log step (pred_var and
+        # target_var are filled in from them there, after one all-reduce)
+        self._moments: list[torch.Tensor] = []
         self._acc_steps, self._acc_from, self._checked_to = 0, self.step + 1, 0
         self._last_values: dict[str, float] = {}
 
@@ -216,7 +221,7 @@ class Trainer:
         """One optimiser update. Adds its metrics to the device sums; nothing waits on the device."""
         cfg, accum = self.cfg, self.cfg.optim.accum_steps
         self.model.train()
-        sums = torch.zeros(7, dtype=torch.float64, device=self.device)  # loss, size, pred_var, target_var, -, baseline, cls
+        sums = torch.zeros(7, dtype=torch.float64, device=self.device)  # loss, size, -, -, samples, baseline, cls
         samples = 0
         for micro in range(accum):
             batch = self._next_device_batch()
@@ -231,9 +236,9 @@ class Trainer:
                 fsdp.reshard_teacher(self.teacher.model)
             (self.scaler.scale(out.loss_sum) if self.scaler else out.loss_sum).backward()
             zero = sums.new_zeros(())
-            sums += torch.stack([out.loss_sum.detach().double(), out.sample_size.double(), out.pred_var.double(),
-                                 out.target_var.double(), zero, out.baseline_sum.double(),
-                                 out.cls_sum.double() if out.cls_sum is not None else zero])
+            sums += torch.stack([out.loss_sum.detach().double(), out.sample_size.double(), zero, zero, zero,
+                                 out.baseline_sum.double(), out.cls_sum.double() if out.cls_sum is not None else zero])
+            self._moments.append(out.moments)
         sums[4] = samples  # a fill with a host number: no copy, no wait
         totals = all_reduce_sum(sums)  # a collective, not a host sync: the global masked-step count
         if self.scaler:
@@ -262,8 +267,13 @@ class Trainer:
 
     def reduce_metrics(self) -> dict[str, float]:
         """The metrics of the steps since the last call (means over them; ``samples`` summed),
-        then the non-finite and collapse checks. One device-to-host copy."""
-        n, accum, world = max(self._acc_steps, 1), self.cfg.optim.accum_steps, self.dist.world_size
+        then the non-finite and collapse checks. One all-reduce (the feature moments: every rank
+        calls this at the same steps) and one device-to-host copy."""
+        n, micro = max(self._acc_steps, 1), max(len(self._moments), 1)
+        if self._moments:  # fairseq's compute_var of each micro-batch, over all ranks' rows
+            stds = feature_std(all_reduce_sum(torch.stack(self._moments)))  # (micro-batches, 2)
+            self._acc[2:4] = stds.sum(0)
+            self._moments = []
         acc = self._acc.tolist()  # sync: once per log step (and before a checkpoint)
         first, self._acc_from = max(self._acc_from, self._checked_to + 1), self.step + 1
         self._acc.zero_()
@@ -274,7 +284,7 @@ class Trainer:
             span = f"step {self.step}" if first >= self.step else f"steps {first}-{self.step}"
             raise TrainingError(f"non-finite loss ({loss_sum}) in {span}: lower optim.lr or use fp32{kept}")
         metrics = {"loss": loss_sum / sample_size, **self._last_values, "sample_size": sample_size / n,
-                   "pred_var": acc[2] / (n * accum * world), "target_var": acc[3] / (n * accum * world),
+                   "pred_var": acc[2] / micro, "target_var": acc[3] / micro,
                    "samples": acc[4], "rel_loss": (loss_sum - acc[6]) / max(acc[5], 1e-12)}
         if self.cfg.optim.clip_norm > 0:
             metrics["grad_norm"] = acc[7] / n

@@ -14,9 +14,8 @@ from typing import Any, Mapping
 import soundfile as sf
 import torch
 import torch.nn.functional as F
-from torch import Tensor
 
-from d2v_core import pad_sequences
+from d2v_core import crop_offset, crop_window, pad_sequences
 from d2v_core import DataError
 from d2v_core import Batch, BuildContext, RecordDecoder, SkipRecord
 
@@ -26,19 +25,6 @@ from d2v_plugin_audio.options import AudioDataOptions
 EXTENSIONS = ("flac", "wav", "ogg")
 #: The shortest clip the conv feature extractor turns into one frame (its receptive field, 25 ms).
 MIN_INFERENCE_SAMPLES = 400
-
-
-def _uniform(generator: torch.Generator | None) -> float:
-    return float(torch.rand((), generator=generator))
-
-
-def crop(wav: Tensor, size: int, offset: float) -> Tensor:
-    """``size`` samples of ``wav`` starting at ``offset`` (a fraction of the possible starts)."""
-    extra = wav.shape[-1] - size
-    if extra <= 0:
-        return wav
-    start = min(int(offset * (extra + 1)), extra)
-    return wav[..., start : start + size]
 
 
 class AudioRecordDecoder(RecordDecoder):
@@ -66,8 +52,8 @@ class AudioRecordDecoder(RecordDecoder):
             # fairseq normalises the whole utterance before cropping
             wav = F.layer_norm(wav, wav.shape)
         if opts.max_sample_size is not None:
-            wav = crop(wav, opts.max_sample_size, _uniform(generator))
-        return {"source": wav.contiguous(), "key": str(record.get("__key__", "")), "crop_offset": _uniform(generator)}
+            wav = crop_window(wav, opts.max_sample_size, crop_offset(generator))
+        return {"source": wav.contiguous(), "key": str(record.get("__key__", "")), "crop_offset": crop_offset(generator)}
 
     def decode_for_inference(self, record: Mapping[str, Any]) -> dict:
         """The whole clip, normalised: no random crop and no ``min_sample_size`` (that is a
@@ -91,7 +77,7 @@ class AudioRecordDecoder(RecordDecoder):
         keys = [s.get("key", "") for s in samples]
         if self.options.batching == "crop":
             size = min(int(w.shape[0]) for w in sources)
-            cropped = [crop(w, size, float(s.get("crop_offset", 0.0))) for w, s in zip(sources, samples)]
+            cropped = [crop_window(w, size, float(s.get("crop_offset", 0.0))) for w, s in zip(sources, samples)]
             return {"source": torch.stack(cropped), "padding_mask": None, "keys": keys}
         padded, padding_mask = pad_sequences(sources, 0.0)
         return {"source": padded, "padding_mask": padding_mask, "keys": keys}

@@ -17,47 +17,56 @@ d2v ``transformer.layers.{i}.``    ``Data2VecAudioModel`` ``encoder.layers.{i}.`
 =================================  =================================================
 
 HF's model is always post-LN, with biases on q, k and v and no final LayerNorm, so pre-LN
-models, layer scale, other ``qkv_bias`` settings and a final norm are refused. The regression
-head and the EMA teacher are not exported.
+models, layer scale, other ``qkv_bias`` settings and a final norm are refused (:data:`SUPPORTS`,
+checked by the core's ``check_exportable``). The regression head and the EMA teacher are not
+exported. :data:`KEY_MAP` is the table both ways (the core's ``export_key_map`` /
+``apply_key_map``).
 """
 
 from __future__ import annotations
 
-import contextlib
 import json
-import re
 import warnings
 from pathlib import Path
-from typing import Any, Iterator, Mapping
+from typing import Any, Mapping
 
-import torch
-from torch import Tensor, nn
+from torch import nn
 
-from d2v_core import RunConfig
 from d2v_core import ExportError, first_line, quiet_transformers, transformers_module
-from d2v_core import Exporter
+from d2v_core import Exporter, Fuse, Rename, RunConfig, Supports
+from d2v_core import apply_key_map, check_exportable, export_key_map, load_exported, load_imported
 
 from d2v_plugin_audio.options import AudioDataOptions, AudioEncoderOptions
 
-# d2v encoder name -> HF name (prefix renames; everything else is identical)
-_ENCODER_PREFIXES = (
-    ("feature_extractor.", "feature_extractor."),
-    ("feature_projection.", "feature_projection."),
-    ("pos_conv_embed.", "encoder.pos_conv_embed."),
-    ("layer_norm.", "encoder.layer_norm."),
+_MASK = "encoder.mask_embedding"
+_HF_MASK = "masked_spec_embed"
+
+#: ``Data2VecAudioModel`` name -> d2v name (under ``Data2Vec.teacher_scope()``); the encoder's
+#: own names already follow HF.
+KEY_MAP = (
+    Rename(_HF_MASK, _MASK),
+    Rename("feature_extractor.conv_layers.{i}.{module}.{kind}", "encoder.feature_extractor.conv_layers.{i}.{module}.{kind}"),
+    Rename("feature_projection.{module}.{kind}", "encoder.feature_projection.{module}.{kind}"),
+    Rename("encoder.pos_conv_embed.layers.{i}.{module}.{kind}", "encoder.pos_conv_embed.layers.{i}.{module}.{kind}"),
+    Rename("encoder.layer_norm.{kind}", "encoder.layer_norm.{kind}"),
+    Fuse("encoder.layers.{i}.attention.{part}_proj.{kind}", "transformer.layers.{i}.attn.qkv.{kind}"),
+    Rename("encoder.layers.{i}.attention.out_proj.{kind}", "transformer.layers.{i}.attn.proj.{kind}"),
+    Rename("encoder.layers.{i}.layer_norm.{kind}", "transformer.layers.{i}.attn_norm.{kind}"),
+    Rename("encoder.layers.{i}.feed_forward.intermediate_dense.{kind}", "transformer.layers.{i}.fc1.{kind}"),
+    Rename("encoder.layers.{i}.feed_forward.output_dense.{kind}", "transformer.layers.{i}.fc2.{kind}"),
+    Rename("encoder.layers.{i}.final_layer_norm.{kind}", "transformer.layers.{i}.ffn_norm.{kind}"),
 )
-_MASK_EMBEDDING = ("mask_embedding", "masked_spec_embed")
-# d2v Transformer layer module -> HF encoder layer module (qkv is split separately)
-_LAYER_MODULES = {
-    "attn.proj": "attention.out_proj",
-    "attn_norm": "layer_norm",
-    "fc1": "feed_forward.intermediate_dense",
-    "fc2": "feed_forward.output_dense",
-    "ffn_norm": "final_layer_norm",
-}
-_D2V_LAYER_KEY = re.compile(r"^layers\.(\d+)\.(.+)\.(weight|bias)$")
-_HF_LAYER_KEY = re.compile(r"^encoder\.layers\.(\d+)\.(.+)\.(weight|bias)$")
-_HF_QKV = re.compile(r"^attention\.([qkv])_proj$")
+
+#: What ``Data2VecAudioModel`` can represent.
+SUPPORTS = (
+    Supports("model.layout", ("post_ln",), "Data2VecAudioModel is post-LN only"),
+    Supports("model.layer_scale_init", (None,), "no layer scale in Data2VecAudioModel"),
+    Supports("model.qkv_bias", ("qkv",), "Data2VecAudioModel has biases on q, k and v"),
+    Supports("model.final_norm", (False,), "Data2VecAudioModel has no LayerNorm after its layers"),
+    Supports("encoder.alibi", (False,), "Data2VecAudioModel has no ALiBi attention bias; data2vec 2.0 audio "
+             "models have no transformers counterpart"),
+    Supports("encoder.pos_conv_zero_pads", (True,), "Data2VecAudioModel zeroes padded frames before its positional conv"),
+)
 
 #: The fields of ``preprocessor_config.json`` (spec section 3.4); rate and normalisation follow
 #: the run's data options, which give exactly the spec's file for every preset.
@@ -69,27 +78,6 @@ PREPROCESSOR = {
     "do_normalize": True,
     "return_attention_mask": True,
 }
-
-
-def check_exportable(cfg: RunConfig) -> None:
-    """Raise :class:`ExportError` for a model ``Data2VecAudioModel`` cannot represent."""
-    m = cfg.model
-    reasons = []
-    if m.layout != "post_ln":
-        reasons.append(f"model.layout is {m.layout!r} (Data2VecAudioModel is post-LN only)")
-    if m.layer_scale_init is not None:
-        reasons.append("model.layer_scale_init is set (no layer scale in Data2VecAudioModel)")
-    if m.qkv_bias != "qkv":
-        reasons.append(f"model.qkv_bias is {m.qkv_bias!r} (Data2VecAudioModel has biases on q, k and v)")
-    if m.final_norm:
-        reasons.append("model.final_norm is true (Data2VecAudioModel has no LayerNorm after its layers)")
-    if AudioEncoderOptions.model_validate(cfg.encoder).alibi:
-        reasons.append("encoder.alibi is true (Data2VecAudioModel has no ALiBi attention bias; data2vec 2.0 audio "
-                       "models have no transformers counterpart)")
-    if cfg.encoder.pos_conv_zero_pads is False:
-        reasons.append("encoder.pos_conv_zero_pads is false (Data2VecAudioModel zeroes padded frames before its positional conv)")
-    if reasons:
-        raise ExportError(f"cannot export to hf: {'; '.join(reasons)}")
 
 
 def hf_config(cfg: RunConfig) -> Any:
@@ -122,72 +110,6 @@ def hf_config(cfg: RunConfig) -> Any:
     )
 
 
-def to_hf_state_dict(encoder: Mapping[str, Tensor], transformer: Mapping[str, Tensor]) -> dict[str, Tensor]:
-    """HF ``Data2VecAudioModel`` state dict from the d2v encoder's and Transformer's state dicts."""
-    out: dict[str, Tensor] = {}
-    for key, value in encoder.items():
-        if key == _MASK_EMBEDDING[0]:
-            out[_MASK_EMBEDDING[1]] = value
-            continue
-        for ours, theirs in _ENCODER_PREFIXES:
-            if key.startswith(ours):
-                out[theirs + key.removeprefix(ours)] = value
-                break
-        else:
-            raise ExportError(f"cannot export to hf: encoder parameter {key!r} has no Data2VecAudioModel counterpart")
-    for key, value in transformer.items():
-        match = _D2V_LAYER_KEY.match(key)
-        module = match and match.group(2)
-        if match and module == "attn.qkv":
-            i, kind = match.group(1), match.group(3)
-            for name, part in zip("qkv", value.chunk(3, dim=0)):
-                out[f"encoder.layers.{i}.attention.{name}_proj.{kind}"] = part.clone()
-        elif match and module in _LAYER_MODULES:
-            out[f"encoder.layers.{match.group(1)}.{_LAYER_MODULES[module]}.{match.group(3)}"] = value
-        else:
-            raise ExportError(f"cannot export to hf: Transformer parameter {key!r} has no Data2VecAudioModel counterpart")
-    return out
-
-
-def from_hf_state_dict(hf: Mapping[str, Tensor]) -> tuple[dict[str, Tensor], dict[str, Tensor]]:
-    """The inverse of :func:`to_hf_state_dict`: (encoder, Transformer) state dicts."""
-    encoder: dict[str, Tensor] = {}
-    transformer: dict[str, Tensor] = {}
-    qkv: dict[tuple[str, str], dict[str, Tensor]] = {}
-    for key, value in hf.items():
-        if key == _MASK_EMBEDDING[1]:
-            encoder[_MASK_EMBEDDING[0]] = value
-            continue
-        layer = _HF_LAYER_KEY.match(key)
-        if layer:
-            i, module, kind = layer.groups()
-            q = _HF_QKV.match(module)
-            if q:
-                qkv.setdefault((i, kind), {})[q.group(1)] = value
-                continue
-            ours = {v: k for k, v in _LAYER_MODULES.items()}.get(module)
-            if ours is not None:
-                transformer[f"layers.{i}.{ours}.{kind}"] = value
-                continue
-        else:
-            prefix = next(((o, t) for o, t in _ENCODER_PREFIXES if key.startswith(t)), None)
-            if prefix is not None:
-                encoder[prefix[0] + key.removeprefix(prefix[1])] = value
-                continue
-        raise ExportError(f"cannot import {key!r}: d2v's audio model has no counterpart (adapter or head weights?)")
-    for (i, kind), parts in qkv.items():
-        if set(parts) != {"q", "k", "v"}:
-            raise ExportError(f"cannot import layer {i}: attention {kind} needs q_proj, k_proj and v_proj, found {sorted(parts)}")
-        transformer[f"layers.{i}.attn.qkv.{kind}"] = torch.cat([parts["q"], parts["k"], parts["v"]], dim=0)
-    return encoder, transformer
-
-
-def _load_strict(module: nn.Module, state: Mapping[str, Tensor], what: str, src: Path) -> None:
-    missing, unexpected = module.load_state_dict(state, strict=False)
-    if missing or unexpected:
-        raise ExportError(f"{src}: weights do not fit the d2v {what} (missing {missing[:3]}, unexpected {unexpected[:3]})")
-
-
 class AudioHFExporter(Exporter):
     """``--format hf``: a ``Data2VecAudioModel`` directory (``config.json``, ``model.safetensors``)
     plus ``preprocessor_config.json`` for ``Wav2Vec2FeatureExtractor``."""
@@ -195,16 +117,14 @@ class AudioHFExporter(Exporter):
     format = "hf"
 
     def export(self, model: nn.Module, cfg: Any, extra: Mapping[str, bytes], out_dir: Any) -> None:
-        check_exportable(cfg)
+        check_exportable(cfg, "Data2VecAudioModel", SUPPORTS)
         tf = transformers_module()
         out = Path(out_dir)
         hf = tf.Data2VecAudioModel(hf_config(cfg))
-        state = to_hf_state_dict(model.encoder.state_dict(), model.transformer.state_dict())
-        try:
-            hf.load_state_dict(state, strict=True)
-        except RuntimeError as exc:  # a name or shape the mapping got wrong: a bug, not user error
-            lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
-            raise ExportError(f"cannot export to hf: weights do not fit Data2VecAudioModel: {lines[-1] if lines else exc}") from exc
+        mapped = export_key_map(model.teacher_scope().state_dict(), KEY_MAP)
+        if mapped.unused:
+            raise ExportError(f"cannot export to hf: parameter {mapped.unused[0]!r} has no Data2VecAudioModel counterpart")
+        load_exported(hf, mapped.tensors, "Data2VecAudioModel")
         with quiet_transformers():
             hf.save_pretrained(out)
         data = AudioDataOptions.model_validate(cfg.data.options)
@@ -263,16 +183,16 @@ class AudioHFExporter(Exporter):
         except (OSError, ValueError, RuntimeError) as exc:  # no weights file, unreadable or wrongly shaped weights
             first = first_line(exc)
             raise ExportError(f"{src}: cannot load Data2VecAudioModel weights: {first}") from exc
-        missing = [k for k in info.get("missing_keys", []) if k != _MASK_EMBEDDING[1]]
+        missing = [k for k in info.get("missing_keys", []) if k != _HF_MASK]
         shapes = [f"{m[0]} {tuple(m[1])} != {tuple(m[2])}" for m in info.get("mismatched_keys", [])]
         if missing or shapes:
             raise ExportError(f"{src}: weights do not match its config.json (missing {sorted(missing)[:3]}, wrong shape {shapes[:3]})")
         state = {k: v.float() for k, v in hf.state_dict().items()}
-        if _MASK_EMBEDDING[1] in info.get("missing_keys", []):
-            state.pop(_MASK_EMBEDDING[1], None)
-        encoder, transformer = from_hf_state_dict(state)
-        if _MASK_EMBEDDING[0] not in encoder:
+        if _HF_MASK in info.get("missing_keys", []):
+            state.pop(_HF_MASK, None)
+        mapped = apply_key_map(state, KEY_MAP)
+        if mapped.unused:
+            raise ExportError(f"cannot import {mapped.unused[0]!r}: d2v's audio model has no counterpart (adapter or head weights?)")
+        if _MASK not in mapped.tensors:
             warnings.warn(f"{src} has no masked_spec_embed; the mask embedding keeps its fresh initialisation", stacklevel=2)
-            encoder[_MASK_EMBEDDING[0]] = model.encoder.mask_embedding.detach().clone()
-        _load_strict(model.encoder, encoder, "audio encoder", src)
-        _load_strict(model.transformer, transformer, "Transformer", src)
+        load_imported(model.teacher_scope(), mapped.tensors, src, may_miss=(_MASK,))

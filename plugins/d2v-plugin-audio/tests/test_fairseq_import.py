@@ -30,6 +30,7 @@ import torch.nn.functional as F
 from d2v_core.errors import CheckpointError
 from d2v_core.interop.fairseq_fixtures import save_fairseq_checkpoint
 from d2v_core.interop.fairseq_import import import_fairseq
+from d2v_core.inference.embed import encoder_states
 from d2v_core.inference.pretrained import load_pretrained
 from d2v_core.plugin_loader import get_registry
 from d2v_core.train.checkpoint import load_checkpoint
@@ -205,7 +206,7 @@ def test_import_matches_fairseq_forward_with_padding(tmp_path, registry, form):
     with torch.no_grad():
         feats_fs, pad_fs = fs_features(s, wav, sample_pad)
         out_fs, _ = fs_encoder(s, "encoder.", feats_fs, pad_fs)
-        out, pad = pre.model.encode({"source": wav, "padding_mask": sample_pad})
+        out, pad = encoder_states(pre.model, {"source": wav, "padding_mask": sample_pad})
     assert pad_fs is not None and pad_fs.any() and torch.equal(pad, pad_fs)
     assert out.shape == out_fs.shape
     valid = ~pad
@@ -391,7 +392,7 @@ def test_a_fine_tuned_ctc_checkpoint_imports_its_pretrained_encoder(tmp_path, re
     assert pre.cfg.ema.anneal_end_step == 400000  # interpolations resolved inside w2v_args
     wav = torch.randn(2, 3000, generator=torch.Generator().manual_seed(7))
     with torch.no_grad():
-        out, _ = pre.model.encode({"source": wav, "padding_mask": None})
+        out, _ = encoder_states(pre.model, {"source": wav, "padding_mask": None})
         out_fs, _ = fs_encoder(s, "encoder.", fs_features(s, wav, None)[0], None)
     assert (out - out_fs).abs().max() <= 1e-5
 

@@ -30,6 +30,7 @@ import torch
 import torch.nn.functional as F
 
 from d2v_core.errors import CheckpointError
+from d2v_core.inference.embed import encoder_states
 from d2v_core.inference.pretrained import load_pretrained
 from d2v_core.interop.fairseq_fixtures import save_fairseq_checkpoint
 from d2v_core.interop.fairseq_import import import_fairseq
@@ -189,7 +190,7 @@ def test_import_matches_fairseq_forward_with_padding(tmp_path, registry):
     with torch.no_grad():
         feats, pad_fs = fs_local(s, wav, sample_pad)
         theirs, _ = fs_context(s, "", feats, pad_fs)
-        ours, pad = pre.model.encode({"source": wav, "padding_mask": sample_pad})
+        ours, pad = encoder_states(pre.model, {"source": wav, "padding_mask": sample_pad})
     assert pad_fs.any() and torch.equal(pad, pad_fs)
     assert (ours - theirs)[~pad].abs().max() <= 1e-5
 
@@ -267,10 +268,11 @@ def test_pretraining_continues_from_a_v2_import(tmp_path, capsys):
 def test_a_v2_import_is_not_exported_to_transformers(tmp_path, registry):
     from d2v_core.errors import ExportError
 
-    from d2v_plugin_audio.hf_export import check_exportable
+    from d2v_core import check_exportable
+    from d2v_plugin_audio.hf_export import SUPPORTS
 
     ckpt = save_fairseq_checkpoint(tmp_path / "c.pt", fairseq_state(), MODEL_CFG, form="dict")
     import_fairseq(ckpt, tmp_path / "run", registry)
     cfg = load_pretrained(tmp_path / "run", registry).cfg
-    with pytest.raises(ExportError, match="encoder.alibi is true.*pos_conv_zero_pads is false"):
-        check_exportable(cfg)
+    with pytest.raises(ExportError, match="encoder.alibi=true.*pos_conv_zero_pads=false"):
+        check_exportable(cfg, "Data2VecAudioModel", SUPPORTS)

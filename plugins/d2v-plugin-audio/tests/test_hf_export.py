@@ -213,7 +213,7 @@ def test_cli_refusal_is_one_line(loaded, tmp_path, capsys):
     cfg = resolve_config(loaded.registry, "audio", "tiny", overrides=["model.final_norm=true"])
     ckpt = checkpoint(build_model(cfg, loaded.registry), cfg, tmp_path / "run")
     code, err = cli(["export", str(ckpt), "--format", "hf", "--out", str(tmp_path / "hf")], capsys)
-    assert code == 1 and err.count("\n") == 1 and "model.final_norm is true" in err
+    assert code == 1 and err.count("\n") == 1 and "model.final_norm=true" in err
 
 
 def test_import_refuses_other_models_and_incomplete_weights(exported, loaded, tmp_path, capsys):

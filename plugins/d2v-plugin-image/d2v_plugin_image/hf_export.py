@@ -3,8 +3,9 @@
 
 The export writes ``config.json`` and ``model.safetensors`` (``save_pretrained``) plus a
 ``preprocessor_config.json`` for ``BeitImageProcessor`` equivalent to the plugin's eval transform.
-It refuses, in one line, what ``Data2VecVisionModel`` cannot represent: post-LN layers, no final
-LayerNorm, a non-square patch grid. Attention biases: ``qv`` maps directly; ``none`` is exported
+It refuses, in one line, what ``Data2VecVisionModel`` cannot represent (:data:`SUPPORTS`, checked
+by the core's ``check_exportable``): post-LN layers, no final LayerNorm, data2vec 2.0's encoder, a
+non-square patch grid. The names are :data:`KEY_MAP`, applied both ways. Attention biases: ``qv`` maps directly; ``none`` is exported
 as zero query and value biases; with ``qkv`` the key bias is dropped, which changes nothing,
 because ``q . b_k`` is the same for every key of a query and softmax ignores a constant shift.
 
@@ -14,51 +15,60 @@ model whose outputs differ by more than :data:`EXPORT_TOLERANCE`.
 
 from __future__ import annotations
 
-import contextlib
 import json
-import re
 import warnings
 from pathlib import Path
-from typing import Any, Iterator, Mapping
+from typing import Any, Mapping
 
 import torch
 from torch import Tensor, nn
 
-from d2v_core import RunConfig
 from d2v_core import ExportError, first_line, quiet_transformers, transformers_module
-from d2v_core import Exporter
+from d2v_core import Exporter, Fuse, Rename, RunConfig, Supports
+from d2v_core import apply_key_map, check_exportable, export_key_map, load_exported, load_imported
 from d2v_plugin_image.options import ImageDataOptions
 
-#: d2v name (under ``Data2Vec.teacher_scope()``) -> ``Data2VecVisionModel`` name, outside the layers.
-GLOBAL_NAMES = {
-    "encoder.patch_embed.proj.weight": "embeddings.patch_embeddings.projection.weight",
-    "encoder.patch_embed.proj.bias": "embeddings.patch_embeddings.projection.bias",
-    "encoder.cls_token": "embeddings.cls_token",
-    "encoder.mask_embedding": "embeddings.mask_token",  # (D,) in d2v, (1, 1, D) in HF
-    "encoder.rel_pos_bias.relative_position_bias_table": "encoder.relative_position_bias.relative_position_bias_table",
-    "transformer.norm.weight": "layernorm.weight",
-    "transformer.norm.bias": "layernorm.bias",
-}
+_MASK = "encoder.mask_embedding"
 
-#: Per layer: ``transformer.layers.{i}.`` suffix -> ``encoder.layer.{i}.`` suffix. The fused
-#: ``attn.qkv.weight`` (rows [q; k; v]) is split into ``QKV_NAMES``.
-LAYER_NAMES = {
-    "attn.q_bias": "attention.attention.query.bias",
-    "attn.v_bias": "attention.attention.value.bias",
-    "attn.proj.weight": "attention.output.dense.weight",
-    "attn.proj.bias": "attention.output.dense.bias",
-    "attn_norm.weight": "layernorm_before.weight",
-    "attn_norm.bias": "layernorm_before.bias",
-    "fc1.weight": "intermediate.dense.weight",
-    "fc1.bias": "intermediate.dense.bias",
-    "fc2.weight": "output.dense.weight",
-    "fc2.bias": "output.dense.bias",
-    "ffn_norm.weight": "layernorm_after.weight",
-    "ffn_norm.bias": "layernorm_after.bias",
-    "gamma_1": "lambda_1",
-    "gamma_2": "lambda_2",
-}
-QKV_NAMES = tuple(f"attention.attention.{p}.weight" for p in ("query", "key", "value"))
+
+def _mask_to_d2v(t: Tensor) -> Tensor:
+    return t.reshape(-1)  # (1, 1, D) in HF, (D,) in d2v
+
+
+def _mask_to_hf(t: Tensor) -> Tensor:
+    return t.reshape(1, 1, -1)
+
+
+#: ``Data2VecVisionModel`` name -> d2v name (under ``Data2Vec.teacher_scope()``). The fused
+#: ``attn.qkv.weight`` (rows [q; k; v]) is HF's query, key and value weights; the biases follow
+#: ``model.qkv_bias`` (:func:`with_qv_biases`).
+KEY_MAP = (
+    Rename("embeddings.patch_embeddings.projection.{kind}", "encoder.patch_embed.proj.{kind}"),
+    Rename("embeddings.cls_token", "encoder.cls_token"),
+    Rename("embeddings.mask_token", _MASK, transform=_mask_to_d2v, inverse=_mask_to_hf),
+    Rename("encoder.relative_position_bias.relative_position_bias_table", "encoder.rel_pos_bias.relative_position_bias_table"),
+    Rename("layernorm.{kind}", "transformer.norm.{kind}"),
+    Fuse("encoder.layer.{i}.attention.attention.{part}.weight", "transformer.layers.{i}.attn.qkv.weight",
+         ("query", "key", "value")),
+    Rename("encoder.layer.{i}.attention.attention.query.bias", "transformer.layers.{i}.attn.q_bias"),
+    Rename("encoder.layer.{i}.attention.attention.value.bias", "transformer.layers.{i}.attn.v_bias"),
+    Rename("encoder.layer.{i}.attention.output.dense.{kind}", "transformer.layers.{i}.attn.proj.{kind}"),
+    Rename("encoder.layer.{i}.layernorm_before.{kind}", "transformer.layers.{i}.attn_norm.{kind}"),
+    Rename("encoder.layer.{i}.intermediate.dense.{kind}", "transformer.layers.{i}.fc1.{kind}"),
+    Rename("encoder.layer.{i}.output.dense.{kind}", "transformer.layers.{i}.fc2.{kind}"),
+    Rename("encoder.layer.{i}.layernorm_after.{kind}", "transformer.layers.{i}.ffn_norm.{kind}"),
+    Rename("encoder.layer.{i}.lambda_1", "transformer.layers.{i}.gamma_1"),
+    Rename("encoder.layer.{i}.lambda_2", "transformer.layers.{i}.gamma_2"),
+)
+
+#: What ``Data2VecVisionModel`` (the pretrained data2vec_vision layout) can represent.
+SUPPORTS = (
+    Supports("model.layout", ("pre_ln",), "Data2VecVisionModel has pre-LN BEiT layers; a data2vec 2.0 ViT is post-LN"),
+    Supports("model.final_norm", (True,), "Data2VecVisionModel ends with a LayerNorm (use_mean_pooling=false)"),
+    Supports("encoder.position", ("relative",), "Data2VecVisionModel has BEiT's shared relative position bias; "
+             "sincos positions are data2vec 2.0's"),
+    Supports("encoder.input_norm", (False,), "Data2VecVisionModel has no input LayerNorm (data2vec 2.0's context encoder has one)"),
+)
 
 #: Largest max abs difference of the final outputs accepted by the export's self-check (the
 #: outputs are layer-normalised; the spec measured 3.3e-6).
@@ -67,89 +77,36 @@ EXPORT_TOLERANCE = 1e-3
 #: Weights of task heads in a transformers directory; an import keeps only the encoder.
 HEAD_PREFIXES = ("pooler.", "classifier.", "lm_head.", "decode_head.", "auxiliary_head.", "fpn")
 
-_D2V_LAYER = re.compile(r"^transformer\.layers\.(\d+)\.(.+)$")
-_HF_LAYER = re.compile(r"^encoder\.layer\.(\d+)\.(.+)$")
-_MASK = "encoder.mask_embedding"
 
-
-def to_hf_state_dict(state: Mapping[str, Tensor], depth: int, qkv_bias: str) -> dict[str, Tensor]:
-    """``Data2VecVisionModel`` weights from the d2v encoder + transformer state (teacher-scope names)."""
-    out: dict[str, Tensor] = {}
-    unmapped = []
-    for name, value in state.items():
-        value = value.detach().to("cpu")
-        layer = _D2V_LAYER.match(name)
-        if name in GLOBAL_NAMES:
-            out[GLOBAL_NAMES[name]] = value.reshape(1, 1, -1) if name == _MASK else value
-        elif layer and layer.group(2) == "attn.qkv.weight":
-            for hf_name, part in zip(QKV_NAMES, value.chunk(3)):
-                out[f"encoder.layer.{layer.group(1)}.{hf_name}"] = part
-        elif layer and layer.group(2) == "attn.qkv.bias":  # qkv_bias "qkv": the key bias is dropped (no effect)
-            q, _, v = value.chunk(3)
-            out[f"encoder.layer.{layer.group(1)}.{LAYER_NAMES['attn.q_bias']}"] = q
-            out[f"encoder.layer.{layer.group(1)}.{LAYER_NAMES['attn.v_bias']}"] = v
-        elif layer and layer.group(2) in LAYER_NAMES:
-            out[f"encoder.layer.{layer.group(1)}.{LAYER_NAMES[layer.group(2)]}"] = value
+def with_qv_biases(state: Mapping[str, Tensor], depth: int, qkv_bias: str) -> dict[str, Tensor]:
+    """d2v's state in the bias layout HF has (``qv``: query and value biases, no key bias):
+    ``none`` gets zero biases (the same model); ``qkv`` drops the key bias, which changes
+    nothing (``q . b_k`` is the same for every key of a query, and softmax ignores a constant
+    shift)."""
+    out = dict(state)
+    for i in range(depth):
+        attn = f"transformer.layers.{i}.attn."
+        if qkv_bias == "qkv":
+            q, _, v = out.pop(attn + "qkv.bias").chunk(3)
+        elif qkv_bias == "none":
+            q = v = torch.zeros(out[attn + "qkv.weight"].shape[1])
         else:
-            unmapped.append(name)
-    if unmapped:
-        raise ExportError(f"no Data2VecVisionModel weight for {', '.join(unmapped[:3])}: not a d2v-plugin-image model")
-    if qkv_bias == "none":  # HF always has query and value biases: zeros are the same model
-        for i in range(depth):
-            dim = out[f"encoder.layer.{i}.{QKV_NAMES[0]}"].shape[0]
-            for suffix in ("attn.q_bias", "attn.v_bias"):
-                out[f"encoder.layer.{i}.{LAYER_NAMES[suffix]}"] = torch.zeros(dim)
-    return {k: v.clone().contiguous() for k, v in out.items()}
-
-
-def from_hf_state_dict(state: Mapping[str, Tensor]) -> tuple[dict[str, Tensor], list[str]]:
-    """The inverse of :func:`to_hf_state_dict` for the ``qv`` layout: (d2v teacher-scope state,
-    HF names that have no d2v counterpart). ``relative_position_index`` buffers are skipped."""
-    global_inverse = {v: k for k, v in GLOBAL_NAMES.items()}
-    layer_inverse = {v: k for k, v in LAYER_NAMES.items()}
-    out: dict[str, Tensor] = {}
-    qkv: dict[str, dict[str, Tensor]] = {}
-    unknown = []
-    for name, value in state.items():
-        layer = _HF_LAYER.match(name)
-        if "relative_position_index" in name:
-            continue  # derived from the grid; transformers ignores it on load too
-        if name in global_inverse:
-            out[global_inverse[name]] = value.reshape(-1) if global_inverse[name] == _MASK else value
-        elif layer and layer.group(2) in QKV_NAMES:
-            qkv.setdefault(layer.group(1), {})[layer.group(2)] = value
-        elif layer and layer.group(2) in layer_inverse:
-            out[f"transformer.layers.{layer.group(1)}.{layer_inverse[layer.group(2)]}"] = value
-        else:
-            unknown.append(name)
-    for i, parts in qkv.items():
-        if len(parts) != 3:
-            unknown += [f"encoder.layer.{i}.{p}" for p in parts]
             continue
-        out[f"transformer.layers.{i}.attn.qkv.weight"] = torch.cat([parts[p] for p in QKV_NAMES])
-    return out, unknown
+        out[attn + "q_bias"], out[attn + "v_bias"] = q, v
+    return out
 
 
-def check_exportable(model: nn.Module, cfg: RunConfig) -> None:
-    """Raise :class:`ExportError` (one line) for what ``Data2VecVisionModel`` cannot represent."""
-    m = cfg.model
-    if m.layout != "pre_ln":
-        raise ExportError(f"Data2VecVisionModel has pre-LN BEiT layers; this model has model.layout={m.layout} "
-                          "(a data2vec 2.0 ViT is post-LN), which the hf format cannot represent")
-    if not m.final_norm:
-        raise ExportError("Data2VecVisionModel ends with a LayerNorm (use_mean_pooling=false); this model has "
-                          "model.final_norm=false, which the hf format cannot represent")
+def _model_problems(model: nn.Module) -> list[str]:
+    """What :data:`SUPPORTS` cannot say: the built encoder is this plugin's, with a square grid."""
     enc = model.encoder
-    if getattr(enc, "rel_pos_bias", True) is None or getattr(enc, "input_norm", None) is not None:
-        raise ExportError("Data2VecVisionModel has BEiT's relative position bias and no input LayerNorm; this is a data2vec 2.0 "
-                          "image encoder (encoder.position=sincos or encoder.input_norm=true), which the hf format cannot represent")
     missing = [a for a in ("patch_embed", "cls_token", "mask_embedding", "rel_pos_bias", "grid") if not hasattr(enc, a)]
     if missing:
         raise ExportError(f"{type(enc).__name__} is not the d2v-plugin-image encoder (no {', '.join(missing)})")
     h, w = enc.grid
-    if h != w:
-        raise ExportError(f"the patch grid is {h}x{w}: Data2VecVisionModel resamples the relative position table "
-                          "for non-square grids, so only square grids export exactly")
+    if h != w:  # the encoder only builds square grids; this guards other encoders
+        return [f"the {h}x{w} patch grid (Data2VecVisionModel resamples the relative position table for non-square "
+                "grids, so only square grids export exactly)"]
+    return []
 
 
 def hf_config(model: nn.Module, cfg: RunConfig) -> Any:
@@ -245,17 +202,18 @@ class ImageHFExporter(Exporter):
     def export(self, model: nn.Module, cfg: Any, extra: Mapping[str, bytes], out_dir: Any) -> None:
         """Write ``Data2VecVisionModel`` weights, config and image processor to ``out_dir``."""
         tf = transformers_module()
-        check_exportable(model, cfg)
+        check_exportable(cfg, "Data2VecVisionModel", SUPPORTS, _model_problems(model))
         config = hf_config(model, cfg)
-        state = to_hf_state_dict(model.teacher_scope().state_dict(), cfg.model.depth, cfg.model.qkv_bias)
+        d2v = with_qv_biases(model.teacher_scope().state_dict(), cfg.model.depth, cfg.model.qkv_bias)
+        mapped = export_key_map({k: v.detach().cpu() for k, v in d2v.items()}, KEY_MAP)
+        if mapped.unused:
+            raise ExportError(f"no Data2VecVisionModel weight for {', '.join(mapped.unused[:3])}: not a d2v-plugin-image model")
+        state = mapped.tensors
         hf = tf.Data2VecVisionModel(config, add_pooling_layer=False)
         for key, value in hf.state_dict().items():  # derived buffers, persistent in some versions
             if "relative_position_index" in key:
                 state.setdefault(key, value)
-        try:
-            hf.load_state_dict(state, strict=True)
-        except RuntimeError as exc:
-            raise ExportError(f"the weights do not fit Data2VecVisionModel: {first_line(exc)}") from None
+        load_exported(hf, state, "Data2VecVisionModel")
         was_training = model.training
         model.eval()
         hf.eval()
@@ -301,17 +259,11 @@ class ImageHFExporter(Exporter):
                       if not k.startswith(HEAD_PREFIXES) and "relative_position_index" not in k)
         if bad:
             raise ExportError(f"{src_dir}: weights do not match its config.json ({', '.join(bad[:3])})")
-        state, unknown = from_hf_state_dict(hf.state_dict())
-        if unknown:
-            raise ExportError(f"{src_dir}: no d2v counterpart for {', '.join(unknown[:3])}")
-        try:
-            missing, unexpected = model.teacher_scope().load_state_dict(state, strict=False)
-        except RuntimeError as exc:
-            raise ExportError(f"{src_dir}: weights do not fit the d2v model: {first_line(exc)}") from None
-        allowed = set() if config.use_mask_token else {_MASK}
-        if set(missing) - allowed or unexpected:
-            raise ExportError(f"{src_dir}: weights do not fit the d2v model (missing {sorted(set(missing) - allowed)[:3]}, "
-                              f"unexpected {unexpected[:3]})")
+        # relative_position_index is derived from the grid (transformers ignores it on load too)
+        mapped = apply_key_map({k: v for k, v in hf.state_dict().items() if "relative_position_index" not in k}, KEY_MAP)
+        if mapped.unused:
+            raise ExportError(f"{src_dir}: no d2v counterpart for {', '.join(mapped.unused[:3])}")
+        load_imported(model.teacher_scope(), mapped.tensors, src_dir, may_miss=() if config.use_mask_token else (_MASK,))
         if not config.use_mask_token:
             warnings.warn(f"{src_dir} has no mask_token (use_mask_token=false): the mask embedding starts from its "
                           "initialisation", stacklevel=2)

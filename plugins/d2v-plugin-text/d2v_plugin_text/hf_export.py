@@ -1,8 +1,9 @@
 """``d2v export --format hf`` and ``d2v import --from-hf`` for text: transformers'
 ``Data2VecTextModel`` (the RoBERTa layout, spec §3.3) and a fast tokenizer.
 
-The mapping is a rename, except that the fused ``qkv`` projection is split into ``query``,
-``key`` and ``value`` (rows ``[q; k; v]``), and that transformers adds a token-type embedding,
+The mapping is :data:`KEY_MAP` (the core's ``export_key_map`` / ``apply_key_map``): a rename,
+except that the fused ``qkv`` projection is split into ``query``, ``key`` and ``value`` (rows
+``[q; k; v]``), and that transformers adds a token-type embedding,
 which the export writes as zeros and the import folds into the position table (row 0 of it is
 what transformers adds when no ``token_type_ids`` are given). The regression head is not part
 of the encoder: it is not exported, and an import leaves it freshly initialised. transformers'
@@ -12,109 +13,80 @@ has no place in d2v's model is an error.
 
 from __future__ import annotations
 
-import contextlib
 from pathlib import Path
-from typing import Any, Iterator, Mapping
+from typing import Any, Mapping
 
 import torch
 from torch import Tensor, nn
 
 from d2v_core import ExportError, quiet_transformers, transformers_module
-from d2v_core import Exporter
+from d2v_core import Exporter, Fuse, Rename, Supports
+from d2v_core import apply_key_map, check_exportable, export_key_map, load_exported, load_imported
 
 from d2v_plugin_text.encoder import TextFeatureEncoder
 from d2v_plugin_text.hf_tokenizer import SPM_FILE, write_hf_tokenizer
 from d2v_plugin_text.tokenizer import BOS_ID, EOS_ID, PAD_ID, Tokenizer
 
-_EMBEDDINGS = {  # d2v name -> transformers name
-    "encoder.embed_tokens.weight": "embeddings.word_embeddings.weight",
-    "encoder.embed_positions.weight": "embeddings.position_embeddings.weight",
-    "encoder.layernorm_embedding.weight": "embeddings.LayerNorm.weight",
-    "encoder.layernorm_embedding.bias": "embeddings.LayerNorm.bias",
-}
-_LAYER = {  # transformer.layers.{i}.<d2v> -> encoder.layer.{i}.<transformers>; qkv is split apart
-    "attn.proj": "attention.output.dense",
-    "attn_norm": "attention.output.LayerNorm",
-    "fc1": "intermediate.dense",
-    "fc2": "output.dense",
-    "ffn_norm": "output.LayerNorm",
-}
-_QKV = ("query", "key", "value")
+#: ``Data2VecTextModel`` name -> d2v name (under ``Data2Vec.teacher_scope()``).
+KEY_MAP = (
+    Rename("embeddings.word_embeddings.weight", "encoder.embed_tokens.weight"),
+    Rename("embeddings.position_embeddings.weight", "encoder.embed_positions.weight"),
+    Rename("embeddings.LayerNorm.{kind}", "encoder.layernorm_embedding.{kind}"),
+    Fuse("encoder.layer.{i}.attention.self.{part}.{kind}", "transformer.layers.{i}.attn.qkv.{kind}", ("query", "key", "value")),
+    Rename("encoder.layer.{i}.attention.output.dense.{kind}", "transformer.layers.{i}.attn.proj.{kind}"),
+    Rename("encoder.layer.{i}.attention.output.LayerNorm.{kind}", "transformer.layers.{i}.attn_norm.{kind}"),
+    Rename("encoder.layer.{i}.intermediate.dense.{kind}", "transformer.layers.{i}.fc1.{kind}"),
+    Rename("encoder.layer.{i}.output.dense.{kind}", "transformer.layers.{i}.fc2.{kind}"),
+    Rename("encoder.layer.{i}.output.LayerNorm.{kind}", "transformer.layers.{i}.ffn_norm.{kind}"),
+)
+
+#: What ``Data2VecTextModel`` can represent.
+SUPPORTS = (
+    Supports("model.layout", ("post_ln",), "its layers are post-LN"),
+    Supports("model.layer_scale_init", (None,), "it has no layer scale"),
+    Supports("model.qkv_bias", ("qkv",), "it has biases on query, key and value"),
+    Supports("model.final_norm", (False,), "it has no final LayerNorm"),
+)
+
 _TOKEN_TYPES = "embeddings.token_type_embeddings.weight"
 #: transformers heads that may sit next to the encoder in a directory; not part of d2v's model.
 DROPPED_HEADS = ("pooler.", "lm_head.")
 
 
-def _pairs(depth: int) -> Iterator[tuple[str, str]]:
-    """(d2v name, transformers name) of every tensor that is a plain rename."""
-    yield from _EMBEDDINGS.items()
-    for i in range(depth):
-        for ours, theirs in _LAYER.items():
-            for kind in ("weight", "bias"):
-                yield f"transformer.layers.{i}.{ours}.{kind}", f"encoder.layer.{i}.{theirs}.{kind}"
-
-
-def _taker(state: Mapping[str, Tensor], what: str):  # noqa: ANN202
-    left = dict(state)
-
-    def take(key: str) -> Tensor:
-        if key not in left:
-            raise ExportError(f"{what} has no tensor {key!r}")
-        return left.pop(key)
-
-    return take, left
-
-
-def d2v_to_hf_state(state: Mapping[str, Tensor], depth: int) -> dict[str, Tensor]:
-    """``Data2VecTextModel`` weights from a d2v text student's ``encoder.*`` and ``transformer.*``
-    tensors (the regression head ``head.*`` is not part of the encoder)."""
-    take, left = _taker({k: v for k, v in state.items() if k.startswith(("encoder.", "transformer."))}, "the d2v model")
-    out = {theirs: take(ours) for ours, theirs in _pairs(depth)}
+def d2v_to_hf_state(state: Mapping[str, Tensor]) -> dict[str, Tensor]:
+    """``Data2VecTextModel`` weights from a d2v text model's ``teacher_scope()`` state, with the
+    token-type embedding transformers adds written as zeros."""
+    mapped = export_key_map(state, KEY_MAP)
+    if mapped.unused:
+        raise ExportError(f"d2v tensors with no place in Data2VecTextModel: {', '.join(sorted(mapped.unused)[:4])}")
+    out = mapped.tensors
     out[_TOKEN_TYPES] = torch.zeros_like(out["embeddings.LayerNorm.weight"]).unsqueeze(0)
-    for i in range(depth):
-        for kind in ("weight", "bias"):
-            for name, part in zip(_QKV, take(f"transformer.layers.{i}.attn.qkv.{kind}").chunk(3)):
-                out[f"encoder.layer.{i}.attention.self.{name}.{kind}"] = part
-    if left:
-        raise ExportError(f"d2v tensors with no place in Data2VecTextModel: {', '.join(sorted(left)[:4])}")
     return out
 
 
-def hf_to_d2v_state(state: Mapping[str, Tensor], depth: int, pad_id: int = PAD_ID) -> dict[str, Tensor]:
+def hf_to_d2v_state(state: Mapping[str, Tensor], pad_id: int = PAD_ID) -> dict[str, Tensor]:
     """The inverse of :func:`d2v_to_hf_state`; every tensor must be used. Token-type row 0 is added
     to every position row but the padding row (exact: transformers adds both to each token)."""
-    take, left = _taker(state, "the transformers model")
-    out = {ours: take(theirs) for ours, theirs in _pairs(depth)}
-    token_type = take(_TOKEN_TYPES)[0]
+    rest = dict(state)
+    if _TOKEN_TYPES not in rest:
+        raise ExportError(f"the transformers model has no tensor {_TOKEN_TYPES!r}")
+    token_type = rest.pop(_TOKEN_TYPES)[0]
+    mapped = apply_key_map(rest, KEY_MAP)
+    if mapped.unused:
+        raise ExportError(f"transformers tensors with no place in the d2v text model: {', '.join(sorted(mapped.unused)[:4])}")
+    out = mapped.tensors
     positions = out["encoder.embed_positions.weight"].clone()
     rows = torch.arange(positions.shape[0]) != pad_id
     positions[rows] += token_type.to(positions.dtype)
     out["encoder.embed_positions.weight"] = positions
-    for i in range(depth):
-        for kind in ("weight", "bias"):
-            parts = [take(f"encoder.layer.{i}.attention.self.{name}.{kind}") for name in _QKV]
-            out[f"transformer.layers.{i}.attn.qkv.{kind}"] = torch.cat(parts)
-    if left:
-        raise ExportError(f"transformers tensors with no place in the d2v text model: {', '.join(sorted(left)[:4])}")
     return out
 
 
-def check_exportable(model: nn.Module, cfg: Any) -> TextFeatureEncoder:
-    """The model's text encoder, or :class:`ExportError` where ``Data2VecTextModel`` cannot
-    compute what d2v computes."""
+def text_encoder(model: nn.Module) -> TextFeatureEncoder:
+    """The model's text encoder, or an :class:`ExportError` for another plugin's model."""
     enc = getattr(model, "encoder", None)
     if not isinstance(enc, TextFeatureEncoder):
         raise ExportError(f"the hf text exporter needs the text plugin's encoder, got {type(enc).__name__}")
-    m = cfg.model
-    problems = []
-    if m.layout != "post_ln":
-        problems.append(f"model.layout={m.layout!r} (its layers are post-LN)")
-    if m.qkv_bias != "qkv":
-        problems.append(f"model.qkv_bias={m.qkv_bias!r} (it has biases on query, key and value)")
-    if m.final_norm:
-        problems.append("model.final_norm=true (it has no final LayerNorm)")
-    if problems:
-        raise ExportError("transformers' Data2VecTextModel cannot represent this model: " + "; ".join(problems))
     return enc
 
 
@@ -129,12 +101,6 @@ def hf_config(model_cfg: Any, enc: TextFeatureEncoder):  # noqa: ANN201 - Data2V
         max_position_embeddings=enc.embed_positions.num_embeddings, type_vocab_size=1,
         layer_norm_eps=model_cfg.norm_eps, pad_token_id=PAD_ID, bos_token_id=BOS_ID, eos_token_id=EOS_ID,
     )
-
-
-def _load_problem(exc: RuntimeError) -> str:
-    """The first problem ``load_state_dict`` lists (its first line only names the module)."""
-    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
-    return lines[1] if len(lines) > 1 else (lines[0] if lines else type(exc).__name__)
 
 
 def find_sentencepiece(src: Path) -> Path:
@@ -159,15 +125,13 @@ class TextHFExporter(Exporter):
     def export(self, model: nn.Module, cfg: Any, extra: Mapping[str, bytes], out_dir: Any) -> None:
         """Write config.json, model.safetensors, tokenizer.json, tokenizer_config.json and the
         sentencepiece model. The tokenizer is the encoder's own (restored from ``extra``)."""
-        enc = check_exportable(model, cfg)
+        enc = text_encoder(model)
+        check_exportable(cfg, "Data2VecTextModel", SUPPORTS)
         transformers = transformers_module()
         out = Path(out_dir)
-        state = d2v_to_hf_state(model.state_dict(), cfg.model.depth)
+        state = d2v_to_hf_state(model.teacher_scope().state_dict())
         hf = transformers.Data2VecTextModel(hf_config(cfg.model, enc), add_pooling_layer=False)
-        try:
-            hf.load_state_dict({k: v.detach().float().cpu() for k, v in state.items()}, strict=True)
-        except RuntimeError as exc:
-            raise ExportError(f"weights do not fit Data2VecTextModel: {_load_problem(exc)}") from None
+        load_exported(hf, {k: v.detach().float().cpu() for k, v in state.items()}, "Data2VecTextModel")
         with quiet_transformers():
             hf.save_pretrained(str(out))
             write_hf_tokenizer(enc.tokenizer, out, enc.max_positions)
@@ -220,8 +184,7 @@ class TextHFExporter(Exporter):
     def import_weights(self, src_dir: Any, model: nn.Module) -> None:
         """Load the directory's encoder weights into ``model`` (built from :meth:`import_config`)."""
         src = Path(src_dir)
-        if not isinstance(getattr(model, "encoder", None), TextFeatureEncoder):
-            raise ExportError("the hf text importer needs a model with the text plugin's encoder")
+        text_encoder(model)
         transformers = transformers_module()
         with quiet_transformers():
             hf, info = transformers.Data2VecTextModel.from_pretrained(
@@ -232,11 +195,5 @@ class TextHFExporter(Exporter):
         if missing or extra:
             detail = f"missing {missing[:4]}" if missing else f"unused {extra[:4]}"
             raise ExportError(f"{src}: the weights are not a Data2VecTextModel's ({detail})")
-        state = hf_to_d2v_state(hf.state_dict(), model.cfg.model.depth, model.encoder.pad_id)
-        try:
-            missing_d2v, unexpected = model.load_state_dict(state, strict=False)
-        except RuntimeError as exc:
-            raise ExportError(f"{src}: weights do not fit the d2v model: {_load_problem(exc)}") from None
-        not_head = [k for k in missing_d2v if not k.startswith("head.")]
-        if not_head or unexpected:
-            raise ExportError(f"{src}: weights do not fit the d2v model (missing {not_head[:4]}, unexpected {unexpected[:4]})")
+        # the regression head (not in the teacher scope) keeps its initialisation
+        load_imported(model.teacher_scope(), hf_to_d2v_state(hf.state_dict(), model.encoder.pad_id), src)

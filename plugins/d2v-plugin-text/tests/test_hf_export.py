@@ -260,8 +260,8 @@ def test_import_refuses_what_it_cannot_use(registry, small_tokenizer, tmp_path, 
 
 
 @pytest.mark.parametrize("overrides, problem", [
-    (["model.layout=pre_ln", "model.layer_scale_init=0.1"], "model.layout='pre_ln'"),
-    (["model.qkv_bias=qv"], "model.qkv_bias='qv'"),
+    (["model.layout=pre_ln", "model.layer_scale_init=0.1"], "model.layout=pre_ln"),
+    (["model.qkv_bias=qv"], "model.qkv_bias=qv"),
     (["model.final_norm=true"], "model.final_norm=true"),
 ])
 def test_export_refuses_what_transformers_cannot_represent(registry, small_tokenizer, tmp_path, overrides, problem):
