@@ -348,11 +348,15 @@ def saved_for_backward_bytes(trainer, batch: dict) -> dict[str, int]:  # noqa: A
     from d2v_core.train.trainer import mask_generator
 
     tcfg = trainer.model.transformer.cfg
+    # the encoder's own stacks (audio's conv feature extractor) follow model.activation_checkpointing too
+    encoder_parts = [m for m in trainer.model.encoder.modules() if isinstance(getattr(m, "activation_checkpointing", None), bool)]
     params = {p.untyped_storage().data_ptr() for p in trainer.model.parameters()}
     before, out = tcfg.activation_checkpointing, {}
     try:
         for ac in (False, True):
             tcfg.activation_checkpointing = ac
+            for m in encoder_parts:
+                m.activation_checkpointing = ac
             kept: dict[int, int] = {}
 
             def pack(t: torch.Tensor) -> torch.Tensor:
@@ -369,6 +373,8 @@ def saved_for_backward_bytes(trainer, batch: dict) -> dict[str, int]:  # noqa: A
             out["with_ac" if ac else "without_ac"] = sum(kept.values())
     finally:
         tcfg.activation_checkpointing = before
+        for m in encoder_parts:
+            m.activation_checkpointing = before
     return out
 
 
