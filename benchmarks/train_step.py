@@ -306,7 +306,8 @@ def ac_vs_plain(a: argparse.Namespace, batch: dict) -> None:
     """d2v with activation checkpointing against d2v without, both d2v: steps timed interleaved
     (unless ``--no-time``) and the peak memory of each in fresh processes."""
     device = torch.device(a.device)
-    name = f"ac_vs_plain_{a.modality}_{a.preset}_{a.dtype}_b{a.batch}" + ("_compile" if a.compile else "") + ("_quick" if a.quick else "")
+    name = (f"ac_vs_plain_{a.modality}_{a.preset}_{a.dtype}_b{a.batch}" + (f"_l{a.length}" if a.length else "")
+            + ("_compile" if a.compile else "") + ("_quick" if a.quick else ""))
     result: dict = {"benchmark": "ac_vs_plain", "modality": a.modality, "preset": a.preset, "dtype": a.dtype, "device": a.device,
                     "batch": a.batch, "length": a.length, "quick": a.quick, "compile": a.compile, "machine": machine_info()}
     if not a.no_time:
