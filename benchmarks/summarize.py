@@ -49,6 +49,22 @@ def train_step_table(rows: list[tuple[str, dict]]) -> str:
     return "\n".join(lines)
 
 
+def ac_vs_plain_table(rows: list[tuple[str, dict]]) -> str:
+    lines = ["| modality/preset | dtype | batch | length | peak MiB with / without AC (reduction) | s/step with / without AC (ratio) | "
+             "load avg | file |", "|---|---|---|---|---|---|---|---|"]
+    for name, r in rows:
+        s, mem, time = r.get("summary", {}), "not measured", "not measured"
+        if "peak_memory" in r:
+            pm = r["peak_memory"]
+            mem = f"{_mib(pm['ac']['peak_bytes'])} / {_mib(pm['plain']['peak_bytes'])} ({s['peak_memory_reduction']:.0%} lower)"
+        if "seconds_per_step" in r:
+            t = r["seconds_per_step"]
+            time = f"{t['ac']['median']:.3f} / {t['plain']['median']:.3f} ({s['time_ratio_ac_over_plain']:.2f})"
+        lines.append(f"| {r['modality']}/{r['preset']}{' +compile' * bool(r.get('compile'))} | {r['dtype']} | {r['batch']} | "
+                     f"{r.get('length') or 'preset'} | {mem} | {time} | {r['machine']['load_average'][0]:.1f} | {name} |")
+    return "\n".join(lines)
+
+
 def data_table(rows: list[tuple[str, dict]]) -> str:
     lines = ["| modality | decode+collate samples/s per worker | via 1 worker process | training consumes samples/s | headroom | file |",
              "|---|---|---|---|---|---|"]
@@ -104,6 +120,7 @@ def main() -> None:
     p.add_argument("--include-quick", action="store_true")
     a = p.parse_args()
     print("### Training step\n\n" + train_step_table(_load("train_step_*.json", a.include_quick)))
+    print("\n### Activation checkpointing against the plain step\n\n" + ac_vs_plain_table(_load("ac_vs_plain_*.json", a.include_quick)))
     print("\n### Data pipeline\n\n" + data_table(_load("data_pipeline*.json", a.include_quick)))
     print("\n### What pretraining buys\n\n" + probe_table(_load("pretrain_probe_*.json", a.include_quick)))
     print("\n### data2vec 1.0 against 2.0\n\n" + v1_vs_v2_table(_load("v1_vs_v2_*.json", a.include_quick)))

@@ -5,7 +5,9 @@ Run (one modality and precision per call; results in benchmarks/results/train_st
     .venv/bin/python benchmarks/train_step.py --modality audio --dtype fp32
     .venv/bin/python benchmarks/train_step.py --modality audio --dtype bf16
     (same for image and text; --quick for a fast smoke run, --check for the equivalence check;
-    --compile and --activation-checkpointing switch those on for the d2v side, the reference stays eager)
+    --compile and --activation-checkpointing switch those on for the d2v side, the reference stays eager;
+    --ac-vs-plain: d2v with activation checkpointing against d2v without, at any batch, with --no-time for
+    the peak memory alone)
 
 d2v side: ``build_model`` + the core ``Trainer.train_step`` (student forward on the masked input,
 teacher forward, targets, loss, backward, gradient normalisation, clipping, AdamW, schedule, EMA
@@ -63,6 +65,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--activation-checkpointing", action="store_true", help="d2v side with model.activation_checkpointing=true")
     p.add_argument("--activation-memory", action="store_true",
                    help="only measure the bytes the d2v student keeps for backward, with and without activation checkpointing")
+    p.add_argument("--ac-vs-plain", action="store_true",
+                   help="d2v with model.activation_checkpointing against d2v without (no reference): step time and peak memory")
+    p.add_argument("--no-time", action="store_true", help="with --ac-vs-plain: peak memory only (for batches too slow to time)")
     p.add_argument("--check", action="store_true", help="dropout off, d2v weights copied into the reference: losses must agree")
     p.add_argument("--out", type=Path, help="results folder (default benchmarks/results)")
     p.add_argument("--memory-child", choices=["d2v", "reference"], help=argparse.SUPPRESS)
@@ -197,22 +202,25 @@ def memory_child(a: argparse.Namespace) -> dict:
 MMAP_THRESHOLD = "65536"
 
 
-def run_memory(a: argparse.Namespace) -> dict:
+def run_memory(a: argparse.Namespace, sides: dict[str, tuple[str, bool]] | None = None) -> dict:
     """Peak memory of each side, each in fresh processes, ``--memory-repeats`` times in
-    alternating order; the median per side."""
+    alternating order; the median per side. ``sides``: name -> (memory child, activation
+    checkpointing); default d2v (as the flags say) and the reference."""
+    sides = sides or {"d2v": ("d2v", a.activation_checkpointing), "reference": ("reference", a.activation_checkpointing)}
     env = {**os.environ, "HF_HUB_OFFLINE": "1"}
     if a.device == "cpu" and not a.malloc_default:
         env["MALLOC_MMAP_THRESHOLD_"] = MMAP_THRESHOLD
-    runs: dict[str, list[dict]] = {"d2v": [], "reference": []}
+    runs: dict[str, list[dict]] = {side: [] for side in sides}
     for r in range(a.memory_repeats):
-        for side in (("d2v", "reference") if r % 2 == 0 else ("reference", "d2v")):
+        for side in (list(sides) if r % 2 == 0 else list(reversed(sides))):
+            child, ac = sides[side]
             args = [sys.executable, __file__, f"--modality={a.modality}", f"--preset={a.preset}", f"--dtype={a.dtype}",
-                    f"--device={a.device}", f"--batch={a.batch}", f"--memory-steps={a.memory_steps}", f"--memory-child={side}"]
+                    f"--device={a.device}", f"--batch={a.batch}", f"--memory-steps={a.memory_steps}", f"--memory-child={child}"]
             if a.length:
                 args.append(f"--length={a.length}")
             if a.threads:
                 args.append(f"--threads={a.threads}")
-            args += ["--compile"] * a.compile + ["--activation-checkpointing"] * a.activation_checkpointing
+            args += ["--compile"] * a.compile + ["--activation-checkpointing"] * ac
             proc = subprocess.run(args, capture_output=True, text=True, env=env)
             if proc.returncode != 0:
                 raise RuntimeError(f"memory child {side} failed:\n{proc.stderr[-3000:]}")
@@ -221,7 +229,8 @@ def run_memory(a: argparse.Namespace) -> dict:
     for side, rows in runs.items():
         peaks = [row["peak_bytes"] for row in rows]
         out[side] = {**rows[0], "peak_bytes": statistics.median(peaks), "peak_bytes_runs": peaks}
-    out["ratio_d2v_over_reference"] = out["d2v"]["peak_bytes"] / max(out["reference"]["peak_bytes"], 1)
+    first, second = list(sides)
+    out[f"ratio_{first}_over_{second}"] = out[first]["peak_bytes"] / max(out[second]["peak_bytes"], 1)
     return out
 
 
@@ -250,6 +259,9 @@ def main(argv: list[str] | None = None) -> None:
     cfg = build_config(a)
     tok = text_tokenizer(cfg)
     batch = make_batch(cfg, a, tok)
+    if a.ac_vs_plain:
+        ac_vs_plain(a, batch)
+        return
     trainer = build_d2v(cfg, batch, device)
     if a.activation_memory:
         result = {"benchmark": "activation_memory", "modality": a.modality, "preset": a.preset, "dtype": a.dtype,
@@ -290,6 +302,46 @@ def main(argv: list[str] | None = None) -> None:
     print(f"wrote {path}")
 
 
+def ac_vs_plain(a: argparse.Namespace, batch: dict) -> None:
+    """d2v with activation checkpointing against d2v without, both d2v: steps timed interleaved
+    (unless ``--no-time``) and the peak memory of each in fresh processes."""
+    device = torch.device(a.device)
+    name = (f"ac_vs_plain_{a.modality}_{a.preset}_{a.dtype}_b{a.batch}" + (f"_l{a.length}" if a.length else "")
+            + ("_compile" if a.compile else "") + ("_quick" if a.quick else ""))
+    result: dict = {"benchmark": "ac_vs_plain", "modality": a.modality, "preset": a.preset, "dtype": a.dtype, "device": a.device,
+                    "batch": a.batch, "length": a.length, "quick": a.quick, "compile": a.compile, "machine": machine_info()}
+    if not a.no_time:
+        trainers = {side: build_d2v(build_config(argparse.Namespace(**{**vars(a), "activation_checkpointing": side == "ac"})), batch, device)
+                    for side in ("ac", "plain")}
+        sides = {side: t.train_step for side, t in trainers.items()}
+        for _ in range(a.warmup):
+            for fn in sides.values():
+                fn()
+        times: dict[str, list[float]] = {s: [] for s in sides}
+        for r in range(a.repeats):
+            for side in (list(sides) if r % 2 == 0 else list(reversed(sides))):
+                times[side].append(timed(sides[side], a.device))
+        result["seconds_per_step"] = {s: summarize(v) for s, v in times.items()}
+        med = {s: result["seconds_per_step"][s]["median"] for s in sides}
+        result["summary"] = {"time_ratio_ac_over_plain": med["ac"] / med["plain"]}
+        del trainers, sides  # the memory children measure in fresh processes
+    if not a.no_memory:
+        result["peak_memory"] = run_memory(a, {"ac": ("d2v", True), "plain": ("d2v", False)})
+        pm = result["peak_memory"]
+        result.setdefault("summary", {})["peak_memory_reduction"] = 1 - pm["ratio_ac_over_plain"]
+    path = write_result(name, result, a.out)
+    print(f"{a.modality}/{a.preset} {a.dtype} batch {a.batch}  (load avg {result['machine']['load_average'][0]:.1f})")
+    if "seconds_per_step" in result:
+        st = result["seconds_per_step"]
+        print(f"  step median: with checkpointing {st['ac']['median']:.3f} s, without {st['plain']['median']:.3f} s, "
+              f"ratio {result['summary']['time_ratio_ac_over_plain']:.3f}")
+    if "peak_memory" in result:
+        pm = result["peak_memory"]
+        print(f"  peak memory: with checkpointing {pm['ac']['peak_bytes'] / 2**20:.0f} MiB, without {pm['plain']['peak_bytes'] / 2**20:.0f} MiB, "
+              f"{result['summary']['peak_memory_reduction']:.0%} lower")
+    print(f"wrote {path}")
+
+
 def saved_for_backward_bytes(trainer, batch: dict) -> dict[str, int]:  # noqa: ANN001
     """Bytes of the distinct storages (parameters left out) that autograd keeps from the forward
     pass for the backward pass of one d2v step, without and with activation checkpointing: the
@@ -297,11 +349,15 @@ def saved_for_backward_bytes(trainer, batch: dict) -> dict[str, int]:  # noqa: A
     from d2v_core.train.trainer import mask_generator
 
     tcfg = trainer.model.transformer.cfg
+    # the encoder's own stacks (audio's conv feature extractor) follow model.activation_checkpointing too
+    encoder_parts = [m for m in trainer.model.encoder.modules() if isinstance(getattr(m, "activation_checkpointing", None), bool)]
     params = {p.untyped_storage().data_ptr() for p in trainer.model.parameters()}
     before, out = tcfg.activation_checkpointing, {}
     try:
         for ac in (False, True):
             tcfg.activation_checkpointing = ac
+            for m in encoder_parts:
+                m.activation_checkpointing = ac
             kept: dict[int, int] = {}
 
             def pack(t: torch.Tensor) -> torch.Tensor:
@@ -318,6 +374,8 @@ def saved_for_backward_bytes(trainer, batch: dict) -> dict[str, int]:  # noqa: A
             out["with_ac" if ac else "without_ac"] = sum(kept.values())
     finally:
         tcfg.activation_checkpointing = before
+        for m in encoder_parts:
+            m.activation_checkpointing = before
     return out
 
 

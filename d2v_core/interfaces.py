@@ -59,8 +59,10 @@ FACTORY_ARGS: dict[str, tuple[str, ...]] = {
 @dataclass(frozen=True)
 class BuildContext:
     """What a component factory may know of the run besides its own options: the modality, the
-    core Transformer's width, heads, dropout and LayerNorm eps, and the training data source
-    (``None`` when building for inference)."""
+    core Transformer's width, heads, dropout and LayerNorm eps, the training data source
+    (``None`` when building for inference) and ``model.activation_checkpointing`` (an encoder
+    with a deep stack of its own, such as audio's conv feature extractor, recomputes it in the
+    backward pass too)."""
 
     modality: str
     dim: int
@@ -68,6 +70,7 @@ class BuildContext:
     dropout: float
     norm_eps: float
     train_data: str | None = None
+    activation_checkpointing: bool = False
 
 
 class SkipRecord(Exception):

@@ -141,6 +141,15 @@ def test_activation_memory_shrinks_with_checkpointing(tmp_path: Path) -> None:
     assert 0 < sb["with_ac"] < 0.5 * sb["without_ac"]
 
 
+def test_ac_vs_plain_times_and_measures_both_sides(tmp_path: Path) -> None:
+    run_script("train_step.py", "--modality", "audio", "--preset", "tiny", "--batch", "2", "--length", "8000", "--ac-vs-plain",
+               "--quick", "--out", str(tmp_path))
+    r = json.loads((tmp_path / "ac_vs_plain_audio_tiny_fp32_b2_l8000_quick.json").read_text())
+    assert r["seconds_per_step"]["ac"]["median"] > 0 and r["seconds_per_step"]["plain"]["median"] > 0
+    assert r["peak_memory"]["ac"]["peak_bytes"] > 0 and r["peak_memory"]["plain"]["peak_bytes"] > 0
+    assert r["summary"]["peak_memory_reduction"] == 1 - r["peak_memory"]["ratio_ac_over_plain"]
+
+
 def test_batching_writes_the_issue_fields(tmp_path: Path) -> None:
     (tmp_path / "data" / "text").mkdir(parents=True)
     (tmp_path / "data" / "text" / "corpus.txt").write_text(

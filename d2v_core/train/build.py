@@ -20,10 +20,11 @@ from d2v_core.specs import load_ref
 
 
 def build_context(cfg: RunConfig) -> BuildContext:
-    """The typed context factories get: modality, width, heads, dropout, eps, data source."""
+    """The typed context factories get: modality, width, heads, dropout, eps, data source,
+    activation checkpointing."""
     m = cfg.model
     return BuildContext(modality=cfg.modality, dim=m.dim, heads=m.heads, dropout=m.dropout, norm_eps=m.norm_eps,
-                        train_data=cfg.data.train)
+                        train_data=cfg.data.train, activation_checkpointing=m.activation_checkpointing)
 
 
 def _options(section: Any) -> Any:

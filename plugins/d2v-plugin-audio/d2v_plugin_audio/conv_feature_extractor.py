@@ -12,6 +12,7 @@ from typing import Sequence, TypeVar
 
 import torch
 import torch.nn.functional as F
+import torch.utils.checkpoint
 from torch import Tensor, nn
 
 Lengths = TypeVar("Lengths", int, Tensor)
@@ -80,10 +81,16 @@ class ConvBlock(nn.Module):
 
 
 class ConvFeatureExtractor(nn.Module):
-    """Waveform (B, L) -> conv features (B, C_last, T)."""
+    """Waveform (B, L) -> conv features (B, C_last, T).
 
-    def __init__(self, layers: Sequence[tuple[int, int, int]], bias: bool = False) -> None:
+    With ``activation_checkpointing`` each block's activations are recomputed in the backward
+    pass (non-reentrant ``torch.utils.checkpoint``, in training with grad only): at 16 kHz the
+    first blocks' outputs (512 channels at 3.2 kHz) outweigh a Transformer layer's, so
+    checkpointing the Transformer alone leaves most of an audio step's activation memory."""
+
+    def __init__(self, layers: Sequence[tuple[int, int, int]], bias: bool = False, activation_checkpointing: bool = False) -> None:
         super().__init__()
+        self.activation_checkpointing = activation_checkpointing
         blocks = []
         in_channels = 1
         for channels, kernel, stride in layers:
@@ -98,8 +105,10 @@ class ConvFeatureExtractor(nn.Module):
 
     def forward(self, wav: Tensor) -> Tensor:
         x = wav.unsqueeze(1)
+        # the student in training only: without grad (teacher, inference) nothing is stored
+        recompute = self.activation_checkpointing and self.training and torch.is_grad_enabled()
         for block in self.conv_layers:
-            x = block(x)
+            x = torch.utils.checkpoint.checkpoint(block, x, use_reentrant=False) if recompute else block(x)
         return x
 
 

@@ -47,7 +47,7 @@ class AudioFeatureEncoder(FeatureEncoder):
 
     def __init__(
         self, dim: int, options: AudioEncoderOptions | None = None, dropout: float = 0.1, norm_eps: float = 1e-5,
-        heads: int = 12,
+        heads: int = 12, activation_checkpointing: bool = False,
     ) -> None:
         super().__init__()
         opts = options or AudioEncoderOptions()
@@ -59,7 +59,7 @@ class AudioFeatureEncoder(FeatureEncoder):
         self.dim = dim
         self.options = opts
         layers = opts.conv_layers()
-        self.feature_extractor = ConvFeatureExtractor(layers, bias=opts.conv_bias)
+        self.feature_extractor = ConvFeatureExtractor(layers, bias=opts.conv_bias, activation_checkpointing=activation_checkpointing)
         self.feature_projection = FeatureProjection(self.feature_extractor.out_channels, dim, eps=norm_eps)
         self.mask_embedding = nn.Parameter(torch.empty(dim).uniform_())  # fairseq mask_emb: U(0, 1)
         self.pos_conv_embed = PositionalConvEmbedding(dim, opts.pos_conv_depth, opts.pos_conv_kernel, opts.pos_conv_groups)
@@ -100,5 +100,7 @@ class AudioFeatureEncoder(FeatureEncoder):
 
 
 def build_encoder(options: AudioEncoderOptions, ctx: BuildContext) -> AudioFeatureEncoder:
-    """Factory named by the audio ModalitySpec: width, heads, dropout and LayerNorm eps from the context."""
-    return AudioFeatureEncoder(ctx.dim, options, dropout=ctx.dropout, norm_eps=ctx.norm_eps, heads=ctx.heads)
+    """Factory named by the audio ModalitySpec: width, heads, dropout, LayerNorm eps and activation
+    checkpointing (of the conv feature extractor) from the context."""
+    return AudioFeatureEncoder(ctx.dim, options, dropout=ctx.dropout, norm_eps=ctx.norm_eps, heads=ctx.heads,
+                               activation_checkpointing=ctx.activation_checkpointing)
