@@ -4,23 +4,26 @@
     testing.check_masker(masker, length=200)
     testing.check_feature_encoder(encoder, batch)
     testing.check_modality(spec)             # presets validate, factories load
+    testing.check_logger(spec, tmp_path)     # a `logger` component takes the trainer's calls
 
 Also re-exports :func:`plugin_context` for registering plugins in-process.
 """
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import torch
 
 from d2v_core.config_resolve import resolve_config
 from d2v_core.interfaces import FeatureEncoder, Features, Masker, MaskRequest, RecordDecoder
+from d2v_core.loggers import LoggerContext, MetricsLogger
 from d2v_core.plugin_loader import plugin_context
 from d2v_core.registry import Registry
-from d2v_core.specs import ModalitySpec, load_ref
+from d2v_core.specs import ComponentSpec, ModalitySpec, load_ref
 
-__all__ = ["check_masker", "check_feature_encoder", "check_modality", "check_record_decoder", "plugin_context"]
+__all__ = ["check_masker", "check_feature_encoder", "check_modality", "check_record_decoder", "check_logger", "plugin_context"]
 
 
 def check_masker(
@@ -131,3 +134,23 @@ def build_record_decoder(spec: ModalitySpec, cfg: Any) -> RecordDecoder:
         _validate_options(spec.data_options, cfg.data.options, "data.options"),
         _validate_options(spec.encoder_options, cfg.encoder, "encoder"), build_context(cfg),
     )
+
+
+def check_logger(spec: ComponentSpec, run_dir: Path, options: Any = None) -> MetricsLogger:
+    """A ``logger`` component opened as rank 0 opens it (``factory(options, LoggerContext)``;
+    ``options``: a mapping validated against its options model, default ``{}``), then given the
+    trainer's calls: ``log_config`` once, ``log`` at two steps (the keys a log step has, one of
+    them not finite), ``close``. Returns the closed logger for the plugin's own checks."""
+    from d2v_core.config_resolve import _validate_options
+
+    assert spec.kind == "logger", f"{spec.name!r} is a {spec.kind}, not a logger"
+    opts = _validate_options(spec.options, options or {}, f"runtime.logger_options.{spec.name}")
+    run_dir.mkdir(parents=True, exist_ok=True)
+    logger = spec.load_factory()(opts if not isinstance(opts, dict) else None, LoggerContext(run_dir, max_steps=4, modality="check"))
+    assert isinstance(logger, MetricsLogger), f"logger {spec.name!r}: the factory returned {type(logger).__name__}, not a MetricsLogger"
+    logger.log_config({"modality": "check", "optim": {"lr": 0.001, "betas": [0.9, 0.98]}, "runtime": {"loggers": [spec.name]}})
+    for step, loss in ((2, 1.5), (4, float("nan"))):
+        logger.log(step, {"loss": loss, "rel_loss": 0.5, "lr": 1e-3, "tau": 0.999, "target_var": 1.0, "samples_per_s": 10.0})
+    logger.close("finished")
+    return logger
+

@@ -112,6 +112,29 @@ def test_the_core_registers_jsonl_and_tensorboard_as_loggers(example_plugins):
     assert {"logger:jsonl", "logger:tensorboard"} <= set(core["provides"])
 
 
+def _installed_loggers() -> list[str]:
+    from d2v_core.plugin_loader import get_registry
+
+    return get_registry().names("logger")
+
+
+@pytest.mark.parametrize("name", _installed_loggers())
+def test_every_installed_logger_takes_the_trainers_calls(name, tmp_path):
+    from d2v_core import testing
+    from d2v_core.plugin_loader import get_registry
+
+    testing.check_logger(get_registry().component("logger", name), tmp_path / "run")
+
+
+def test_the_logger_check_fails_for_a_logger_that_raises(tmp_path, loggers_plugins):
+    from d2v_core import testing
+
+    with pytest.raises(OSError, match="No space left"):
+        testing.check_logger(loggers_plugins.registry.component("logger", "flaky"), tmp_path / "run")
+    with pytest.raises(AssertionError, match="not a MetricsLogger"):
+        testing.check_logger(loggers_plugins.registry.component("logger", "not-a-logger"), tmp_path / "run")
+
+
 def test_jsonl_is_always_on_and_tensorboard_follows_its_switch(example_plugins):
     reg = example_plugins.registry
     assert run_loggers(resolve_config(reg, "vectors")) == ["jsonl", "tensorboard"]
