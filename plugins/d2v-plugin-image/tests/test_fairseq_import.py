@@ -17,6 +17,7 @@ import torch
 import torch.nn.functional as F
 
 from d2v_core.errors import CheckpointError
+from d2v_core.inference.embed import encoder_states
 from d2v_core.inference.pretrained import load_pretrained
 from d2v_core.interop.fairseq_fixtures import save_fairseq_checkpoint
 from d2v_core.interop.fairseq_import import import_fairseq
@@ -124,7 +125,7 @@ def test_import_matches_fairseq_forward(tmp_path, registry, form):
 
     img = torch.randn(2, 3, IMG, IMG, generator=torch.Generator().manual_seed(2))
     with torch.no_grad():
-        ours, _ = pre.model.encode({"image": img})
+        ours = encoder_states(pre.model, {"image": img})[0][:, 1:]  # CLS dropped
         theirs = fs_encoder(s, "encoder.", img)
     assert ours.shape == theirs.shape
     assert (ours - theirs).abs().max() <= 1e-5
@@ -267,7 +268,7 @@ def test_v2_import_matches_fairseq_forward(tmp_path, registry):
     assert cfg.masking.name == "inverse-block" and cfg.masking.clone_batch == 16 and cfg.decoder.name == "conv2d"
     img = torch.randn(2, 3, IMG, IMG, generator=torch.Generator().manual_seed(4))
     with torch.no_grad():
-        ours, _ = pre.model.encode({"image": img})
+        ours = encoder_states(pre.model, {"image": img})[0][:, 1:]  # CLS dropped
         theirs, _ = fs_v2(s, "", img)
     assert (ours - theirs).abs().max() <= 1e-5
 
@@ -364,7 +365,7 @@ def test_data2vec_vision_checkpoint_matches_its_forward(tmp_path, registry):
     img = torch.randn(2, 3, IMG, IMG, generator=torch.Generator().manual_seed(3))
     s = to_port(model)
     with torch.no_grad():
-        ours, _ = pre.model.encode({"image": img})
+        ours = encoder_states(pre.model, {"image": img})[0][:, 1:]  # CLS dropped
         theirs = fs_encoder(s, "encoder.", img, eps=1e-6)
     assert (ours - theirs).abs().max() <= 1e-5
 
@@ -408,7 +409,7 @@ def test_a_fine_tuned_image_classifier_imports_its_pretrained_encoder(tmp_path, 
     pre = load_pretrained(tmp_path / "run", registry)
     img = torch.randn(2, 3, IMG, IMG, generator=torch.Generator().manual_seed(6))
     with torch.no_grad():
-        ours, _ = pre.model.encode({"image": img})
+        ours = encoder_states(pre.model, {"image": img})[0][:, 1:]  # CLS dropped
         theirs, _ = fs_v2(s, "", img)
     assert (ours - theirs).abs().max() <= 1e-5
 

@@ -22,6 +22,7 @@ import torch
 import torch.nn.functional as F
 
 from d2v_core.errors import ConfigError
+from d2v_core.inference.embed import encoder_states
 from d2v_core.inference.pretrained import load_pretrained
 from d2v_core.interop.fairseq_fixtures import save_fairseq_checkpoint
 from d2v_core.interop.fairseq_import import import_fairseq
@@ -148,7 +149,7 @@ def test_import_matches_fairseq_forward_with_padding(tmp_path, registry, form):
 
     tokens = tokens_with_padding()
     with torch.no_grad():
-        ours, pad = pre.model.encode({"tokens": tokens})
+        ours, pad = encoder_states(pre.model, {"tokens": tokens})
         theirs, _, pad_fs = fs_forward(s, "encoder.sentence_encoder.", tokens)
     assert torch.equal(pad, pad_fs) and pad.any()
     assert (ours - theirs)[~pad].abs().max() <= 1e-5
@@ -283,7 +284,7 @@ def test_v2_import_matches_fairseq_forward_with_padding(tmp_path, registry):
     assert pre.cfg.decoder.name == "conv1d" and pre.cfg.masking.name == "text-random" and pre.cfg.masking.clone_batch == 8
     tokens = tokens_with_padding()
     with torch.no_grad():
-        ours, pad = pre.model.encode({"tokens": tokens})
+        ours, pad = encoder_states(pre.model, {"tokens": tokens})
         theirs, _, pad_fs = fs_v2(s, "blocks.", tokens)
     assert torch.equal(pad, pad_fs)
     assert (ours - theirs)[~pad].abs().max() <= 1e-5
