@@ -1,7 +1,8 @@
 """``runtime.compile``: ``torch.compile`` of the parts of a step that hold the model's math.
 
 Compiled: the student's and the teacher's ``encoder.embed``, ``encoder.contextualize`` and
-Transformer. Left eager: the masker (host-side, CPU), ``apply_mask`` (a plugin may draw random
+Transformer (layer by layer when ``model.layerdrop`` > 0: its per-layer draw would break the
+graph). Left eager: the masker (host-side, CPU), ``apply_mask`` (a plugin may draw random
 tokens on the host there), the mask indexing, the loss and the optimiser (their shapes follow
 the number of masked steps, which changes every step).
 
@@ -26,4 +27,11 @@ def compile_encoder_and_transformer(scope: nn.ModuleDict, dynamic: bool | None) 
     encoder, transformer = scope["encoder"], scope["transformer"]
     for name in ("embed", "contextualize"):
         setattr(encoder, name, torch.compile(getattr(encoder, name), dynamic=dynamic))
-    transformer.compile(dynamic=dynamic)
+    if getattr(transformer.cfg, "layerdrop", 0.0) > 0:
+        # LayerDrop's per-layer coin (a CPU random number) is a graph break inside the loop over
+        # the layers, after which the rest of the Transformer would run eagerly: compile each
+        # layer instead, with the loop and its draws left eager (the same draws as the eager step)
+        for layer in transformer.layers:
+            layer.compile(dynamic=dynamic)
+    else:
+        transformer.compile(dynamic=dynamic)
