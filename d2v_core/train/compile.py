@@ -16,18 +16,22 @@ where the number of shapes is small and static graphs are fastest).
 
 from __future__ import annotations
 
+from typing import cast
+
 import torch
 from torch import nn
+
+from d2v_core.model.transformer import Transformer
 
 
 def compile_encoder_and_transformer(scope: nn.ModuleDict, dynamic: bool | None) -> None:
     """Compile ``scope["encoder"]``'s ``embed`` / ``contextualize`` and ``scope["transformer"]``
     in place (parameter names and state dicts do not change). Call it after the EMA teacher was
     copied from the student: the compiled methods are bound to the module they were taken from."""
-    encoder, transformer = scope["encoder"], scope["transformer"]
+    encoder, transformer = scope["encoder"], cast(Transformer, scope["transformer"])
     for name in ("embed", "contextualize"):
         setattr(encoder, name, torch.compile(getattr(encoder, name), dynamic=dynamic))
-    if getattr(transformer.cfg, "layerdrop", 0.0) > 0:
+    if transformer.cfg.layerdrop > 0:
         # LayerDrop's per-layer coin (a CPU random number) is a graph break inside the loop over
         # the layers, after which the rest of the Transformer would run eagerly: compile each
         # layer instead, with the loop and its draws left eager (the same draws as the eager step)
