@@ -249,6 +249,28 @@ def test_a_compiled_step_equals_the_eager_step(tmp_path, example_plugins):
         torch.testing.assert_close(grads1[name], grads0[name], rtol=1e-4, atol=1e-5, msg=name)
 
 
+@pytest.mark.slow
+def test_a_compiled_step_with_layerdrop_compiles_every_layer_without_a_graph_break(tmp_path, example_plugins):
+    """LayerDrop draws a coin per layer on the host; compiled layer by layer, no graph break is
+    left (the whole Transformer compiled would break at the first coin and run the rest
+    eagerly), and with the same draws the step equals the eager one."""
+    from torch._dynamo.utils import counters
+
+    eager = make_trainer(tmp_path / "eager", "model.layerdrop=0.5")
+    torch.manual_seed(3)
+    loss0, grads0 = _loss_and_grads(eager)
+    compiled = make_trainer(tmp_path / "compiled", "model.layerdrop=0.5", "runtime.compile=true")
+    counters.clear()
+    torch.manual_seed(3)
+    loss1, grads1 = _loss_and_grads(compiled)
+    assert all(layer._compiled_call_impl for layer in compiled.model.transformer.layers)
+    assert counters["stats"]["unique_graphs"] > 0 and not counters["graph_break"], dict(counters["graph_break"])
+    assert grads0.keys() == grads1.keys()
+    torch.testing.assert_close(loss1, loss0, rtol=1e-5, atol=1e-5)
+    for name in grads0:
+        torch.testing.assert_close(grads1[name], grads0[name], rtol=1e-4, atol=1e-5, msg=name)
+
+
 def test_prefetching_a_batch_keeps_the_data_position_of_the_step(tmp_path, example_plugins):
     """With one batch prefetched (as on a GPU), the steps see the same batches and a checkpoint
     records the same data position (epoch, batch, bad-record counts) as without: 20 records in
