@@ -202,3 +202,17 @@ def test_with_two_ddp_processes_rank_0_probes_and_the_run_is_unchanged(tmp_path)
     assert sorted(a) == sorted(b) == [1, 2, 3, 4]
     for step in a:
         assert b[step] == pytest.approx(a[step], abs=1e-5), (step, a[step], b[step])
+
+
+def test_a_resumed_run_may_add_or_change_the_probe(tmp_path, example_plugins):
+    from d2v_core.config_resolve import config_to_yaml, parse_set, resolve_config
+    from d2v_core.errors import ConfigError
+    from d2v_core.plugin_loader import get_registry
+    from d2v_core.train.resume import check_resume_config
+
+    registry = get_registry()
+    stored = config_to_yaml(resolve_config(registry, "vectors", None, None, []))
+    probed = resolve_config(registry, "vectors", None, None, [parse_set("eval.probe=m.csv"), parse_set("eval.every=50")])
+    assert set(check_resume_config(stored, probed)) == {"eval.probe", "eval.every"}
+    with pytest.raises(ConfigError, match="optim.lr"):  # what changes training is still refused
+        check_resume_config(stored, resolve_config(registry, "vectors", None, None, [parse_set("optim.lr=0.1")]))

@@ -355,7 +355,7 @@ class Trainer:
         try:
             watchdog.start()
             while self.step < rt.max_steps and not self._should_stop(at_check=True):
-                while True:  # steps up to the next check (log step, last step or a stop signal)
+                while True:  # steps up to the next check (log step, probe step, last step or a stop signal)
                     self.train_step()
                     watchdog.beat()  # a step finished: the run is alive, it stops at the next check
                     check = self.step % rt.log_every == 0 or self.step == rt.max_steps or probe_due(self.cfg.eval, self.step, rt.max_steps)
