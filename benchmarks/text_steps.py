@@ -93,8 +93,8 @@ def main(argv: list[str] | None = None) -> None:
         print(f"{a.tag}: {pt['steps_done']} steps in {pt['wall_seconds']:.0f} s; last {pt['last_metrics']}", flush=True)
     import yaml
 
-    per_layer = yaml.safe_load((run / "config.yaml").read_text(encoding="utf-8"))["targets"]["per_layer_norm"]
-    variants = ["final", "top-k" if per_layer == "instance" else "targets"]
+    t = yaml.safe_load((run / "config.yaml").read_text(encoding="utf-8"))["targets"]
+    variants = ["final", "top-k" if "instance" in (t["per_layer_norm"], t.get("post_norm")) else "targets"]
     import torch
 
     torch.set_num_threads(a.threads)  # the probe too: spare threads only spin on a shared machine

@@ -50,7 +50,8 @@ def target_layers_variant(run: Path) -> str:
     import yaml
 
     cfg = yaml.safe_load((run / "config.yaml").read_text(encoding="utf-8"))
-    return "--layers top-k" if cfg["targets"]["per_layer_norm"] == "instance" else "--layers targets"
+    instance = "instance" in (cfg["targets"]["per_layer_norm"], cfg["targets"].get("post_norm"))
+    return "--layers top-k" if instance else "--layers targets"
 
 
 def throughput(metrics: list[dict], clones: int) -> dict:

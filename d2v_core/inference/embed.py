@@ -86,9 +86,10 @@ def check_layer_set(model: Data2Vec, layers: str | None, layer: int | None, top_
         raise ConfigError(f"--layers {layers} chooses the layers itself: pass it without --layer or --top-k")
     if pool == "cls":
         raise ConfigError(f"--layers {layers} has no CLS token (data2vec's targets drop prefix tokens); use --pool mean")
-    if layers == "targets" and pool == "mean" and model.cfg.targets.per_layer_norm == "instance":
+    t = model.cfg.targets
+    if layers == "targets" and pool == "mean" and "instance" in (t.per_layer_norm, t.post_norm):
         raise ConfigError("--layers targets with --pool mean is zero for every record: the run's targets are instance-normed "
-                          "over time (targets.per_layer_norm: instance); use --layers top-k (the same layers, not normalised)")
+                          "over time (targets.per_layer_norm or post_norm: instance); use --layers top-k (the same layers, not normalised)")
 
 
 def pool_states(states: Tensor, padding_mask: Tensor | None, num_prefix: int, pool: str) -> list[np.ndarray]:
