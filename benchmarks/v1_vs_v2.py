@@ -11,7 +11,9 @@ script calibrates the step time, pretrains for ``--minutes`` of wall clock with 
 - throughput: original samples per second (the teacher sees each once) and student sequences
   per second (samples x ``masking.clone_batch``), the median over the logged intervals;
 - the probe accuracy of every checkpoint against its training wall time (time inside the
-  training loop, from ``metrics.jsonl``);
+  training loop, from ``metrics.jsonl``); with ``--probe-targets`` also on data2vec's own target
+  representation (``d2v probe --layers targets``, or ``--layers top-k`` for instance-normed
+  targets), beside the final layer;
 - time to accuracy: for a target (``--target``, default the lower of the two final accuracies),
   the first checkpoint of each preset that reaches it, and the ratio of those times;
 - the same architecture at random init (from each probe) and the classical baseline of
@@ -39,6 +41,17 @@ def clone_batch(run: Path) -> int:
 
     cfg = yaml.safe_load((run / "config.yaml").read_text(encoding="utf-8"))
     return int(cfg["masking"].get("clone_batch", 1))
+
+
+def target_layers_variant(run: Path) -> str:
+    """The ``d2v probe`` flag for the run's target representation: ``--layers targets``, or
+    ``--layers top-k`` (the same layers, not normalised) when its targets are instance-normed
+    over time, which makes their mean over a record zero."""
+    import yaml
+
+    cfg = yaml.safe_load((run / "config.yaml").read_text(encoding="utf-8"))
+    instance = "instance" in (cfg["targets"]["per_layer_norm"], cfg["targets"].get("post_norm"))
+    return "--layers top-k" if instance else "--layers targets"
 
 
 def throughput(metrics: list[dict], clones: int) -> dict:
@@ -102,9 +115,19 @@ def run_preset(modality: str, preset: str, a: argparse.Namespace, manifest: Path
             print(f"{preset} step {ck.step}: PROBE FAILED: {exc}")
             continue
         row.update(accuracy=rep["pretrained"]["accuracy"], random_init_accuracy=rep["random-init"]["accuracy"])
+        if a.probe_targets:  # data2vec's own target representation beside the final layer (issue 20)
+            variant = target_layers_variant(run)
+            try:
+                rep = probe(target, manifest, task["split_by"], variant, a.work / f"{tag}-probe.json")
+                row.update(targets_variant=variant, targets_accuracy=rep["pretrained"]["accuracy"],
+                           targets_random_init_accuracy=rep["random-init"]["accuracy"])
+            except RuntimeError as exc:
+                row.update(targets_variant=variant, targets_error=str(exc)[-2000:])
         out["checkpoints"].append(row)
         print(f"{preset} step {ck.step} ({row['train_seconds']:.0f} s): probe {row['accuracy']:.4f} "
-              f"(random init {row['random_init_accuracy']:.4f})")
+              f"(random init {row['random_init_accuracy']:.4f})"
+              + (f"; {row['targets_variant']}: {row['targets_accuracy']:.4f} (random init {row['targets_random_init_accuracy']:.4f})"
+                 if "targets_accuracy" in row else ""))
     return out
 
 
@@ -124,6 +147,8 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--root", type=Path, default=SHARED)
     p.add_argument("--work", type=Path, default=ROOT / "runs" / "bench" / "v1_vs_v2")
     p.add_argument("--reuse", action="store_true", help="probe existing run directories instead of pretraining again")
+    p.add_argument("--probe-targets", action="store_true",
+                   help="also probe every checkpoint on its target representation (d2v probe --layers targets / top-k)")
     p.add_argument("--no-classical", action="store_true", help="skip the classical baseline (MFCC / pixels / bag of words)")
     p.add_argument("--out", type=Path)
     a = p.parse_args(argv)

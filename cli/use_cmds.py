@@ -21,6 +21,8 @@ def embed(
     out: str = typer.Option(..., "--out", "-o", help="Output .safetensors or .npy (plus OUT.keys.txt)."),
     layer: Optional[int] = typer.Option(None, "--layer", help="Output of layer N (1-based; 0: the Transformer input)."),
     top_k: Optional[int] = typer.Option(None, "--top-k", help="Mean of the last K layer outputs."),
+    layers: Optional[str] = typer.Option(None, "--layers", help="targets: data2vec's target representation (the mean of the "
+                                         "run's targets.top_k layers, normalised as its targets); top-k: the same, not normalised."),
     pool: str = typer.Option("mean", "--pool", help="mean | cls | none (one vector per step; .safetensors only)."),
     batch_size: int = typer.Option(16, "--batch-size", min=1, help="Records per forward pass."),
 ) -> None:
@@ -41,7 +43,7 @@ def embed(
     with CountProgress(sum(len(s) for s in sources), "embedded", "record") as bar:
         for src in sources:
             emb = embed_source(pre.model, pre.record_decoder, src, layer=layer, top_k=top_k, pool=pool, batch_size=batch_size,
-                               progress=bar.advance)
+                               progress=bar.advance, layers=layers)
             total.keys += emb.keys
             total.vectors += emb.vectors
             total.meta += emb.meta
@@ -60,6 +62,8 @@ def probe(
     baseline: Optional[str] = typer.Option(None, "--baseline", help="random-init: also probe the untrained architecture."),
     layer: Optional[int] = typer.Option(None, "--layer", help="Features of layer N (1-based; 0: the Transformer input)."),
     top_k: Optional[int] = typer.Option(None, "--top-k", help="Features: the mean of the last K layer outputs."),
+    layers: Optional[str] = typer.Option(None, "--layers", help="targets: data2vec's target representation (the mean of the "
+                                         "run's targets.top_k layers, normalised as its targets); top-k: the same, not normalised."),
     pool: str = typer.Option("mean", "--pool", help="mean | cls: how a record's steps become one vector."),
     seed: int = typer.Option(0, "--seed", help="Seed of the split, the probe and the random-init baseline."),
     json_out: Optional[str] = typer.Option(None, "--json", help="Write the full report (per class, skipped records) to this JSON file."),
@@ -79,7 +83,7 @@ def probe(
     report: dict = {"checkpoint": checkpoint, "label_column": label_column, "split_by": split_by}
     for name, random_init in [("pretrained", False)] + ([("random-init", True)] if baseline else []):
         pre = load_pretrained(checkpoint, registry, random_init=random_init, seed=seed)
-        kw: dict[str, Any] = dict(layer=layer, top_k=top_k, pool=pool)
+        kw: dict[str, Any] = dict(layer=layer, top_k=top_k, pool=pool, layers=layers)
         tr = embed_source(pre.model, pre.record_decoder, _source(train, pre.record_decoder.extensions), **kw)
         te = embed_source(pre.model, pre.record_decoder, _source(test, pre.record_decoder.extensions), **kw) if test else None
         split = make_split(tr, te, label_column, split_by, test_fraction, seed)

@@ -105,13 +105,32 @@ def test_v1_vs_v2_runs(tmp_path: Path) -> None:
     _make_datasets(tmp_path / "data")
     run_script("v1_vs_v2.py", "--modality", "audio", "--minutes", "2", "--steps", "2", "--checkpoints", "1",
                "--root", str(tmp_path / "data"), "--work", str(tmp_path / "runs"), "--set", "data.batch_size=2",
-               "--out", str(tmp_path))
+               "--probe-targets", "--out", str(tmp_path))
     result = json.loads((tmp_path / "v1_vs_v2_audio_2min.json").read_text())
     v1, v2 = result["runs"]
     assert (v1["preset"], v2["preset"]) == ("tiny", "v2-tiny")
     assert v2["throughput"]["clone_batch"] == 8 and v1["throughput"]["clone_batch"] == 1
     assert all(0.0 <= r["checkpoints"][-1]["accuracy"] <= 1.0 for r in (v1, v2))
+    # audio targets are instance-normed over time (zero mean per clip): the unnormalised top-k layers
+    assert all(r["checkpoints"][-1]["targets_variant"] == "--layers top-k" for r in (v1, v2))
+    assert all(0.0 <= r["checkpoints"][-1]["targets_accuracy"] <= 1.0 for r in (v1, v2))
     assert result["summary"]["samples_per_s_ratio_v2_over_v1"] > 0
+
+
+def test_text_steps_probes_the_final_layer_and_the_targets(tmp_path: Path) -> None:
+    _make_datasets(tmp_path / "data")
+    out = tmp_path / "rows.jsonl"
+    args = ["--tag", "a", "--set", "data.batch_size=2", "--root", str(tmp_path / "data"), "--work", str(tmp_path / "runs"),
+            "--out", str(out)]
+    run_script("text_steps.py", "--steps", "2", *args)
+    run_script("text_steps.py", "--probe-only", *args)
+    first, again = [json.loads(line) for line in out.read_text().splitlines()]
+    assert first["last_metrics"]["step"] == 2 and "last_metrics" not in again
+    for row in (first, again):  # tiny 1.0: layer-normed targets, so --layers targets
+        assert set(row["probes"]) == {"final", "targets"}
+        assert all(0.0 <= v <= 1.0 for r in row["probes"].values() for v in r.values())
+    assert again["probes"] == first["probes"]  # the same checkpoint, split and seeds; random init from the cache
+    assert len(json.loads((tmp_path / "runs" / "random_init.json").read_text())) == 2
 
 
 def test_text_probe_capacity_runs(tmp_path: Path) -> None:

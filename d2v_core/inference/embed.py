@@ -1,5 +1,6 @@
-"""Features from a pretrained encoder: one layer, the mean of the top K, or the final output,
-pooled by mean over valid steps, the CLS token, or not at all."""
+"""Features from a pretrained encoder: one layer, the mean of the top K, the run's own target
+representation (``targets``), or the final output, pooled by mean over valid steps, the CLS
+token, or not at all."""
 
 from __future__ import annotations
 
@@ -17,6 +18,7 @@ from d2v_core.data.sources import Source
 from d2v_core.errors import ConfigError, DataError
 from d2v_core.interfaces import SkipRecord
 from d2v_core.model.data2vec import Data2Vec
+from d2v_core.model.targets import build_targets
 
 
 @dataclass
@@ -27,12 +29,36 @@ class Embeddings:
     stats: BadRecordStats = field(default_factory=BadRecordStats)
 
 
+#: ``--layers`` values: data2vec's target representation, normalised as in training or not.
+LAYER_SETS = ("targets", "top-k")
+
+
+@torch.no_grad()
+def target_states(model: Data2Vec, batch: dict, normalise: bool = True) -> tuple[Tensor, Tensor | None]:
+    """(B, T, D) data2vec's target representation of the unmasked input, computed by ``model``'s
+    weights in eval mode: the mean of the top ``targets.top_k`` layers' ``targets.source``
+    intermediates (``ffn``: the FFN output before the residual; ``block``: the layer output),
+    each normalised by ``targets.per_layer_norm`` and the mean by ``targets.post_norm`` as the
+    teacher builds targets in training (``normalise=False``: the plain mean of those layers).
+    Prefix tokens are dropped, as in the targets; the padding mask is the embedding's."""
+    enc, t = model.encoder, model.cfg.targets
+    feats = enc.embed(batch)
+    ctx = enc.contextualize(feats.x, feats.padding_mask)
+    out = model.transformer(ctx.x, ctx.padding_mask, ctx.attn_bias, collect=t.source,
+                            collect_from=model.cfg.model.depth - t.top_k)
+    layers = [h[:, enc.num_prefix_tokens:] for h in out.layers]
+    if not normalise:
+        return torch.stack(layers).mean(0), feats.padding_mask
+    return build_targets(layers, model.layer_norm, model.post_norm, feats.padding_mask), feats.padding_mask
+
+
 @torch.no_grad()
 def encoder_states(model: Data2Vec, batch: dict, layer: int | None = None, top_k: int | None = None) -> tuple[Tensor, Tensor | None]:
     """(B, T, D) states without prefix tokens... plus the prefix kept at index 0 when present.
 
     ``layer`` N (1-based) is the output of layer N (0: the Transformer's input); ``top_k`` K the
-    mean of the last K layer outputs; neither: the final output (after the final norm, if any)."""
+    mean of the last K layer (block) outputs; neither: the final output (after the final norm,
+    if any). The run's own target representation is :func:`target_states`."""
     enc, depth = model.encoder, model.cfg.model.depth
     if layer is not None and not 0 <= layer <= depth:
         raise ConfigError(f"--layer must be between 0 and {depth}, got {layer}")
@@ -48,6 +74,22 @@ def encoder_states(model: Data2Vec, batch: dict, layer: int | None = None, top_k
     if top_k is not None:
         return torch.stack(out.layers[-top_k:]).mean(0), ctx.padding_mask
     return out.x, ctx.padding_mask
+
+
+def check_layer_set(model: Data2Vec, layers: str | None, layer: int | None, top_k: int | None, pool: str) -> None:
+    """A clear error for a ``--layers`` value that does not apply (see :func:`target_states`)."""
+    if layers is None:
+        return
+    if layers not in LAYER_SETS:
+        raise ConfigError(f"--layers must be one of {', '.join(LAYER_SETS)}, got {layers!r}")
+    if layer is not None or top_k is not None:
+        raise ConfigError(f"--layers {layers} chooses the layers itself: pass it without --layer or --top-k")
+    if pool == "cls":
+        raise ConfigError(f"--layers {layers} has no CLS token (data2vec's targets drop prefix tokens); use --pool mean")
+    t = model.cfg.targets
+    if layers == "targets" and pool == "mean" and "instance" in (t.per_layer_norm, t.post_norm):
+        raise ConfigError("--layers targets with --pool mean is zero for every record: the run's targets are instance-normed "
+                          "over time (targets.per_layer_norm or post_norm: instance); use --layers top-k (the same layers, not normalised)")
 
 
 def pool_states(states: Tensor, padding_mask: Tensor | None, num_prefix: int, pool: str) -> list[np.ndarray]:
@@ -88,18 +130,27 @@ def _batches(source: Source, decoder, batch_size: int, stats: BadRecordStats) ->
 
 
 def embed_source(model: Data2Vec, decoder, source: Source, *, layer: int | None = None, top_k: int | None = None,
-                 pool: str = "mean", batch_size: int = 16, progress: Callable[[int], Any] | None = None) -> Embeddings:
-    """Embed every record of a folder or manifest source; unusable records are skipped and counted."""
+                 pool: str = "mean", batch_size: int = 16, progress: Callable[[int], Any] | None = None,
+                 layers: str | None = None) -> Embeddings:
+    """Embed every record of a folder or manifest source; unusable records are skipped and counted.
+
+    ``layers``: ``targets`` (the run's target representation, :func:`target_states`) or
+    ``top-k`` (the same layers, not normalised) instead of ``layer`` / ``top_k``."""
     if source.is_sharded:
         raise ConfigError("embedding from tar shards is not supported yet; pass a folder or a CSV/JSONL manifest")
+    check_layer_set(model, layers, layer, top_k, pool)
     model.eval()
     result = Embeddings()
     device = next(model.parameters()).device
     for group in _batches(source, decoder, batch_size, result.stats):
         batch = decoder.collate_for_inference([g["sample"] for g in group])
         batch = {k: v.to(device) if isinstance(v, Tensor) else v for k, v in batch.items()}
-        states, pad = encoder_states(model, batch, layer, top_k)
-        pooled = pool_states(states, pad, model.encoder.num_prefix_tokens, pool)
+        if layers is not None:
+            states, pad = target_states(model, batch, normalise=layers == "targets")
+            pooled = pool_states(states, pad, 0, pool)
+        else:
+            states, pad = encoder_states(model, batch, layer, top_k)
+            pooled = pool_states(states, pad, model.encoder.num_prefix_tokens, pool)
         if len(pooled) != len(group):  # a collate that packs or splits records cannot be embedded per record
             raise DataError(f"{type(decoder).__name__}.collate_for_inference made {len(pooled)} rows from "
                             f"{len(group)} records; it must make one row per record")

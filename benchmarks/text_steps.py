@@ -1,0 +1,114 @@
+"""Text pretraining at a FIXED number of updates, then the shared linear probe (issue 20).
+
+Run:  .venv/bin/python benchmarks/text_steps.py --preset tiny --steps 1500 --tag baseline
+      .venv/bin/python benchmarks/text_steps.py --preset tiny --steps 1500 --tag span --set masking.name=text-span
+      -> one JSON line appended to benchmarks/results/text_steps.jsonl (runs under runs/bench/text_steps/)
+
+``v1_vs_v2.py`` trains for minutes of wall clock, so on a shared machine the number of updates
+varies from run to run; this script fixes it (``--steps``), so that settings compare on equal
+work. It pretrains ``d2v pretrain --modality text --preset P --max-steps N --threads T`` on
+``text/corpus.txt``, then probes the final checkpoint as ``v1_vs_v2.py`` does (8 categories of
+``text/labelled.jsonl``, a random quarter held out, random init of the same architecture) on
+the final layer and on data2vec's own target representation (``d2v probe --layers targets``:
+the mean of the run's top-K target layers, normalised as its targets; ``--layers top-k`` for
+2.0 runs, whose instance-normed targets average to zero over a record). The probe runs in this
+process with ``d2v probe``'s functions (one model load, the random-init accuracy of an
+architecture computed once and cached in ``--work``/random_init.json): on a loaded machine a
+``d2v probe`` subprocess per variant cost more than the pretraining. ``--probe-only`` probes
+an existing run again.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from bench_common import ROOT, SHARED, machine_info  # noqa: E402
+from pretrain_probe import TASKS, pretrain, probe_manifest  # noqa: E402
+
+
+def probe_run(run: Path, manifest: Path, variants: list[str], cache: Path) -> dict:
+    """{variant: {"pretrained": acc, "random_init": acc}} for ``variants`` ("final", "targets",
+    "top-k"): ``d2v probe RUN --train MANIFEST --split-by doc --baseline random-init [--layers V]``
+    in-process, with the random-init accuracy cached per architecture."""
+    import yaml
+
+    from d2v_core.data.sources import resolve_source
+    from d2v_core.inference.embed import embed_source
+    from d2v_core.inference.pretrained import load_pretrained
+    from d2v_core.inference.probe import fit_and_score, split_by_group
+    from d2v_core.plugin_loader import get_registry
+
+    cfg = yaml.safe_load((run / "config.yaml").read_text(encoding="utf-8"))
+    arch = json.dumps({"model": cfg["model"], "encoder": cfg["encoder"], "targets": cfg["targets"]}, sort_keys=True, default=str)
+    known = json.loads(cache.read_text()) if cache.is_file() else {}
+    registry = get_registry()
+    out: dict = {}
+    for name, random_init in (("pretrained", False), ("random_init", True)):
+        pre = load_pretrained(run, registry, random_init=random_init, seed=0)
+        source = resolve_source(str(manifest), tuple(pre.record_decoder.extensions))
+        for v in variants:
+            key = f"{arch}|{v}"
+            if random_init and key in known:
+                out[v][name] = known[key]
+                continue
+            emb = embed_source(pre.model, pre.record_decoder, source, layers=None if v == "final" else v)
+            acc = fit_and_score(split_by_group(emb, "label", "doc", 0.25, 0), 0)["accuracy"]
+            out.setdefault(v, {})[name] = acc
+            if random_init:
+                known[key] = acc
+                cache.write_text(json.dumps(known))
+    return out
+
+
+def main(argv: list[str] | None = None) -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--preset", default="tiny")
+    p.add_argument("--steps", type=int, help="--max-steps of the run (the schedule's length)")
+    p.add_argument("--tag", required=True, help="name of this attempt (run directory and JSON row)")
+    p.add_argument("--set", action="append", default=[], dest="sets", help="config override for d2v pretrain (repeatable)")
+    p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--probe-only", action="store_true", help="probe the existing run directory of --tag again")
+    p.add_argument("--root", type=Path, default=SHARED)
+    p.add_argument("--work", type=Path, default=ROOT / "runs" / "bench" / "text_steps")
+    p.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "text_steps.jsonl")
+    a = p.parse_args(argv)
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    task = TASKS["text"]
+    run = a.work / a.tag
+    extra = [x for s in a.sets for x in ("--set", s)] + ["--threads", str(a.threads)]
+    t0 = time.time()
+    row: dict = {"tag": a.tag, "preset": a.preset, "steps": a.steps, "overrides": a.sets, "threads": a.threads}
+    if not a.probe_only:
+        if a.steps is None:
+            p.error("--steps is required unless --probe-only")
+        pt = pretrain("text", str(a.root / task["data"]), run, a.steps, None, extra, preset=a.preset)
+        row.update(pretrain_command=pt["command"], wall_seconds=pt["wall_seconds"], last_metrics=pt["last_metrics"])
+        print(f"{a.tag}: {pt['steps_done']} steps in {pt['wall_seconds']:.0f} s; last {pt['last_metrics']}", flush=True)
+    import yaml
+
+    t = yaml.safe_load((run / "config.yaml").read_text(encoding="utf-8"))["targets"]
+    variants = ["final", "top-k" if "instance" in (t["per_layer_norm"], t.get("post_norm")) else "targets"]
+    import torch
+
+    torch.set_num_threads(a.threads)  # the probe too: spare threads only spin on a shared machine
+    manifest = probe_manifest("text", a.root, a.work / "manifests")
+    row["load_average_before_probe"] = os.getloadavg()
+    row["probes"] = probe_run(run, manifest, variants, a.work / "random_init.json")
+    for v, r in row["probes"].items():
+        print(f"{a.tag} [{v}]: probe {r['pretrained']:.4f}, random init {r['random_init']:.4f}", flush=True)
+    row["total_seconds"] = time.time() - t0
+    row["machine"] = machine_info()
+    a.out.parent.mkdir(parents=True, exist_ok=True)
+    with a.out.open("a", encoding="utf-8") as f:
+        f.write(json.dumps(row, default=str) + "\n")
+
+
+if __name__ == "__main__":
+    main()
