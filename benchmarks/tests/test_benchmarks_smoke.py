@@ -197,3 +197,30 @@ def test_online_probe_cost_runs(tmp_path: Path) -> None:
     row = json.loads((tmp_path / "online_probe_cost.json").read_text())["modalities"]["text"]
     assert row["probe_train_size"] + row["probe_test_size"] == 24 and row["probes_per_run"] == 5  # 1000 steps, every 200
     assert row["first_probe_s"] > 0 and row["later_probe_s"] > 0 and 0 < row["cost_fraction"] < 1
+
+
+def test_v2_audio_sweep_probes_student_and_teacher(tmp_path: Path) -> None:
+    from safetensors.torch import load_file
+
+    _make_datasets(tmp_path / "data")
+    out = tmp_path / "sweep.jsonl"
+    run_script("v2_audio_sweep.py", "--name", "smoke", "--steps", "2", "--checkpoints", "1", "--teacher", "--set",
+               "data.batch_size=2", "--set", "masking.clone_batch=2", "--root", str(tmp_path / "data"), "--work",
+               str(tmp_path / "runs"), "--out", str(out))
+    record = json.loads(out.read_text().splitlines()[-1])
+    assert record["last_metrics"]["step"] == 2 and record["pretrain_cpu_seconds"] > 0
+    (row,) = record["checkpoints"]
+    assert 0.0 <= row["student"] <= 1.0 and 0.0 <= row["teacher"] <= 1.0
+    # the last view probed is the teacher's: every weight the teacher has replaced the student's
+    view = next((tmp_path / "runs" / "smoke" / "view").iterdir())
+    student, teacher = load_file(view / "student.safetensors"), load_file(view / "teacher.safetensors")
+    assert teacher and all(k in student and np.array_equal(student[k].numpy(), v.numpy()) for k, v in teacher.items())
+    ckpt = load_file(next((tmp_path / "runs" / "smoke" / "run" / "checkpoints").iterdir()) / "student.safetensors")
+    assert any(not np.array_equal(ckpt[k].numpy(), v.numpy()) for k, v in teacher.items())  # it did change something
+
+
+def test_v2_audio_step_cost_runs() -> None:
+    proc = run_script("v2_audio_step_cost.py", "--rounds", "1", "--batch", "2", "--length", "8000", "--variant", "tiny",
+                      "--variant", "v2-tiny masking.clone_batch=2")
+    lines = [line for line in proc.stdout.splitlines() if "CPU s/step" in line]
+    assert len(lines) == 2 and "(1.00x)" in lines[0]
