@@ -108,13 +108,13 @@ def pool_states(states: Tensor, padding_mask: Tensor | None, num_prefix: int, po
     return out
 
 
-def _batches(source: Source, decoder, batch_size: int, stats: BadRecordStats) -> Iterator[list[dict]]:
+def _batches(source: Source, record_decoder, batch_size: int, stats: BadRecordStats) -> Iterator[list[dict]]:
     samples: list[dict] = []
     for entry in source.entries:
         stats.seen += 1
         try:
             record = source.read(entry)
-            sample = decoder.decode_for_inference(record)
+            sample = record_decoder.decode_for_inference(record)
         except SkipRecord as skip:
             stats.skip(skip.reason, entry.path, entry.key, skip.detail)
             continue
@@ -129,7 +129,7 @@ def _batches(source: Source, decoder, batch_size: int, stats: BadRecordStats) ->
         yield samples
 
 
-def embed_source(model: Data2Vec, decoder, source: Source, *, layer: int | None = None, top_k: int | None = None,
+def embed_source(model: Data2Vec, record_decoder, source: Source, *, layer: int | None = None, top_k: int | None = None,
                  pool: str = "mean", batch_size: int = 16, progress: Callable[[int], Any] | None = None,
                  layers: str | None = None) -> Embeddings:
     """Embed every record of a folder or manifest source; unusable records are skipped and counted.
@@ -142,8 +142,8 @@ def embed_source(model: Data2Vec, decoder, source: Source, *, layer: int | None 
     model.eval()
     result = Embeddings()
     device = next(model.parameters()).device
-    for group in _batches(source, decoder, batch_size, result.stats):
-        batch = decoder.collate_for_inference([g["sample"] for g in group])
+    for group in _batches(source, record_decoder, batch_size, result.stats):
+        batch = record_decoder.collate_for_inference([g["sample"] for g in group])
         batch = {k: v.to(device) if isinstance(v, Tensor) else v for k, v in batch.items()}
         if layers is not None:
             states, pad = target_states(model, batch, normalise=layers == "targets")
@@ -152,7 +152,7 @@ def embed_source(model: Data2Vec, decoder, source: Source, *, layer: int | None 
             states, pad = encoder_states(model, batch, layer, top_k)
             pooled = pool_states(states, pad, model.encoder.num_prefix_tokens, pool)
         if len(pooled) != len(group):  # a collate that packs or splits records cannot be embedded per record
-            raise DataError(f"{type(decoder).__name__}.collate_for_inference made {len(pooled)} rows from "
+            raise DataError(f"{type(record_decoder).__name__}.collate_for_inference made {len(pooled)} rows from "
                             f"{len(group)} records; it must make one row per record")
         result.vectors += pooled
         result.keys += [g["key"] for g in group]
@@ -197,7 +197,7 @@ class DecodedSet:
     stats: BadRecordStats = field(default_factory=BadRecordStats)
 
 
-def decode_source(source: Source, decoder, *, batch_size: int = 16, max_records: int | None = None) -> DecodedSet:
+def decode_source(source: Source, record_decoder, *, batch_size: int = 16, max_records: int | None = None) -> DecodedSet:
     """Decode and collate the (first ``max_records``) records of a folder or manifest source in
     the groups :func:`embed_source` makes; unusable records are skipped and counted."""
     if source.is_sharded:
@@ -205,8 +205,8 @@ def decode_source(source: Source, decoder, *, batch_size: int = 16, max_records:
     if max_records is not None:
         source = replace(source, entries=source.entries[:max_records])
     out = DecodedSet()
-    for group in _batches(source, decoder, batch_size, out.stats):
-        out.batches.append(decoder.collate_for_inference([g["sample"] for g in group]))
+    for group in _batches(source, record_decoder, batch_size, out.stats):
+        out.batches.append(record_decoder.collate_for_inference([g["sample"] for g in group]))
         out.keys.append([g["key"] for g in group])
         out.meta.append([g["meta"] for g in group])
     return out
