@@ -5,11 +5,15 @@ from __future__ import annotations
 
 import csv
 import json
+import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
+
+sys.path.insert(0, str(Path(__file__).parent))
+from manifest_helpers import write_labels_csv  # noqa: E402
 
 STEPS = 6
 
@@ -28,12 +32,7 @@ def labelled(folder: Path, n: int = 60, labels: list[int] | None = None) -> Path
         x = np.sin(rng.uniform(lo, hi, (1, 16)) * t + rng.uniform(0, 6.3, (1, 16))).astype(np.float32)
         np.save(folder / f"r{i:02d}.npy", x)
         rows.append({"path": f"r{i:02d}.npy", "label": band if labels is None else labels[i], "group": f"g{i % 6}"})
-    manifest = folder / "labels.csv"
-    with open(manifest, "w", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=["path", "label", "group"])
-        w.writeheader()
-        w.writerows(rows)
-    return manifest
+    return write_labels_csv(folder / "labels.csv", rows)
 
 
 def pretrain_args(data: Path, run: Path, *extra: str) -> list[str]:
@@ -89,11 +88,7 @@ def sort_by_label(manifest: Path) -> Path:
     with open(manifest, newline="") as f:
         rows = list(csv.DictReader(f))
     rows.sort(key=lambda r: int(r["label"]))
-    with open(manifest, "w", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=["path", "label", "group"])
-        w.writeheader()
-        w.writerows(rows)
-    return manifest
+    return write_labels_csv(manifest, rows)
 
 
 def test_a_capped_online_probe_agrees_with_d2v_probe_max_records_and_sees_every_class(tmp_path, example_plugins, cli):
