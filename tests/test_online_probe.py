@@ -143,6 +143,10 @@ def test_the_record_cap_is_a_seeded_sample_in_manifest_order_not_a_prefix(tmp_pa
     assert [e.key for e in cap_records(source, 20, seed=1).entries] != keys  # the seed chooses
     for cap in (None, 80, 1000):  # no cap, or one the manifest fits in: every record, as it was
         assert cap_records(source, cap, seed=0).entries == source.entries
+    from d2v_core.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="at least 1"):
+        cap_records(source, 0)
     # the records decode_source keeps are exactly cap_records's, with their labels
     from d2v_core.inference.embed import decode_source
 

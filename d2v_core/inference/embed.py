@@ -204,11 +204,11 @@ def cap_records(source: Source, max_records: int | None, seed: int = 0) -> Sourc
     first ones: a manifest sorted by label would give the probe only its first classes. The
     online probe (``eval.max_records``, seed 0) and ``d2v probe --max-records`` (``--seed``)
     choose with this, so the same cap and seed give the same records."""
+    if max_records is not None and max_records < 1:
+        raise ConfigError(f"the record cap must be at least 1, got {max_records}")
     n = len(source.entries)
     if max_records is None or max_records >= n:
         return source
-    if max_records < 1:
-        raise ConfigError(f"the record cap must be at least 1, got {max_records}")
     keep = sorted(random.Random(seed).sample(range(n), max_records))
     return replace(source, entries=tuple(source.entries[i] for i in keep))
 
