@@ -49,8 +49,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
 
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
-
 from bench_common import SHARED, write_result  # noqa: E402
+
 from d2v_core.data.loader import SHARD_WINDOW  # noqa: E402
 
 RATE = 16000
@@ -110,6 +110,7 @@ def fixed_count_batches(sizes: np.ndarray, per_gpu: int, min_size: int) -> list[
 
 def figures(batches, sizes: np.ndarray, max_size: int, gpus: int, masker, conv_layers, n_mask: int) -> dict:
     from d2v_core.interfaces import MaskRequest
+
     from d2v_plugin_audio.conv_feature_extractor import conv_output_lengths
 
     kept = cropped = rows = frames_sum = 0
@@ -177,6 +178,7 @@ def audio_section(n: int, n_mask: int) -> dict:
 def text_rows(source_spec: str, preset: str, epochs: int = 1) -> dict:
     from d2v_core.data.loader import TrainLoader
     from d2v_core.data.sources import resolve_source
+
     from d2v_plugin_text.data import TextRecordDecoder
     from d2v_plugin_text.presets import PRESETS
     from d2v_plugin_text.tokenizer import load_tokenizer

@@ -32,7 +32,6 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import torch  # noqa: E402
-
 from bench_common import SHARED, machine_info, summarize, write_result  # noqa: E402
 
 DATA = {"audio": "audio/speech", "image": "image/digits", "text": "text/corpus.txt"}

@@ -28,7 +28,6 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import torch  # noqa: E402
-
 from bench_common import machine_info, matmul_flops_per_s, summarize, timed, write_result  # noqa: E402
 
 CASES = ["image:base", "text:base", "audio:base", "image:v2-base", "text:v2-base", "audio:v2-base"]

@@ -34,6 +34,7 @@ def main(argv: list[str] | None = None) -> None:
 
     from d2v_core.inference.embed import Embeddings
     from d2v_core.inference.probe import split_by_group
+
     from d2v_plugin_text.tokenizer import load_tokenizer
 
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])

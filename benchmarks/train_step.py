@@ -35,9 +35,16 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import torch  # noqa: E402
-
 from bench_common import (  # noqa: E402
-    flop_counter, machine_info, matmul_flops_per_s, peak_rss_bytes, reset_peak_rss, rss_bytes, summarize, timed, write_result,
+    flop_counter,
+    machine_info,
+    matmul_flops_per_s,
+    peak_rss_bytes,
+    reset_peak_rss,
+    rss_bytes,
+    summarize,
+    timed,
+    write_result,
 )
 
 CPU_DEFAULTS = {"audio": {"batch": 4, "length": 32000}, "image": {"batch": 4}, "text": {"batch": 1}}
@@ -146,9 +153,10 @@ def build_d2v(cfg, batch: dict, device: torch.device):  # noqa: ANN001, ANN201
 
 
 def build_reference(cfg, device: torch.device, tokenizer=None):  # noqa: ANN001, ANN201
+    from hf_reference import build_reference as build
+
     from d2v_core.plugin_loader import get_registry
     from d2v_core.train.build import build_masker
-    from hf_reference import build_reference as build
 
     torch.manual_seed(0)
     return build(cfg, build_masker(cfg, get_registry()), device, tokenizer)

@@ -33,7 +33,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from bench_common import ROOT, SHARED, machine_info, write_result  # noqa: E402
-from pretrain_probe import TASKS, calibrate, probe, probe_manifest, pretrain, read_metrics, whole_clip_view  # noqa: E402
+from pretrain_probe import TASKS, calibrate, pretrain, probe, probe_manifest, read_metrics, whole_clip_view  # noqa: E402
 
 
 def clone_batch(run: Path) -> int:

@@ -65,12 +65,14 @@ def probe(
     layers: Optional[str] = typer.Option(None, "--layers", help="targets: data2vec's target representation (the mean of the "
                                          "run's targets.top_k layers, normalised as its targets); top-k: the same, not normalised."),
     pool: str = typer.Option("mean", "--pool", help="mean | cls: how a record's steps become one vector."),
-    seed: int = typer.Option(0, "--seed", help="Seed of the split, the probe and the random-init baseline."),
+    seed: int = typer.Option(0, "--seed", help="Seed of the split, the probe, the random-init baseline and --max-records."),
+    max_records: Optional[int] = typer.Option(None, "--max-records", min=1, help="At most N records of each manifest: a "
+                                              "seeded random choice, in manifest order (the online probe's eval.max_records)."),
     json_out: Optional[str] = typer.Option(None, "--json", help="Write the full report (per class, skipped records) to this JSON file."),
 ) -> None:
     """Linear probe (logistic regression) on frozen, pooled features; prints the accuracies."""
     from d2v_core.errors import ConfigError
-    from d2v_core.inference.embed import embed_source
+    from d2v_core.inference.embed import cap_records, embed_source
     from d2v_core.inference.pretrained import load_pretrained
     from d2v_core.inference.probe import check_probe_args, fit_and_score, majority_accuracy, make_split
     from d2v_core.plugin_loader import get_registry
@@ -80,12 +82,13 @@ def probe(
     if baseline not in (None, "random-init"):
         raise ConfigError(f"--baseline must be random-init, got {baseline!r}")
     registry = get_registry()
-    report: dict = {"checkpoint": checkpoint, "label_column": label_column, "split_by": split_by}
+    report: dict = {"checkpoint": checkpoint, "label_column": label_column, "split_by": split_by, "max_records": max_records}
     for name, random_init in [("pretrained", False)] + ([("random-init", True)] if baseline else []):
         pre = load_pretrained(checkpoint, registry, random_init=random_init, seed=seed)
         kw: dict[str, Any] = dict(layer=layer, top_k=top_k, pool=pool, layers=layers)
-        tr = embed_source(pre.model, pre.record_decoder, _source(train, pre.record_decoder.extensions), **kw)
-        te = embed_source(pre.model, pre.record_decoder, _source(test, pre.record_decoder.extensions), **kw) if test else None
+        exts = pre.record_decoder.extensions
+        tr = embed_source(pre.model, pre.record_decoder, cap_records(_source(train, exts), max_records, seed), **kw)
+        te = embed_source(pre.model, pre.record_decoder, cap_records(_source(test, exts), max_records, seed), **kw) if test else None
         split = make_split(tr, te, label_column, split_by, test_fraction, seed)
         report[name] = fit_and_score(split, seed)
         report[name]["skipped"] = tr.stats.summary()

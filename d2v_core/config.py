@@ -247,8 +247,10 @@ class EvalConfig(StrictModel):
     student (and, with ``teacher``, the teacher) and fits ``d2v probe``'s logistic regression.
     Test records: the manifest ``probe_test``, or whole groups of the column ``split_by`` (a
     seeded ``test_fraction`` of them), or, given neither, a seeded random ``test_fraction`` of
-    the records (``d2v probe``'s rules, seed 0). ``max_records``: the first N records of each
-    manifest. ``None`` ``probe``: no online probe."""
+    the records (``d2v probe``'s rules, seed 0). ``max_records``: at most N records of each
+    manifest, a seeded (0) random choice kept in manifest order when it holds more (never the
+    first N: a manifest sorted by label would lose classes); ``d2v probe --max-records N`` picks
+    the same ones. ``None`` ``probe``: no online probe."""
 
     probe: Optional[str] = None
     probe_test: Optional[str] = None

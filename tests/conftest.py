@@ -20,6 +20,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 def example_plugins():
     """The example 'vectors' modality registered in-process (nothing installed)."""
     from d2v_core.plugin_loader import plugin_context
+
     from d2v_plugin_example import plugin
 
     with plugin_context(plugin) as loaded:

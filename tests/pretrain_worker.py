@@ -14,7 +14,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "plugins" / "d2v-plugin-example"))
 
 from d2v_core import ComponentSpec, hookimpl  # noqa: E402
-from d2v_core.interfaces import MaskRequest, Masker  # noqa: E402
+from d2v_core.interfaces import Masker, MaskRequest  # noqa: E402
 
 
 class StripeMasker(Masker):
@@ -53,6 +53,7 @@ class TestPlugin:
 def main(argv: list[str]) -> None:
     from d2v_cli.app import main as cli_main
     from d2v_core.plugin_loader import plugin_context
+
     from d2v_plugin_example import plugin
 
     with plugin_context(plugin, TestPlugin()):

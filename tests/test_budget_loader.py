@@ -6,8 +6,8 @@ from __future__ import annotations
 
 import io
 import json
-from collections import Counter
 import tarfile
+from collections import Counter
 from pathlib import Path
 
 import numpy as np

@@ -13,7 +13,7 @@ from torch import nn
 from d2v_core.config import RunConfig
 from d2v_core.decoder_options import ConvDecoderOptions
 from d2v_core.errors import ConfigError
-from d2v_core.interfaces import Context, FeatureEncoder, Features, MaskRequest, Masker
+from d2v_core.interfaces import Context, FeatureEncoder, Features, Masker, MaskRequest
 from d2v_core.model.conv_decoder import ConvDecoder1d
 from d2v_core.model.data2vec import Data2Vec
 from d2v_core.model.ema_teacher import EMATeacher

@@ -3,12 +3,16 @@ checked against a by-hand computation from per-layer states (issue 20)."""
 
 from __future__ import annotations
 
-import csv
+import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+
+sys.path.insert(0, str(Path(__file__).parent))
+from manifest_helpers import write_labels_csv  # noqa: E402
 
 
 def _vectors(folder, n: int = 12):
@@ -19,12 +23,7 @@ def _vectors(folder, n: int = 12):
         T = int(rng.integers(20, 40))
         np.save(folder / f"r{i:02d}.npy", rng.standard_normal((T, 16)).astype(np.float32))
         rows.append({"path": f"r{i:02d}.npy", "label": i % 2, "group": f"g{i % 4}"})
-    manifest = folder / "labels.csv"
-    with open(manifest, "w", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=["path", "label", "group"])
-        w.writeheader()
-        w.writerows(rows)
-    return manifest
+    return write_labels_csv(folder / "labels.csv", rows)
 
 
 def _pretrain(cli, tmp_path, norm: str):

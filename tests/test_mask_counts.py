@@ -2,8 +2,8 @@
 
 import torch
 
-from d2v_core.mask_counts import exact_count
 from d2v_core.interfaces import MaskRequest
+from d2v_core.mask_counts import exact_count
 
 
 def test_trims_or_tops_up_uniformly_within_valid_steps():

@@ -95,6 +95,7 @@ def _loggers_plugin() -> SimpleNamespace:
 @pytest.fixture
 def loggers_plugins():
     from d2v_core.plugin_loader import plugin_context
+
     from d2v_plugin_example import plugin
 
     with plugin_context(plugin, _loggers_plugin()) as loaded:

@@ -5,11 +5,15 @@ from __future__ import annotations
 
 import csv
 import json
+import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
+
+sys.path.insert(0, str(Path(__file__).parent))
+from manifest_helpers import write_labels_csv  # noqa: E402
 
 STEPS = 6
 
@@ -28,12 +32,7 @@ def labelled(folder: Path, n: int = 60, labels: list[int] | None = None) -> Path
         x = np.sin(rng.uniform(lo, hi, (1, 16)) * t + rng.uniform(0, 6.3, (1, 16))).astype(np.float32)
         np.save(folder / f"r{i:02d}.npy", x)
         rows.append({"path": f"r{i:02d}.npy", "label": band if labels is None else labels[i], "group": f"g{i % 6}"})
-    manifest = folder / "labels.csv"
-    with open(manifest, "w", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=["path", "label", "group"])
-        w.writeheader()
-        w.writerows(rows)
-    return manifest
+    return write_labels_csv(folder / "labels.csv", rows)
 
 
 def pretrain_args(data: Path, run: Path, *extra: str) -> list[str]:
@@ -81,6 +80,87 @@ def test_the_last_online_probe_agrees_with_d2v_probe_on_the_final_checkpoint(tmp
 
     probe_panel = [p for p in report_data(run).panels if p.title.startswith("online probe")][0]
     assert [s.points for s in probe_panel.series if s.key == "probe_acc"] == [[(3, rows[0]["probe_acc"]), (6, rows[1]["probe_acc"])]]
+
+
+def sort_by_label(manifest: Path) -> Path:
+    """Rewrite a :func:`labelled` CSV sorted by label (as a manifest made class by class is): its
+    first records then hold its first classes only."""
+    with open(manifest, newline="") as f:
+        rows = list(csv.DictReader(f))
+    rows.sort(key=lambda r: int(r["label"]))
+    return write_labels_csv(manifest, rows)
+
+
+def test_a_capped_online_probe_agrees_with_d2v_probe_max_records_and_sees_every_class(tmp_path, example_plugins, cli):
+    # 60 records sorted by label (20 per class): the first 30 hold 2 of the 3 classes
+    manifest = sort_by_label(labelled(tmp_path / "data"))
+    with open(manifest, newline="") as f:
+        assert {r["label"] for r in list(csv.DictReader(f))[:30]} == {"0", "1"}
+    run = tmp_path / "run"
+    fast = ["--set", "optim.lr=0.01", "--set", "optim.schedule.name=constant"]
+    code, out, err = cli(pretrain_args(tmp_path / "data", run, "--probe", str(manifest), "--set", "eval.max_records=30", *fast))
+    assert code == 0, err
+    last = probe_rows(run)[-1]
+    assert last["step"] == STEPS and last["probe_train_size"] + last["probe_test_size"] == 30
+    reports = {}
+    for cap in ("30", None):
+        report = tmp_path / f"probe-{cap}.json"
+        code, out, err = cli(["probe", str(run), "--train", str(manifest), "--json", str(report), *(["--max-records", cap] if cap else [])])
+        assert code == 0, err
+        reports[cap] = json.loads(report.read_text())
+    capped = reports["30"]
+    assert capped["classes"] == 3 and capped["max_records"] == 30  # a prefix of 30 would train on 2 classes
+    assert (capped["pretrained"]["train_size"], capped["pretrained"]["test_size"]) == (last["probe_train_size"], last["probe_test_size"])
+    assert abs(capped["pretrained"]["accuracy"] - last["probe_acc"]) <= 0.01
+    full = reports[None]["pretrained"]
+    assert full["train_size"] + full["test_size"] == 60  # without --max-records d2v probe reads every record
+    code, _, err = cli(["probe", str(run), "--train", str(manifest), "--max-records", "0"])
+    assert code == 2
+
+
+def _sorted_text_manifest(path: Path, classes: int = 4, per_class: int = 20) -> Path:
+    """A JSONL manifest of ``classes * per_class`` text records sorted by label."""
+    lines = [json.dumps({"text": f"record {c}-{i}", "label": f"c{c}"}) for c in range(classes) for i in range(per_class)]
+    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    return path
+
+
+def test_the_record_cap_is_a_seeded_sample_in_manifest_order_not_a_prefix(tmp_path):
+    from d2v_core.data.sources import resolve_source
+    from d2v_core.inference.embed import cap_records
+
+    source = resolve_source(str(_sorted_text_manifest(tmp_path / "m.jsonl")), ("txt",))
+    assert len(source) == 80
+    position = {e.key: i for i, e in enumerate(source.entries)}
+    assert {e.meta["label"] for e in source.entries[:20]} == {"c0"}  # the first-k prefix is one class
+    capped = cap_records(source, 20, seed=0)
+    keys = [e.key for e in capped.entries]
+    assert len(keys) == len(set(keys)) == 20 and set(keys) <= set(position)
+    assert {e.meta["label"] for e in capped.entries} == {"c0", "c1", "c2", "c3"}
+    assert [position[k] for k in keys] == sorted(position[k] for k in keys)  # manifest order
+    assert keys != [e.key for e in source.entries[:20]]
+    assert [e.key for e in cap_records(source, 20, seed=0).entries] == keys  # the same on every call
+    assert [e.key for e in cap_records(source, 20, seed=1).entries] != keys  # the seed chooses
+    for cap in (None, 80, 1000):  # no cap, or one the manifest fits in: every record, as it was
+        assert cap_records(source, cap, seed=0).entries == source.entries
+    from d2v_core.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="at least 1"):
+        cap_records(source, 0)
+    # the records decode_source keeps are exactly cap_records's, with their labels
+    from d2v_core.inference.embed import decode_source
+
+    class Decoder:  # a text record stays its text; one row per record
+        def decode_for_inference(self, record: dict) -> str:
+            return record["txt"].decode()
+
+        def collate_for_inference(self, samples: list[str]) -> dict:
+            return {"text": samples}
+
+    decoded = decode_source(source, Decoder(), batch_size=8, max_records=20, seed=0)
+    assert [k for group in decoded.keys for k in group] == keys
+    assert [m["label"] for group in decoded.meta for m in group] == [e.meta["label"] for e in capped.entries]
+    assert [t for b in decoded.batches for t in b["text"]] == [e.text for e in capped.entries]
 
 
 def test_a_failing_probe_does_not_stop_training(tmp_path, example_plugins, cli):

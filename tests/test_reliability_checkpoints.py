@@ -173,6 +173,7 @@ def test_a_checkpoint_written_before_the_per_layer_norm_rename_still_loads(tmp_p
 
     from d2v_core.config_resolve import config_to_yaml, resolve_config
     from d2v_core.plugin_loader import plugin_context
+
     from d2v_plugin_example import plugin
 
     with plugin_context(plugin) as loaded:

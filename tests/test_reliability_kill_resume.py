@@ -20,8 +20,8 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import re
 import random
+import re
 import shutil
 import signal
 import subprocess

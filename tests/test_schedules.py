@@ -65,6 +65,7 @@ def test_a_plugin_can_add_a_schedule_with_its_own_options():
     from d2v_core.config_resolve import resolve_config
     from d2v_core.plugin_loader import plugin_context
     from d2v_core.train.build import build_schedule
+
     from d2v_plugin_example import plugin as example
 
     class StepOptions(Options):

@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
-import csv
 import json
+import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 from safetensors.numpy import load_file, safe_open
+
+sys.path.insert(0, str(Path(__file__).parent))
+from manifest_helpers import write_labels_csv  # noqa: E402
 
 
 def labelled_vectors(folder: Path, n_per_class: int = 24) -> Path:
@@ -24,12 +27,7 @@ def labelled_vectors(folder: Path, n_per_class: int = 24) -> Path:
             name = f"c{label}_{i:02d}.npy"
             np.save(folder / name, x)
             rows.append({"path": name, "label": label, "group": f"g{i % 6}"})
-    manifest = folder / "labels.csv"
-    with open(manifest, "w", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=["path", "label", "group"])
-        w.writeheader()
-        w.writerows(rows)
-    return manifest
+    return write_labels_csv(folder / "labels.csv", rows)
 
 
 @pytest.fixture

@@ -5,6 +5,7 @@ token, or not at all."""
 from __future__ import annotations
 
 import json
+import random
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Callable, Iterator
@@ -197,13 +198,29 @@ class DecodedSet:
     stats: BadRecordStats = field(default_factory=BadRecordStats)
 
 
-def decode_source(source: Source, record_decoder, *, batch_size: int = 16, max_records: int | None = None) -> DecodedSet:
-    """Decode and collate the (first ``max_records``) records of a folder or manifest source in
-    the groups :func:`embed_source` makes; unusable records are skipped and counted."""
+def cap_records(source: Source, max_records: int | None, seed: int = 0) -> Source:
+    """``source`` with at most ``max_records`` records: all of them when they fit (or with no
+    cap), else a seeded random choice of ``max_records`` of them, kept in manifest order. Not the
+    first ones: a manifest sorted by label would give the probe only its first classes. The
+    online probe (``eval.max_records``, seed 0) and ``d2v probe --max-records`` (``--seed``)
+    choose with this, so the same cap and seed give the same records."""
+    if max_records is not None and max_records < 1:
+        raise ConfigError(f"the record cap must be at least 1, got {max_records}")
+    n = len(source.entries)
+    if max_records is None or max_records >= n:
+        return source
+    keep = sorted(random.Random(seed).sample(range(n), max_records))
+    return replace(source, entries=tuple(source.entries[i] for i in keep))
+
+
+def decode_source(source: Source, record_decoder, *, batch_size: int = 16, max_records: int | None = None,
+                  seed: int = 0) -> DecodedSet:
+    """Decode and collate the records of a folder or manifest source (:func:`cap_records`'s
+    choice of ``max_records`` of them, by ``seed``) in the groups :func:`embed_source` makes;
+    unusable records are skipped and counted."""
     if source.is_sharded:
         raise ConfigError("embedding from tar shards is not supported yet; pass a folder or a CSV/JSONL manifest")
-    if max_records is not None:
-        source = replace(source, entries=source.entries[:max_records])
+    source = cap_records(source, max_records, seed)
     out = DecodedSet()
     for group in _batches(source, record_decoder, batch_size, out.stats):
         out.batches.append(record_decoder.collate_for_inference([g["sample"] for g in group]))

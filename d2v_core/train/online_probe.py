@@ -28,7 +28,7 @@ from d2v_core.inference.embed import DecodedSet, Embeddings, decode_source, embe
 from d2v_core.inference.probe import fit_and_score, make_split
 from d2v_core.model.data2vec import Data2Vec
 
-#: the seed of the split and the fit: ``d2v probe``'s default, so the two agree
+#: the seed of the record cap, the split and the fit: ``d2v probe``'s default, so the two agree
 SEED = 0
 
 
@@ -100,7 +100,7 @@ class OnlineProbe:
 
     def _decoded(self) -> tuple[DecodedSet, DecodedSet | None]:
         if self._sets is None:  # once; a failed decode is tried again at the next probe
-            kw = dict(batch_size=self.cfg.batch_size, max_records=self.cfg.max_records)
+            kw = dict(batch_size=self.cfg.batch_size, max_records=self.cfg.max_records, seed=SEED)
             train = decode_source(self.sources.train, self.record_decoder, **kw)
             test = decode_source(self.sources.test, self.record_decoder, **kw) if self.sources.test else None
             self._sets = (train, test)

@@ -19,8 +19,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from d2v_core import exact_count, uniform_keys
-from d2v_core import MaskRequest, Masker
+from d2v_core import Masker, MaskRequest, exact_count, uniform_keys
 
 from d2v_plugin_audio.options import Block1dMaskerOptions
 

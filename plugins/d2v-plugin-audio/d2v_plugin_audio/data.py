@@ -15,9 +15,7 @@ import soundfile as sf
 import torch
 import torch.nn.functional as F
 
-from d2v_core import crop_offset, crop_window, pad_sequences
-from d2v_core import DataError
-from d2v_core import Batch, BuildContext, RecordDecoder, SkipRecord
+from d2v_core import Batch, BuildContext, DataError, RecordDecoder, SkipRecord, crop_offset, crop_window, pad_sequences
 
 from d2v_plugin_audio.audio_io import load_waveform
 from d2v_plugin_audio.options import AudioDataOptions

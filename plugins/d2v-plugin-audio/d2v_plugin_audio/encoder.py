@@ -24,9 +24,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from d2v_core import ConfigError, DataError
-from d2v_core import Batch, BuildContext, Context, FeatureEncoder, Features
-from d2v_core import alibi_bias
+from d2v_core import Batch, BuildContext, ConfigError, Context, DataError, FeatureEncoder, Features, alibi_bias
 
 from d2v_plugin_audio.conv_feature_extractor import ConvFeatureExtractor, FeatureProjection, frame_padding_mask
 from d2v_plugin_audio.options import AudioEncoderOptions

@@ -32,9 +32,22 @@ from typing import Any, Mapping
 
 from torch import nn
 
-from d2v_core import ExportError, first_line, quiet_transformers, transformers_module
-from d2v_core import Exporter, Fuse, Rename, RunConfig, Supports
-from d2v_core import apply_key_map, check_exportable, export_key_map, load_exported, load_imported
+from d2v_core import (
+    Exporter,
+    ExportError,
+    Fuse,
+    Rename,
+    RunConfig,
+    Supports,
+    apply_key_map,
+    check_exportable,
+    export_key_map,
+    first_line,
+    load_exported,
+    load_imported,
+    quiet_transformers,
+    transformers_module,
+)
 
 from d2v_plugin_audio.options import AudioDataOptions, AudioEncoderOptions
 

@@ -14,7 +14,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from d2v_core import MaskRequest, Masker
+from d2v_core import Masker, MaskRequest
 
 from d2v_plugin_audio.options import SpanMaskerOptions
 

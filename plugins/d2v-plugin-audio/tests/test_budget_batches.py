@@ -9,6 +9,7 @@ import torch
 
 from d2v_core.data.loader import TrainLoader
 from d2v_core.data.sources import resolve_source
+
 from d2v_plugin_audio.data import AudioRecordDecoder
 from d2v_plugin_audio.options import AudioDataOptions
 
@@ -52,6 +53,7 @@ def test_presets_use_fairseqs_sample_budget_per_gpu(preset, budget):
     # the tiny presets keep 8 counted clips for 2 CPU cores
     from d2v_core.config_resolve import resolve_config
     from d2v_core.plugin_loader import plugin_context
+
     from d2v_plugin_audio import plugin as audio_plugin
 
     with plugin_context(audio_plugin) as loaded:

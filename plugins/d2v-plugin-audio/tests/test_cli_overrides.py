@@ -5,8 +5,9 @@ from __future__ import annotations
 import pytest
 import yaml
 
-import d2v_plugin_audio.plugin as audio_plugin
 from d2v_core.testing import plugin_context
+
+import d2v_plugin_audio.plugin as audio_plugin
 
 
 def run(args: list[str], capsys) -> tuple[int, str, str]:

@@ -28,10 +28,10 @@ import torch
 import torch.nn.functional as F
 
 from d2v_core.errors import CheckpointError
-from d2v_core.interop.fairseq_fixtures import save_fairseq_checkpoint
-from d2v_core.interop.fairseq_import import import_fairseq
 from d2v_core.inference.embed import encoder_states
 from d2v_core.inference.pretrained import load_pretrained
+from d2v_core.interop.fairseq_fixtures import save_fairseq_checkpoint
+from d2v_core.interop.fairseq_import import import_fairseq
 from d2v_core.plugin_loader import get_registry
 from d2v_core.train.checkpoint import load_checkpoint
 

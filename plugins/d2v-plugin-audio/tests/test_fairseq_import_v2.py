@@ -266,9 +266,9 @@ def test_pretraining_continues_from_a_v2_import(tmp_path, capsys):
 
 
 def test_a_v2_import_is_not_exported_to_transformers(tmp_path, registry):
+    from d2v_core import check_exportable
     from d2v_core.errors import ExportError
 
-    from d2v_core import check_exportable
     from d2v_plugin_audio.hf_export import SUPPORTS
 
     ckpt = save_fairseq_checkpoint(tmp_path / "c.pt", fairseq_state(), MODEL_CFG, form="dict")

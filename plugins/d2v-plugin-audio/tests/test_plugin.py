@@ -9,9 +9,9 @@ from pathlib import Path
 import pytest
 import torch
 
+from d2v_core import testing
 from d2v_core.config_resolve import resolve_config
 from d2v_core.errors import ConfigError
-from d2v_core import testing
 from d2v_core.specs import load_ref
 from d2v_core.testing import check_feature_encoder, check_modality, check_record_decoder, plugin_context
 

@@ -9,6 +9,7 @@ import numpy as np
 import torch
 
 from d2v_core import BuildContext, RecordDecoder, SkipRecord, pad_sequences
+
 from d2v_plugin_example.options import VectorDataOptions, VectorEncoderOptions
 
 

@@ -6,6 +6,7 @@ import torch
 from torch import Tensor, nn
 
 from d2v_core import Batch, BuildContext, Context, FeatureEncoder, Features
+
 from d2v_plugin_example.options import VectorEncoderOptions
 
 

@@ -5,7 +5,8 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from d2v_core import MaskRequest, Masker
+from d2v_core import Masker, MaskRequest
+
 from d2v_plugin_example.options import RandomMaskerOptions
 
 

@@ -15,6 +15,7 @@ from d2v_core import testing
 from d2v_core.config_resolve import resolve_config
 from d2v_core.plugin_loader import plugin_context
 from d2v_core.train.build import build_context
+
 from d2v_plugin_example import plugin
 from d2v_plugin_example.data import build_record_decoder
 from d2v_plugin_example.encoder import build_encoder

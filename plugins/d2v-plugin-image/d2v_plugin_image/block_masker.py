@@ -18,7 +18,8 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from d2v_core import MaskRequest, Masker
+from d2v_core import Masker, MaskRequest
+
 from d2v_plugin_image.options import REFERENCE_PATCHES, BlockMaskOptions
 
 Uniform = Callable[[], float]

@@ -6,8 +6,8 @@ from typing import Any, Mapping
 
 import torch
 
-from d2v_core import ConfigError
-from d2v_core import Batch, BuildContext, RecordDecoder, SkipRecord
+from d2v_core import Batch, BuildContext, ConfigError, RecordDecoder, SkipRecord
+
 from d2v_plugin_image.image_io import IMAGE_EXTENSIONS, decode_image
 from d2v_plugin_image.options import ImageDataOptions, ImageEncoderOptions
 from d2v_plugin_image.transforms import EvalTransform, TrainAugmentation

@@ -19,8 +19,8 @@ from timm.layers import PatchEmbed
 from timm.layers.pos_embed_sincos import build_sincos2d_pos_embed
 from torch import Tensor, nn
 
-from d2v_core import DataError
-from d2v_core import Batch, BuildContext, Context, FeatureEncoder, Features
+from d2v_core import Batch, BuildContext, Context, DataError, FeatureEncoder, Features
+
 from d2v_plugin_image.options import ImageEncoderOptions
 from d2v_plugin_image.relative_position_bias import RelativePositionBias
 

@@ -10,6 +10,7 @@ import torch
 
 from d2v_core import testing
 from d2v_core.interfaces import MaskRequest
+
 from d2v_plugin_image.block_masker import (
     BlockMasker,
     GeneratorUniforms,

@@ -13,8 +13,9 @@ from d2v_core import testing
 from d2v_core.config import RunConfig
 from d2v_core.errors import ConfigError
 from d2v_core.interfaces import SkipRecord
-from d2v_plugin_image.data import ImageRecordDecoder, build_record_decoder
 from d2v_core.train.build import build_context
+
+from d2v_plugin_image.data import ImageRecordDecoder, build_record_decoder
 from d2v_plugin_image.options import ImageDataOptions, ImageEncoderOptions
 
 MEAN = np.array([0.485, 0.456, 0.406])

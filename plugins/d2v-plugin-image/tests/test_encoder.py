@@ -13,6 +13,7 @@ from d2v_core import testing  # noqa: E402
 from d2v_core.config import RunConfig  # noqa: E402
 from d2v_core.errors import ConfigError, DataError  # noqa: E402
 from d2v_core.train.build import build_context  # noqa: E402
+
 from d2v_plugin_image.encoder import ImageEncoder, build_encoder  # noqa: E402
 from d2v_plugin_image.options import ImageEncoderOptions  # noqa: E402
 
@@ -132,6 +133,7 @@ def test_build_encoder_reads_model_and_encoder_sections():
     # decoder's factory refuses it, see test_data.py; checked once there, not again here)
     from d2v_core.testing import plugin_context
     from d2v_core.train.build import build_components
+
     import d2v_plugin_image.plugin as image_plugin
 
     bad = cfg.model_copy(update={"data": cfg.data.model_copy(update={"options": {"image_size": 64}})})

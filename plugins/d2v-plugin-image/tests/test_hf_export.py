@@ -14,7 +14,6 @@ import torch  # noqa: E402
 from PIL import Image  # noqa: E402
 from safetensors.torch import load_file, save_file  # noqa: E402
 
-import d2v_plugin_image.plugin as plugin_module  # noqa: E402
 from d2v_core.config_resolve import config_to_yaml, resolve_config  # noqa: E402
 from d2v_core.errors import ExportError  # noqa: E402
 from d2v_core.inference.embed import encoder_states  # noqa: E402
@@ -23,6 +22,8 @@ from d2v_core.inference.pretrained import load_pretrained  # noqa: E402
 from d2v_core.plugin_loader import plugin_context  # noqa: E402
 from d2v_core.train.build import build_model  # noqa: E402
 from d2v_core.train.checkpoint import latest_checkpoint, save_checkpoint  # noqa: E402
+
+import d2v_plugin_image.plugin as plugin_module  # noqa: E402
 from d2v_plugin_image.hf_export import ImageHFExporter  # noqa: E402
 from d2v_plugin_image.transforms import EvalTransform  # noqa: E402
 

@@ -9,6 +9,7 @@ import pytest
 from PIL import Image
 
 from d2v_core.interfaces import SkipRecord
+
 from d2v_plugin_image.image_io import decode_image
 
 

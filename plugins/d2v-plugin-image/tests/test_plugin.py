@@ -9,11 +9,12 @@ from pathlib import Path
 import pytest
 import torch
 
-import d2v_plugin_image.plugin as plugin_module
 from d2v_core import testing
 from d2v_core.config_resolve import resolve_config
 from d2v_core.errors import UnknownComponentError
 from d2v_core.specs import load_ref
+
+import d2v_plugin_image.plugin as plugin_module
 
 
 @pytest.fixture(scope="module")

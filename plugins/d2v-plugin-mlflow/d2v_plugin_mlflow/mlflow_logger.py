@@ -14,6 +14,7 @@ from mlflow.entities import Metric, Param
 from mlflow.tracking import MlflowClient
 
 from d2v_core import LoggerContext, MetricsLogger
+
 from d2v_plugin_mlflow.options import MlflowOptions
 
 #: MLflow's limits: params (and tags) per ``log_batch`` call, characters of one param value

@@ -15,6 +15,7 @@ from mlflow.tracking import MlflowClient
 from d2v_core import LoggerContext
 from d2v_core.plugin_loader import module_source, plugin_context
 from d2v_core.train.metrics import read_metrics
+
 from d2v_plugin_mlflow import plugin as mlflow_plugin
 from d2v_plugin_mlflow.mlflow_logger import build_mlflow_logger, flatten_params
 from d2v_plugin_mlflow.options import MlflowOptions

@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from d2v_core import MaskRequest, Masker
+from d2v_core import Masker, MaskRequest
 
 from d2v_plugin_text.options import BertMaskOptions
 from d2v_plugin_text.token_mask import sample_token_mask

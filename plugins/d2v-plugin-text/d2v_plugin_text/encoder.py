@@ -14,8 +14,7 @@ from typing import Any, Mapping
 import torch
 from torch import Tensor, nn
 
-from d2v_core import CheckpointError, DataError
-from d2v_core import Batch, BuildContext, Context, FeatureEncoder, Features
+from d2v_core import Batch, BuildContext, CheckpointError, Context, DataError, FeatureEncoder, Features
 
 from d2v_plugin_text.options import TextEncoderOptions
 from d2v_plugin_text.tokenizer import PAD_ID, Tokenizer, load_tokenizer

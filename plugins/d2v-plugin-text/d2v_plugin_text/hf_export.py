@@ -19,9 +19,20 @@ from typing import Any, Mapping
 import torch
 from torch import Tensor, nn
 
-from d2v_core import ExportError, quiet_transformers, transformers_module
-from d2v_core import Exporter, Fuse, Rename, Supports
-from d2v_core import apply_key_map, check_exportable, export_key_map, load_exported, load_imported
+from d2v_core import (
+    Exporter,
+    ExportError,
+    Fuse,
+    Rename,
+    Supports,
+    apply_key_map,
+    check_exportable,
+    export_key_map,
+    load_exported,
+    load_imported,
+    quiet_transformers,
+    transformers_module,
+)
 
 from d2v_plugin_text.encoder import TextFeatureEncoder
 from d2v_plugin_text.hf_tokenizer import SPM_FILE, write_hf_tokenizer

@@ -12,8 +12,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from d2v_core import exact_count
-from d2v_core import MaskRequest, Masker
+from d2v_core import Masker, MaskRequest, exact_count
 
 from d2v_plugin_text.options import RandomMaskOptions
 

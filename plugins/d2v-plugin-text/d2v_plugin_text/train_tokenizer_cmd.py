@@ -27,7 +27,8 @@ def train_tokenizer(
     out: str = typer.Option(..., "--out", help="Output prefix: writes PREFIX.model."),
 ) -> None:
     """Train a sentencepiece tokenizer for the text modality (bos 0, pad 1, eos 2, unk 3, <mask> last)."""
-    from d2v_plugin_text.tokenizer import Tokenizer, train_tokenizer as train
+    from d2v_plugin_text.tokenizer import Tokenizer
+    from d2v_plugin_text.tokenizer import train_tokenizer as train
 
     files = list(corpus) + list(more_files or [])
     path = train(files, vocab_size, model_type.value, out)

@@ -12,6 +12,7 @@ import torch
 
 from d2v_core.data.loader import TrainLoader
 from d2v_core.data.sources import resolve_source
+
 from d2v_plugin_text.data import TextRecordDecoder
 
 
@@ -63,6 +64,7 @@ def test_presets_give_fairseqs_rows_of_512(preset, rows, mode):
     # fairseq text base.yaml: max_tokens 8192 = 16 rows x 16 GPUs; v2: batch_size 4 x 16 GPUs
     from d2v_core.config_resolve import resolve_config
     from d2v_core.plugin_loader import plugin_context
+
     from d2v_plugin_text import plugin
 
     with plugin_context(plugin) as loaded:
@@ -76,6 +78,7 @@ def test_collapse_stop_only_where_fairseq_has_one(preset, stops):
     # data2vec_text.py (v1) computes no target_var; data2vec2.py raises below 0.1 / 0.01
     from d2v_core.config_resolve import resolve_config
     from d2v_core.plugin_loader import plugin_context
+
     from d2v_plugin_text import plugin
 
     with plugin_context(plugin) as loaded:

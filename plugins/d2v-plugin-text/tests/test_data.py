@@ -6,6 +6,7 @@ from d2v_core.config import RunConfig
 from d2v_core.errors import ConfigError
 from d2v_core.interfaces import SkipRecord
 from d2v_core.train.build import build_context
+
 from d2v_plugin_text.data import TextRecordDecoder
 from d2v_plugin_text.data import build_record_decoder as build_text_decoder
 from d2v_plugin_text.options import TextDataOptions, TextEncoderOptions

@@ -14,9 +14,9 @@ from d2v_core.config_resolve import resolve_config  # noqa: E402
 from d2v_core.model.ema_teacher import EMATeacher  # noqa: E402
 from d2v_core.plugin_loader import plugin_context  # noqa: E402
 from d2v_core.train.build import build_model  # noqa: E402
+
 from d2v_plugin_text import plugin  # noqa: E402
 from d2v_plugin_text.data import TextRecordDecoder  # noqa: E402
-
 
 
 @pytest.fixture()

@@ -8,6 +8,7 @@ from d2v_core import testing
 from d2v_core.config import RunConfig
 from d2v_core.errors import CheckpointError, ConfigError, DataError
 from d2v_core.train.build import build_context
+
 from d2v_plugin_text.encoder import TextFeatureEncoder, make_positions
 from d2v_plugin_text.encoder import build_encoder as build_text_encoder
 from d2v_plugin_text.options import TextEncoderOptions

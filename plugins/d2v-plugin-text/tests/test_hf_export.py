@@ -21,6 +21,7 @@ from d2v_core.model.ema_teacher import EMATeacher  # noqa: E402
 from d2v_core.plugin_loader import plugin_context  # noqa: E402
 from d2v_core.train.build import build_model  # noqa: E402
 from d2v_core.train.checkpoint import save_checkpoint  # noqa: E402
+
 from d2v_plugin_text import plugin  # noqa: E402
 from d2v_plugin_text.hf_export import TextHFExporter  # noqa: E402
 from d2v_plugin_text.hf_tokenizer import SPM_FILE, write_hf_tokenizer  # noqa: E402

@@ -5,6 +5,7 @@ import torch
 
 from d2v_core import testing
 from d2v_core.interfaces import MaskRequest
+
 from d2v_plugin_text.bert_masker import BertMasker, build_bert_masker
 from d2v_plugin_text.options import BertMaskOptions, SpanMaskOptions
 from d2v_plugin_text.span_masker import SpanMasker, build_span_masker

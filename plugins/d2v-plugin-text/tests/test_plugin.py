@@ -11,6 +11,7 @@ from d2v_core import testing
 from d2v_core.config_resolve import resolve_config
 from d2v_core.interfaces import MaskRequest
 from d2v_core.specs import load_ref
+
 from d2v_plugin_text import plugin
 
 

@@ -6,6 +6,7 @@ import pytest
 import sentencepiece as spm
 
 from d2v_core.errors import ConfigError, DataError
+
 from d2v_plugin_text.tokenizer import DEMO_TOKENIZER, Tokenizer, load_tokenizer, train_tokenizer
 
 

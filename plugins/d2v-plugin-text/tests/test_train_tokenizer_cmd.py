@@ -4,6 +4,7 @@ import typer
 from typer.testing import CliRunner
 
 from d2v_core.errors import DataError
+
 from d2v_plugin_text import plugin
 from d2v_plugin_text.tokenizer import Tokenizer
 
