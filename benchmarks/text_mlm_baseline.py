@@ -98,8 +98,9 @@ def main(argv: list[str] | None = None) -> None:
     a = p.parse_args(argv)
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     import torch
-    from d2v_plugin_text.tokenizer import load_tokenizer
     from transformers import RobertaConfig, RobertaForMaskedLM
+
+    from d2v_plugin_text.tokenizer import load_tokenizer
 
     torch.set_num_threads(a.threads)
     torch.manual_seed(0)
