@@ -88,8 +88,9 @@ def test_v2_step_on_clips(registry):
     batch = {"source": torch.randn(2, 16000), "keys": ["a", "b"]}
     out = model(batch, torch.Generator().manual_seed(0), teacher.model)
     T = int(model.encoder.output_lengths(16000))  # 49 frames
-    assert shapes["t"] == [(2, T, 128)] and shapes["s"] == [(16, T - int(0.5 * T), 128)]
-    assert int(out.sample_size) == 16 * int(0.5 * T)
+    M = cfg.masking.clone_batch  # 4 at v2-tiny (pinned in the preset test): each clip M times
+    assert shapes["t"] == [(2, T, 128)] and shapes["s"] == [(2 * M, T - int(0.5 * T), 128)]
+    assert int(out.sample_size) == 2 * M * int(0.5 * T)
     out.loss_sum.backward()
     assert model.decoder.proj.weight.grad is not None
 
