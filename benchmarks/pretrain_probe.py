@@ -34,6 +34,7 @@ import argparse
 import csv
 import json
 import os
+import resource
 import shlex
 import shutil
 import signal
@@ -75,6 +76,9 @@ def pretrain(modality: str, data: str, run: Path, steps: int, deadline_s: float 
     log = (run.parent / f"{run.name}.log")
     run.parent.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
+    # the subprocess's user + system CPU seconds: on a shared machine far steadier than wall time
+    # (children's rusage counts only waited-for children, so this is the pretrain alone)
+    cpu0 = resource.getrusage(resource.RUSAGE_CHILDREN)
     with log.open("w") as out:
         proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, cwd=ROOT)
         interrupted = False
@@ -89,11 +93,13 @@ def pretrain(modality: str, data: str, run: Path, steps: int, deadline_s: float 
                 proc.kill()
                 proc.wait()
     wall = time.perf_counter() - t0
+    cpu1 = resource.getrusage(resource.RUSAGE_CHILDREN)
+    cpu = (cpu1.ru_utime - cpu0.ru_utime) + (cpu1.ru_stime - cpu0.ru_stime)
     metrics = read_metrics(run)
     if proc.returncode not in (0, 128 + signal.SIGINT):
         raise RuntimeError(f"d2v pretrain exited {proc.returncode}; see {log}:\n{log.read_text()[-3000:]}")
     return {"command": shlex.join(cmd), "exit_code": proc.returncode, "interrupted_at_deadline": interrupted,
-            "wall_seconds": wall, "steps_done": metrics[-1]["step"] if metrics else None,
+            "wall_seconds": wall, "cpu_seconds": cpu, "steps_done": metrics[-1]["step"] if metrics else None,
             "first_metrics": metrics[0] if metrics else None, "last_metrics": metrics[-1] if metrics else None,
             "log": str(log)}
 

@@ -96,21 +96,25 @@ def probe_table(rows: list[tuple[str, dict]]) -> str:
 
 def v1_vs_v2_table(rows: list[tuple[str, dict]]) -> str:
     lines = ["| modality | budget | preset | steps | samples/s | student seqs/s | probe at each checkpoint (train s: acc) | "
-             "random init | time to target | classical | file |", "|---|---|---|---|---|---|---|---|---|---|---|"]
+             "random init | time to target | pretrain CPU s | CPU s to target | classical | file |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for name, r in rows:
         s = r["summary"]
         cls = r.get("classical", {}).get("accuracy")
         for run in r["runs"]:
             ck = [c for c in run["checkpoints"] if "accuracy" in c]
             if not ck:
-                lines.append(f"| {r['modality']} | {r['minutes']:g} min | {run['preset']} | | | | every probe failed | | | | {name} |")
+                lines.append(f"| {r['modality']} | {r['minutes']:g} min | {run['preset']} | | | | every probe failed | | | | | | {name} |")
                 continue
             curve = ", ".join(f"{c['train_seconds']:.0f}: {c['accuracy']:.3f}" for c in ck)
             t = s["time_to_target_s"].get(run["preset"])
+            # CPU seconds exist only for runs trained since they were recorded (not for --reuse)
+            cpu, ct = run["pretrain"].get("cpu_seconds"), s.get("cpu_seconds_to_target", {}).get(run["preset"])
             lines.append(
                 f"| {r['modality']} | {r['minutes']:g} min | {run['preset']} | {run['pretrain']['steps_done']} | "
                 f"{run['throughput']['samples_per_s']:.1f} | {run['throughput']['student_sequences_per_s']:.1f} | {curve} | "
                 f"{ck[-1]['random_init_accuracy']:.3f} | {'not reached' if t is None else f'{t:.0f} s'} (target {s['target_accuracy']:.3f}) | "
+                f"{'n/a' if cpu is None else f'{cpu:.0f}'} | {'n/a' if ct is None else f'{ct:.0f}'} | "
                 f"{'n/a' if cls is None else f'{cls:.3f}'} | {name} |")
     return "\n".join(lines)
 

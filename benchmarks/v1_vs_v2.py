@@ -15,7 +15,10 @@ script calibrates the step time, pretrains for ``--minutes`` of wall clock with 
   representation (``d2v probe --layers targets``, or ``--layers top-k`` for instance-normed
   targets), beside the final layer;
 - time to accuracy: for a target (``--target``, default the lower of the two final accuracies),
-  the first checkpoint of each preset that reaches it, and the ratio of those times;
+  the first checkpoint of each preset that reaches it, and the ratio of those times, in wall
+  seconds and in CPU seconds of the pretrain process (each checkpoint's share of the run's CPU
+  time, pro rata by step: a busy machine inflates the wall time of whichever preset ran under
+  more load, its CPU time far less);
 - the same architecture at random init (from each probe) and the classical baseline of
   ``classical_baselines.py`` on the same split, so the v1 run also answers what pretraining buys.
 
@@ -104,10 +107,13 @@ def run_preset(modality: str, preset: str, a: argparse.Namespace, manifest: Path
         out["pretrain"] = pretrain(modality, data, run, steps, a.minutes * 60.0, extra, preset=preset)
         metrics = read_metrics(run)
     out["throughput"] = throughput(metrics, clone_batch(run))
+    cpu_total, steps_done = out["pretrain"].get("cpu_seconds"), metrics[-1]["step"] if metrics else None
     out["checkpoints"] = []
     for ck in list_checkpoints(run):
         target = whole_clip_view(run, a.work / f"{tag}-view", ck.path) if modality == "audio" else ck.path
         row = {"step": ck.step, "train_seconds": time_at(ck.step, metrics)}
+        if cpu_total is not None and steps_done:  # start-up included, spread over the steps
+            row["cpu_seconds"] = cpu_total * min(ck.step, steps_done) / steps_done
         try:
             rep = probe(target, manifest, task["split_by"], "", a.work / f"{tag}-probe.json")
         except RuntimeError as exc:  # recorded; the other checkpoints and the summary still come out
@@ -124,15 +130,15 @@ def run_preset(modality: str, preset: str, a: argparse.Namespace, manifest: Path
             except RuntimeError as exc:
                 row.update(targets_variant=variant, targets_error=str(exc)[-2000:])
         out["checkpoints"].append(row)
-        print(f"{preset} step {ck.step} ({row['train_seconds']:.0f} s): probe {row['accuracy']:.4f} "
+        print(f"{preset} step {ck.step} ({row['train_seconds']:.0f} s, {row.get('cpu_seconds', float('nan')):.0f} CPU s): probe {row['accuracy']:.4f} "
               f"(random init {row['random_init_accuracy']:.4f})"
               + (f"; {row['targets_variant']}: {row['targets_accuracy']:.4f} (random init {row['targets_random_init_accuracy']:.4f})"
                  if "targets_accuracy" in row else ""))
     return out
 
 
-def time_to(rows: list[dict], target: float) -> float | None:
-    return next((r["train_seconds"] for r in rows if r.get("accuracy", -1.0) >= target), None)
+def time_to(rows: list[dict], target: float, key: str = "train_seconds") -> float | None:
+    return next((r.get(key) for r in rows if r.get("accuracy", -1.0) >= target), None)
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -160,10 +166,13 @@ def main(argv: list[str] | None = None) -> None:
     target = a.target if a.target is not None else (min(finals) if finals else None)
     v1, v2 = runs
     t1, t2 = (time_to(r["checkpoints"], target) if target is not None else None for r in runs)
+    c1, c2 = (time_to(r["checkpoints"], target, "cpu_seconds") if target is not None else None for r in runs)
     summary = {
         "target_accuracy": target,
         "time_to_target_s": {v1["preset"]: t1, v2["preset"]: t2},
         "time_ratio_v1_over_v2": (t1 / t2) if t1 and t2 else None,
+        "cpu_seconds_to_target": {v1["preset"]: c1, v2["preset"]: c2},
+        "cpu_ratio_v1_over_v2": (c1 / c2) if c1 and c2 else None,
         "samples_per_s_ratio_v2_over_v1": v2["throughput"]["samples_per_s"] / max(v1["throughput"]["samples_per_s"], 1e-12),
         "student_sequences_per_s_ratio_v2_over_v1":
             v2["throughput"]["student_sequences_per_s"] / max(v1["throughput"]["student_sequences_per_s"], 1e-12),

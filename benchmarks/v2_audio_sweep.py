@@ -10,8 +10,12 @@ Run:  .venv/bin/python benchmarks/v2_audio_sweep.py --name base --preset v2-tiny
 Training runs with ``--threads 1`` and the probes with one OpenMP thread (the machine is shared),
 so compare attempts by probe accuracy at a step count and by CPU seconds (the pretrain
 subprocess's user + system time, far steadier than wall time on an oversubscribed machine), not
-by absolute times against the 2-thread runs of ``v1_vs_v2.py``. The random-init probe of the
-tiny audio architecture is the same for every attempt (0.8525 on this split) and is not repeated.
+by absolute times against the 2-thread runs of ``v1_vs_v2.py``. The schedule is fitted to
+``--steps``; to see what a run twice as long has at its middle without paying for the rest, set
+``optim.schedule.phase_ratio=[0.2, 0.8, 0.0]`` (on a tri-stage preset) with half the steps: the
+first half of a ``[0.1, 0.6, 0.3]`` tri-stage run exactly (the EMA anneals by absolute step). The
+random-init probe of the tiny audio architecture is the same for every attempt (0.8525 on this
+split) and is not repeated.
 """
 
 from __future__ import annotations
