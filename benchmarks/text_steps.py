@@ -16,6 +16,11 @@ process with ``d2v probe``'s functions (one model load, the random-init accuracy
 architecture computed once and cached in ``--work``/random_init.json): on a loaded machine a
 ``d2v probe`` subprocess per variant cost more than the pretraining. ``--probe-only`` probes
 an existing run again.
+
+Every row records process CPU seconds (user + system): ``pretrain_cpu_seconds`` of the
+``d2v pretrain`` child (``getrusage(RUSAGE_CHILDREN)`` around it) and ``probe_cpu_seconds`` of
+this process's probe, so that attempts of different widths compare on equal compute on a shared
+machine, where wall-clock time depends on the other jobs.
 """
 
 from __future__ import annotations
@@ -23,6 +28,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import resource
 import sys
 import time
 from pathlib import Path
@@ -88,9 +94,14 @@ def main(argv: list[str] | None = None) -> None:
     if not a.probe_only:
         if a.steps is None:
             p.error("--steps is required unless --probe-only")
+        before = resource.getrusage(resource.RUSAGE_CHILDREN)
         pt = pretrain("text", str(a.root / task["data"]), run, a.steps, None, extra, preset=a.preset)
-        row.update(pretrain_command=pt["command"], wall_seconds=pt["wall_seconds"], last_metrics=pt["last_metrics"])
-        print(f"{a.tag}: {pt['steps_done']} steps in {pt['wall_seconds']:.0f} s; last {pt['last_metrics']}", flush=True)
+        after = resource.getrusage(resource.RUSAGE_CHILDREN)
+        cpu = (after.ru_utime + after.ru_stime) - (before.ru_utime + before.ru_stime)
+        row.update(pretrain_command=pt["command"], wall_seconds=pt["wall_seconds"], pretrain_cpu_seconds=cpu,
+                   last_metrics=pt["last_metrics"])
+        print(f"{a.tag}: {pt['steps_done']} steps in {pt['wall_seconds']:.0f} s wall, {cpu:.0f} s CPU; "
+              f"last {pt['last_metrics']}", flush=True)
     import yaml
 
     t = yaml.safe_load((run / "config.yaml").read_text(encoding="utf-8"))["targets"]
@@ -100,7 +111,9 @@ def main(argv: list[str] | None = None) -> None:
     torch.set_num_threads(a.threads)  # the probe too: spare threads only spin on a shared machine
     manifest = probe_manifest("text", a.root, a.work / "manifests")
     row["load_average_before_probe"] = os.getloadavg()
+    cpu0 = time.process_time()
     row["probes"] = probe_run(run, manifest, variants, a.work / "random_init.json")
+    row["probe_cpu_seconds"] = time.process_time() - cpu0
     for v, r in row["probes"].items():
         print(f"{a.tag} [{v}]: probe {r['pretrained']:.4f}, random init {r['random_init']:.4f}", flush=True)
     row["total_seconds"] = time.time() - t0

@@ -126,6 +126,9 @@ def test_text_steps_probes_the_final_layer_and_the_targets(tmp_path: Path) -> No
     run_script("text_steps.py", "--probe-only", *args)
     first, again = [json.loads(line) for line in out.read_text().splitlines()]
     assert first["last_metrics"]["step"] == 2 and "last_metrics" not in again
+    # CPU seconds of the d2v pretrain child (only when it trained) and of the in-process probe
+    assert first["pretrain_cpu_seconds"] > 0 and "pretrain_cpu_seconds" not in again
+    assert first["probe_cpu_seconds"] > 0 and again["probe_cpu_seconds"] > 0
     for row in (first, again):  # tiny 1.0: layer-normed targets, so --layers targets
         assert set(row["probes"]) == {"final", "targets"}
         assert all(0.0 <= v <= 1.0 for r in row["probes"].values() for v in r.values())
