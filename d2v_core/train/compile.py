@@ -20,7 +20,7 @@ build time (``runtime.threads``), which keys the on-disk graph cache on it (see
 
 from __future__ import annotations
 
-from typing import cast
+from typing import Any, cast
 
 import torch
 from torch import nn
@@ -28,7 +28,7 @@ from torch import nn
 from d2v_core.model.transformer import Transformer
 
 
-def inductor_options() -> dict[str, object]:
+def inductor_options() -> dict[str, Any]:
     """Inductor options for every compiled part: the CPU thread count made explicit.
 
     Inductor writes the thread count of the moment (``torch.get_num_threads()``) into its CPU
