@@ -34,6 +34,8 @@ def train_step_table(rows: list[tuple[str, dict]]) -> str:
              "d2v MFU | ref MFU | EMA % of step (d2v) | peak MiB d2v / ref (ratio) | load avg | file |",
              "|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for name, r in rows:
+        if "seconds_per_step" not in r:  # a --no-time run (train_step_*_memory.json): memory only
+            continue
         s, t = r["summary"], r["seconds_per_step"]
         mem = "n/a"
         if "peak_memory" in r:

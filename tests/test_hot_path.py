@@ -271,6 +271,60 @@ def test_a_compiled_step_with_layerdrop_compiles_every_layer_without_a_graph_bre
         torch.testing.assert_close(grads1[name], grads0[name], rtol=1e-4, atol=1e-5, msg=name)
 
 
+class _PlainEncoder(torch.nn.Module):
+    """The two compiled methods of a FeatureEncoder, as plain functions of the tokens."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.proj = torch.nn.Linear(64, 64)
+
+    def embed(self, x: torch.Tensor) -> torch.Tensor:
+        return self.proj(x)
+
+    def contextualize(self, x: torch.Tensor) -> torch.Tensor:
+        return x * 2.0
+
+
+@pytest.mark.slow
+def test_a_compile_under_one_thread_does_not_load_the_kernels_of_a_two_thread_compile(tmp_path, monkeypatch):
+    """Inductor writes the thread count into its CPU kernels (``omp parallel num_threads(N)``), but
+    torch 2.11's FX graph cache does not key on it: without ``cpp.threads`` in the options, a
+    one-thread run loaded a two-thread run's kernels from the on-disk cache and ran them on two
+    OpenMP threads (image base compiled at 0.53x of the eager reference instead of 0.91x)."""
+    from torch._dynamo.utils import counters
+    from torch._inductor.utils import run_and_get_code
+
+    from d2v_core.config import TransformerConfig
+    from d2v_core.model.transformer import Transformer
+    from d2v_core.train.compile import compile_encoder_and_transformer
+
+    monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", str(tmp_path / "inductor"))
+    cfg = TransformerConfig(dim=64, depth=1, heads=4, ffn_dim=256, dropout=0.0, attention_dropout=0.0, activation_dropout=0.0)
+    x = torch.randn(4, 256, 64)
+
+    def compiled_forward(threads: int) -> tuple[str, int]:
+        """The code of a fresh compile under ``threads`` and its FX graph cache hits."""
+        torch._dynamo.reset()
+        torch.set_num_threads(threads)
+        torch.manual_seed(0)
+        scope = torch.nn.ModuleDict({"encoder": _PlainEncoder(), "transformer": Transformer(cfg).train()})
+        compile_encoder_and_transformer(scope, dynamic=None)
+        counters.clear()
+        encoder = scope["encoder"]
+        with torch.no_grad():  # the forward kernels show it; compiling the backward too would double the time
+            _, code = run_and_get_code(lambda: scope["transformer"](encoder.contextualize(encoder.embed(x))))
+        return "\n".join(code), counters["inductor"]["fxgraph_cache_hit"]
+
+    before = torch.get_num_threads()
+    try:
+        seen = {threads: compiled_forward(threads) for threads in (2, 1)}
+    finally:
+        torch.set_num_threads(before)
+        torch._dynamo.reset()
+    assert "num_threads(2)" in seen[2][0]  # the two-thread compile wrote two-thread kernels
+    assert seen[1][1] == 0 and "num_threads(2)" not in seen[1][0], seen[1][1]
+
+
 def test_prefetching_a_batch_keeps_the_data_position_of_the_step(tmp_path, example_plugins):
     """With one batch prefetched (as on a GPU), the steps see the same batches and a checkpoint
     records the same data position (epoch, batch, bad-record counts) as without: 20 records in
