@@ -29,7 +29,7 @@ test: $(STAMP) lint
 
 lint: $(STAMP)
 	$(BIN)/ruff check d2v_core cli
-	$(BIN)/ruff check --select I benchmarks plugins tests
+	$(BIN)/ruff check --select I,F benchmarks plugins tests
 	$(BIN)/python -m mypy
 
 clean:

@@ -20,7 +20,6 @@ from d2v_core.model.ema_teacher import EMATeacher
 from d2v_core.model.losses import regression_loss
 from d2v_core.model.normalizers import IdentityNorm, InstanceNorm
 from d2v_core.model.sparse_student import keep_context, keep_index, restore_order
-from d2v_core.model.transformer import Transformer
 
 
 class ExactMasker(Masker):

@@ -111,7 +111,7 @@ def test_summed_feature_moments_give_the_std_over_all_ranks_rows(splits):
 def test_step_reports_the_mean_target_baseline():
     """rel_loss's denominator: the loss of predicting the batch's mean target at every masked step."""
     from d2v_core.config import RunConfig
-    from d2v_core.interfaces import Context, FeatureEncoder, Features
+    from d2v_core.interfaces import FeatureEncoder, Features
     from d2v_core.model.data2vec import Data2Vec
     from d2v_core.model.normalizers import IdentityNorm, InstanceNorm
 

@@ -5,7 +5,6 @@ similar length within the sample budget, each cropped to its shortest clip."""
 from __future__ import annotations
 
 import pytest
-import torch
 
 from d2v_core.data.loader import TrainLoader
 from d2v_core.data.sources import resolve_source

@@ -19,7 +19,7 @@ from timm.layers import PatchEmbed
 from timm.layers.pos_embed_sincos import build_sincos2d_pos_embed
 from torch import Tensor, nn
 
-from d2v_core import Batch, BuildContext, Context, DataError, FeatureEncoder, Features
+from d2v_core import Batch, BuildContext, ConfigError, Context, DataError, FeatureEncoder, Features
 
 from d2v_plugin_image.options import ImageEncoderOptions
 from d2v_plugin_image.relative_position_bias import RelativePositionBias
@@ -66,6 +66,8 @@ class ImageEncoder(FeatureEncoder):
         norm_eps: float = 1e-6,
     ) -> None:
         super().__init__()
+        if position != "relative" and dim % 4:  # both sin-cos tables split the channels in 4
+            raise ConfigError(f"encoder.position {position!r} needs model.dim divisible by 4, got {dim}")
         self.dim = dim
         self.image_size = image_size
         self.patch_embed = PatchEmbed(img_size=image_size, patch_size=patch_size, in_chans=3, embed_dim=dim)

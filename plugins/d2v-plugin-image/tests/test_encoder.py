@@ -141,3 +141,11 @@ def test_build_encoder_reads_model_and_encoder_sections():
         build_components(bad, loaded.registry)
     with pytest.raises(Exception, match="multiple of patch_size"):
         build_encoder(ImageEncoderOptions.model_validate({"image_size": 30, "patch_size": 8}), build_context(cfg))
+
+
+@pytest.mark.parametrize("position", ["sincos", "sincos-mae"])
+def test_a_sincos_position_with_a_width_not_divisible_by_4_is_a_config_error(position):
+    # both tables give a quarter of the channels to each of sin/cos x row/column
+    with pytest.raises(ConfigError, match="model.dim divisible by 4, got 30"):
+        ImageEncoder(dim=30, heads=2, image_size=32, patch_size=8, position=position)
+    assert ImageEncoder(dim=32, heads=2, image_size=32, patch_size=8, position=position).pos_embed.shape == (1, 16, 32)

@@ -17,7 +17,6 @@ from d2v_core.config_resolve import resolve_config
 from d2v_core.errors import UnknownComponentError
 from d2v_core.interfaces import MaskRequest
 from d2v_core.plugin_loader import module_source
-from d2v_core.specs import load_ref
 from d2v_core.testing import check_masker, plugin_context
 
 import d2v_plugin_image.plugin as image_plugin

@@ -8,7 +8,6 @@ import io
 import tarfile
 
 import pytest
-import torch
 
 from d2v_core.data.loader import TrainLoader
 from d2v_core.data.sources import resolve_source
