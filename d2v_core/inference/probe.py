@@ -70,16 +70,31 @@ def make_split(train: Embeddings, test: Embeddings | None, label_column: str, sp
     return split_random(train, label_column, test_fraction, seed)
 
 
+#: the largest training matrix (records x features) fitted with one BLAS thread
+SINGLE_THREAD_FIT_MAX_ELEMENTS = 1 << 24
+
+
+def fit_blas_threads(x_train: np.ndarray) -> int | None:
+    """BLAS threads for the fit of ``x_train``: one up to :data:`SINGLE_THREAD_FIT_MAX_ELEMENTS`
+    (``None``, the library's default, above). L-BFGS makes hundreds of small matrix products;
+    on a probe's matrices (1,000 x 128 in the online probe) several OpenBLAS threads cost more in
+    hand-offs than they gain, and beside busy cores (training, data workers) they slowed the fit
+    about 100x (docs/benchmarks.md, section 9)."""
+    return 1 if x_train.size <= SINGLE_THREAD_FIT_MAX_ELEMENTS else None
+
+
 def fit_and_score(split: ProbeSplit, seed: int = 0) -> dict:
     """Standardise, fit multinomial logistic regression on train, report test accuracy."""
     from sklearn.linear_model import LogisticRegression
     from sklearn.pipeline import make_pipeline
     from sklearn.preprocessing import StandardScaler
+    from threadpoolctl import threadpool_limits
 
     if len(set(split.y_train)) < 2:
         raise DataError("the probe's training split has fewer than 2 classes")
     clf = make_pipeline(StandardScaler(), LogisticRegression(max_iter=2000, random_state=seed))
-    clf.fit(split.x_train, split.y_train)
+    with threadpool_limits(limits=fit_blas_threads(split.x_train), user_api="blas"):
+        clf.fit(split.x_train, split.y_train)
     accuracy = float((clf.predict(split.x_test) == np.array(split.y_test)).mean())
     return {"accuracy": accuracy, "train_size": len(split.y_train), "test_size": len(split.y_test)}
 
