@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 
+from d2v_cli.testing import run_cli
 from d2v_core import ModalitySpec, hookimpl
 from d2v_core.data.make_shards import pack_shards, parse_size
 from d2v_core.data.sources import Source
@@ -155,38 +156,29 @@ def _toy_plugin() -> types.ModuleType:
     return mod
 
 
-def _cli(args: list[str]) -> int:
-    from d2v_cli.app import main
-
-    with pytest.raises(SystemExit) as exc:
-        main(args)
-    return exc.value.code
-
-
-def test_cli_packs_with_a_registered_modality(tmp_path, capsys):
+def test_cli_packs_with_a_registered_modality(tmp_path):
     make_folder(tmp_path / "src", 5)
     with plugin_context(_toy_plugin()):
-        code = _cli(["make-shards", str(tmp_path / "src"), str(tmp_path / "out"), "--modality", "toy", "--max-count", "2", "--max-size", "1MB"])
-    out = capsys.readouterr().out
+        code, out, _ = run_cli(["make-shards", str(tmp_path / "src"), str(tmp_path / "out"), "--modality", "toy", "--max-count", "2",
+                                "--max-size", "1MB"])
     assert code == 0
     assert "packed 5 records into 3 shards" in out and "toy-{000000..000002}.tar" in out
     assert len(out.strip().splitlines()) == 1
 
 
-def test_cli_unknown_modality_exits_2(tmp_path, capsys):
+def test_cli_unknown_modality_exits_2(tmp_path):
     make_folder(tmp_path / "src", 2)
     with plugin_context(_toy_plugin()):
-        code = _cli(["make-shards", str(tmp_path / "src"), str(tmp_path / "out"), "--modality", "nosuch"])
-    err = capsys.readouterr().err
+        code, _, err = run_cli(["make-shards", str(tmp_path / "src"), str(tmp_path / "out"), "--modality", "nosuch"])
     assert code == 2 and "unknown modality 'nosuch'" in err and "toy" in err
     assert not (tmp_path / "out").exists()
 
 
-def test_cli_bad_size_exits_2(tmp_path, capsys):
+def test_cli_bad_size_exits_2(tmp_path):
     make_folder(tmp_path / "src", 2)
     with plugin_context(_toy_plugin()):
-        code = _cli(["make-shards", str(tmp_path / "src"), str(tmp_path / "out"), "-m", "toy", "--max-size", "lots"])
-    assert code == 2 and "cannot read size 'lots'" in capsys.readouterr().err
+        code, _, err = run_cli(["make-shards", str(tmp_path / "src"), str(tmp_path / "out"), "-m", "toy", "--max-size", "lots"])
+    assert code == 2 and "cannot read size 'lots'" in err
 
 
 def test_help_does_not_import_torch_or_webdataset():
