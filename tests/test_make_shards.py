@@ -8,6 +8,7 @@ import random
 import sys
 import tarfile
 import types
+from itertools import pairwise
 from pathlib import Path
 
 import pytest
@@ -60,7 +61,7 @@ def test_max_size_bounds_every_shard(tmp_path):
     assert sum(len(read_tar(p)) for p in result.paths) == 30
     # a shard closes only when the next record would not fit: rebuild each shard plus the next
     # shard's first record with the standard library and check that it is over the limit
-    for this, nxt in zip(result.paths, result.paths[1:]):
+    for this, nxt in pairwise(result.paths):
         buf = io.BytesIO()
         with tarfile.open(fileobj=buf, mode="w", format=tarfile.USTAR_FORMAT) as tf:
             for name, data in read_tar(this) + read_tar(nxt)[:1]:
