@@ -99,7 +99,7 @@ def fs_forward(s: dict, prefix: str, tokens: torch.Tensor):
     for i in range(DEPTH):
         p = f"{prefix}layers.{i}."
 
-        def lin(name: str, t: torch.Tensor) -> torch.Tensor:
+        def lin(name: str, t: torch.Tensor, p: str = p) -> torch.Tensor:  # this layer's prefix
             return F.linear(t, s[p + name + ".weight"], s[p + name + ".bias"])
 
         q = lin("self_attn.q_proj", x) * hd ** -0.5
