@@ -153,7 +153,7 @@ def fs_features(s: dict, wav: torch.Tensor, sample_pad: torch.Tensor | None):
     """data2vec_audio.py ``forward`` L298-L348 up to the encoder (mask=False): conv stack,
     LayerNorm(C), the frame padding mask (L315-L333), ``post_extract_proj``."""
     x = wav.unsqueeze(1)
-    for j, (c, k, st) in enumerate(CONV):
+    for j, (c, _, st) in enumerate(CONV):  # the kernel size is the weight's
         x = F.conv1d(x, s[f"feature_extractor.conv_layers.{j}.0.weight"], stride=st)
         x = F.layer_norm(x.transpose(1, 2), (c,), s[f"feature_extractor.conv_layers.{j}.2.1.weight"],
                          s[f"feature_extractor.conv_layers.{j}.2.1.bias"]).transpose(1, 2)

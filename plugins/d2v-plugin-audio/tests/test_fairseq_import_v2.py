@@ -111,7 +111,7 @@ def fairseq_state(seed: int = 0) -> dict[str, torch.Tensor]:
 def fs_local(s: dict, wav: torch.Tensor, sample_pad: torch.Tensor | None):
     """``local_features`` (base.py L190-L203) and ``AudioEncoder.convert_padding_mask`` (audio.py L142-L180)."""
     x = wav.unsqueeze(1)
-    for j, (c, k, st) in enumerate(CONV):
+    for j, (c, _, st) in enumerate(CONV):  # the kernel size is the weight's
         x = F.conv1d(x, s[A + f"local_encoder.conv_layers.{j}.0.weight"], stride=st)
         x = F.gelu(F.layer_norm(x.transpose(1, 2), (c,), s[A + f"local_encoder.conv_layers.{j}.2.1.weight"],
                                 s[A + f"local_encoder.conv_layers.{j}.2.1.bias"]).transpose(1, 2))
