@@ -35,7 +35,7 @@ def run_cli(args: list[str]) -> CliResult:
     out, err = io.StringIO(), io.StringIO()
     with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
         try:
-            main(list(args))
+            main(args)
             code = 0
         except SystemExit as exc:  # main() always exits; click's usage errors exit 2
             code = _exit_status(exc.code)
