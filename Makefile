@@ -21,15 +21,15 @@ install: $(STAMP)
 demo: $(STAMP)
 	$(BIN)/d2v pretrain --modality audio --out runs/demo-audio $(ARGS)
 
-## Lint (ruff) and type-check (mypy) the core and the CLI (and the import order, ruff's I, of
-## benchmarks, plugins and tests), then the whole test suite (slow
+## Lint (ruff) and type-check (mypy) the core and the CLI (and ruff's I, F and B: import order,
+## pyflakes and bugbear, on benchmarks, plugins and tests), then the whole test suite (slow
 ## end-to-end tests included). The settings of both tools are in pyproject.toml.
 test: $(STAMP) lint
 	HF_HUB_OFFLINE=1 $(BIN)/python -m pytest -q -n 2 $(ARGS)
 
 lint: $(STAMP)
 	$(BIN)/ruff check d2v_core cli
-	$(BIN)/ruff check --select I,F benchmarks plugins tests
+	$(BIN)/ruff check --select I,F,B benchmarks plugins tests
 	$(BIN)/python -m mypy
 
 clean:

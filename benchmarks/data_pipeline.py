@@ -27,6 +27,7 @@ import os
 import statistics
 import sys
 import time
+from itertools import islice
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -81,7 +82,7 @@ def training_rate(cfg, registry, data: str, steps: int, warmup: int) -> dict:  #
     epoch = 0
     while len(batches) < warmup + steps:  # a small corpus packed into rows may hold few batches per epoch
         it = iter(loader.iter_epoch(epoch))
-        batches += [b for _, b in zip(range(warmup + steps - len(batches)), it)]
+        batches += islice(it, warmup + steps - len(batches))
         del it
         epoch += 1
 

@@ -235,7 +235,7 @@ class AudioReference(ReferenceStep):
 
     def _frames(self, batch: dict) -> int:
         n, enc = batch["source"].shape[1], _plain(self.cfg.encoder)
-        for k, s in zip(enc.get("conv_kernels", [10, 3, 3, 3, 3, 2, 2]), enc.get("conv_strides", [5, 2, 2, 2, 2, 2, 2])):
+        for k, s in zip(enc.get("conv_kernels", [10, 3, 3, 3, 3, 2, 2]), enc.get("conv_strides", [5, 2, 2, 2, 2, 2, 2]), strict=True):
             n = (n - k) // s + 1
         return n
 

@@ -31,7 +31,7 @@ def _layers(state: dict[str, Tensor], prefix: str, renames: dict[str, str], qkv:
         base = prefix.format(i=i)
         if rest in ("attn.qkv.weight", "attn.qkv.bias"):
             kind = rest.rsplit(".", 1)[1]
-            for part, chunk in zip(qkv, t.chunk(3, dim=0)):
+            for part, chunk in zip(qkv, t.chunk(3, dim=0), strict=True):
                 out[f"{base}{part}.{kind}"] = chunk
         elif rest == "attn.q_bias":
             out[f"{base}{qkv[0]}.bias"] = t

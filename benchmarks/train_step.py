@@ -387,7 +387,7 @@ def saved_for_backward_bytes(trainer, batch: dict) -> dict[str, int]:  # noqa: A
                 m.activation_checkpointing = ac
             kept: dict[int, int] = {}
 
-            def pack(t: torch.Tensor) -> torch.Tensor:
+            def pack(t: torch.Tensor, kept: dict[int, int] = kept) -> torch.Tensor:  # this round's dict
                 storage = t.untyped_storage()
                 if storage.data_ptr() not in params:
                     kept[storage.data_ptr()] = storage.nbytes()

@@ -27,23 +27,12 @@ def example_plugins():
         yield loaded
 
 
-def run_cli(args: list[str], capsys) -> tuple[int, str, str]:
-    """Run ``d2v ARGS`` in-process; returns (exit code, stdout, stderr)."""
-    from d2v_cli.app import main
-
-    try:
-        main(args)
-        code = 0
-    except SystemExit as exc:
-        code = int(exc.code or 0)
-    out = capsys.readouterr()
-    return code, out.out, out.err
-
-
 @pytest.fixture
-def cli(capsys):
-    """``cli(["config", "show", ...]) -> (exit code, stdout, stderr)``."""
-    return lambda args: run_cli(args, capsys)
+def cli():
+    """``cli(["config", "show", ...]) -> (exit code, stdout, stderr)``: :func:`d2v_cli.testing.run_cli`."""
+    from d2v_cli.testing import run_cli
+
+    return run_cli
 
 
 @pytest.fixture(scope="session")

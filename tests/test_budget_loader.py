@@ -136,7 +136,7 @@ def test_workers_do_not_change_budget_batches(tmp_path):
     a = epoch(TrainLoader(src, SeqDecoder(), batch_size=1, max_tokens=80, num_workers=0, seed=3))
     b = epoch(TrainLoader(src, SeqDecoder(), batch_size=1, max_tokens=80, num_workers=2, seed=3))
     assert [x["keys"] for x in a] == [x["keys"] for x in b]
-    assert all(torch.equal(x["noise"], y["noise"]) for x, y in zip(a, b))
+    assert all(torch.equal(x["noise"], y["noise"]) for x, y in zip(a, b, strict=True))
 
 
 @pytest.mark.parametrize("world_size", [2, 3])
@@ -158,7 +158,7 @@ def test_budget_resume_mid_epoch_reproduces_the_rest_exactly(tmp_path, workers):
     full = epoch(TrainLoader(src, SeqDecoder(), batch_size=1, max_tokens=64, num_workers=workers, seed=5), 2)
     resumed = epoch(TrainLoader(src, SeqDecoder(), batch_size=1, max_tokens=64, num_workers=workers, seed=5), 2, skip=4)
     assert [b["keys"] for b in resumed] == [b["keys"] for b in full[4:]]
-    assert all(torch.equal(x["x"], y["x"]) and torch.equal(x["noise"], y["noise"]) for x, y in zip(resumed, full[4:]))
+    assert all(torch.equal(x["x"], y["x"]) and torch.equal(x["noise"], y["noise"]) for x, y in zip(resumed, full[4:], strict=True))
 
 
 def test_lengths_are_cached_next_to_the_data_and_reused(tmp_path):
@@ -228,7 +228,7 @@ def test_block_packing_gives_exactly_batch_size_rows_from_the_whole_corpus(tmp_p
     got = [tuple(map(tuple, p)) for b in batches for p in b["pieces"]]
     assert len(set(got)) == len(got) and set(got) <= set(want)
     for b in batches:  # each row holds exactly its pieces' tokens
-        for row, pieces in zip(b["x"], b["pieces"]):
+        for row, pieces in zip(b["x"], b["pieces"], strict=True):
             expect = torch.cat([torch.arange(a, z) + 1000 * int(k[1:]) for k, a, z in pieces])
             assert torch.equal(row[: len(expect)], expect) and bool((row[len(expect):] == -1).all())
     resumed = epoch(TrainLoader(src, TokenDecoder(16, mode), batch_size=4, num_workers=workers, seed=0), skip=2)

@@ -82,7 +82,7 @@ def flat_keys(batches: list[dict]) -> list[str]:
 
 
 def same_batches(a: list[dict], b: list[dict]) -> bool:
-    return len(a) == len(b) and all(x["keys"] == y["keys"] and torch.equal(x["noise"], y["noise"]) for x, y in zip(a, b))
+    return len(a) == len(b) and all(x["keys"] == y["keys"] and torch.equal(x["noise"], y["noise"]) for x, y in zip(a, b, strict=True))
 
 
 @pytest.mark.parametrize("workers", [0, 2])
@@ -115,8 +115,8 @@ def test_rank_batches_together_equal_the_one_process_batch(tmp_path):
         union = ranks[0][k]["keys"] + ranks[1][k]["keys"]
         assert sorted(union) == sorted(batch["keys"])
         # a record's decode randomness does not depend on the rank that decodes it
-        noise = dict(zip(ranks[0][k]["keys"] + ranks[1][k]["keys"], (ranks[0][k]["noise"].tolist() + ranks[1][k]["noise"].tolist())))
-        assert noise == dict(zip(batch["keys"], batch["noise"].tolist()))
+        noise = dict(zip(ranks[0][k]["keys"] + ranks[1][k]["keys"], (ranks[0][k]["noise"].tolist() + ranks[1][k]["noise"].tolist()), strict=True))
+        assert noise == dict(zip(batch["keys"], batch["noise"].tolist(), strict=True))
     assert not set(flat_keys(ranks[0])) & set(flat_keys(ranks[1]))
 
 

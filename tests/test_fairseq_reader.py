@@ -178,11 +178,8 @@ def test_misusing_an_allowed_name_is_a_one_line_error(tmp_path):
 
 
 @pytest.mark.parametrize("args", [[], ["--from-hf", "a", "--from-fairseq", "b"]])
-def test_import_needs_exactly_one_source(tmp_path, capsys, args):
-    from d2v_cli.app import main
-
-    with pytest.raises(SystemExit) as exit_:
-        main(["import", *args, "--out", str(tmp_path / "run")])
-    assert exit_.value.code == 2
-    assert "pass one of --from-hf DIR or --from-fairseq CKPT" in capsys.readouterr().err
+def test_import_needs_exactly_one_source(tmp_path, cli, args):
+    code, _, err = cli(["import", *args, "--out", str(tmp_path / "run")])
+    assert code == 2
+    assert "pass one of --from-hf DIR or --from-fairseq CKPT" in err
     assert not (tmp_path / "run").exists()

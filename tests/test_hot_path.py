@@ -116,7 +116,7 @@ def test_logged_metrics_are_means_over_the_log_interval(tmp_path, example_plugin
     pooled.fit()
     per_step, per_interval = read_metrics(tmp_path / "a" / "run"), read_metrics(tmp_path / "b" / "run")
     assert [m["step"] for m in per_interval] == [3, 6]
-    for row, steps in zip(per_interval, (per_step[0:3], per_step[3:6])):
+    for row, steps in zip(per_interval, (per_step[0:3], per_step[3:6]), strict=True):
         size = sum(m["sample_size"] for m in steps)
         assert row["loss"] == pytest.approx(sum(m["loss"] * m["sample_size"] for m in steps) / size, rel=1e-6)
         assert row["samples"] == sum(m["samples"] for m in steps) == 12
@@ -197,7 +197,7 @@ def test_activation_checkpointing_gives_the_gradients_of_the_plain_run(dropout):
         model = _transformer(ac, dropout)
         saved = []
         torch.manual_seed(1)
-        with torch.autograd.graph.saved_tensors_hooks(lambda t: saved.append(t) or t, lambda t: t):
+        with torch.autograd.graph.saved_tensors_hooks(lambda t, saved=saved: saved.append(t) or t, lambda t: t):
             out = model(x, pad, collect="ffn")
         loss = out.x.pow(2).mean() + sum(h.mean() for h in out.layers)
         loss.backward()

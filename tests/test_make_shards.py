@@ -8,10 +8,12 @@ import random
 import sys
 import tarfile
 import types
+from itertools import pairwise
 from pathlib import Path
 
 import pytest
 
+from d2v_cli.testing import run_cli
 from d2v_core import ModalitySpec, hookimpl
 from d2v_core.data.make_shards import pack_shards, parse_size
 from d2v_core.data.sources import Source
@@ -59,7 +61,7 @@ def test_max_size_bounds_every_shard(tmp_path):
     assert sum(len(read_tar(p)) for p in result.paths) == 30
     # a shard closes only when the next record would not fit: rebuild each shard plus the next
     # shard's first record with the standard library and check that it is over the limit
-    for this, nxt in zip(result.paths, result.paths[1:]):
+    for this, nxt in pairwise(result.paths):
         buf = io.BytesIO()
         with tarfile.open(fileobj=buf, mode="w", format=tarfile.USTAR_FORMAT) as tf:
             for name, data in read_tar(this) + read_tar(nxt)[:1]:
@@ -155,38 +157,29 @@ def _toy_plugin() -> types.ModuleType:
     return mod
 
 
-def _cli(args: list[str]) -> int:
-    from d2v_cli.app import main
-
-    with pytest.raises(SystemExit) as exc:
-        main(args)
-    return exc.value.code
-
-
-def test_cli_packs_with_a_registered_modality(tmp_path, capsys):
+def test_cli_packs_with_a_registered_modality(tmp_path):
     make_folder(tmp_path / "src", 5)
     with plugin_context(_toy_plugin()):
-        code = _cli(["make-shards", str(tmp_path / "src"), str(tmp_path / "out"), "--modality", "toy", "--max-count", "2", "--max-size", "1MB"])
-    out = capsys.readouterr().out
+        code, out, _ = run_cli(["make-shards", str(tmp_path / "src"), str(tmp_path / "out"), "--modality", "toy", "--max-count", "2",
+                                "--max-size", "1MB"])
     assert code == 0
     assert "packed 5 records into 3 shards" in out and "toy-{000000..000002}.tar" in out
     assert len(out.strip().splitlines()) == 1
 
 
-def test_cli_unknown_modality_exits_2(tmp_path, capsys):
+def test_cli_unknown_modality_exits_2(tmp_path):
     make_folder(tmp_path / "src", 2)
     with plugin_context(_toy_plugin()):
-        code = _cli(["make-shards", str(tmp_path / "src"), str(tmp_path / "out"), "--modality", "nosuch"])
-    err = capsys.readouterr().err
+        code, _, err = run_cli(["make-shards", str(tmp_path / "src"), str(tmp_path / "out"), "--modality", "nosuch"])
     assert code == 2 and "unknown modality 'nosuch'" in err and "toy" in err
     assert not (tmp_path / "out").exists()
 
 
-def test_cli_bad_size_exits_2(tmp_path, capsys):
+def test_cli_bad_size_exits_2(tmp_path):
     make_folder(tmp_path / "src", 2)
     with plugin_context(_toy_plugin()):
-        code = _cli(["make-shards", str(tmp_path / "src"), str(tmp_path / "out"), "-m", "toy", "--max-size", "lots"])
-    assert code == 2 and "cannot read size 'lots'" in capsys.readouterr().err
+        code, _, err = run_cli(["make-shards", str(tmp_path / "src"), str(tmp_path / "out"), "-m", "toy", "--max-size", "lots"])
+    assert code == 2 and "cannot read size 'lots'" in err
 
 
 def test_help_does_not_import_torch_or_webdataset():

@@ -28,7 +28,7 @@ def test_pad_sequences_keeps_every_value_and_pads_after_each_end(lengths, traili
     longest = max(lengths)
     assert padded.shape == (len(seqs), longest, *trailing) and padded.dtype == dtype
     assert mask.shape == (len(seqs), longest) and mask.dtype == torch.bool
-    for b, (s, n) in enumerate(zip(seqs, lengths)):
+    for b, (s, n) in enumerate(zip(seqs, lengths, strict=True)):
         assert torch.equal(padded[b, :n], s)
         assert (padded[b, n:] == torch.tensor(pad_value).to(dtype)).all()
         assert mask[b].tolist() == [t >= n for t in range(longest)]
@@ -53,7 +53,7 @@ def test_crop_to_shortest_takes_one_contiguous_window_of_each_sequence(lengths, 
     out = crop_to_shortest(seqs, torch.Generator().manual_seed(seed), max_len=max_len)
     target = min(lengths) if max_len is None else min(min(lengths), max_len)
     assert out.shape == (len(seqs), target, *trailing)
-    for row, s in zip(out, seqs):
+    for row, s in zip(out, seqs, strict=True):
         start = int((row.reshape(target, -1)[0, 0] - s.reshape(len(s), -1)[0, 0]).item())
         assert 0 <= start <= len(s) - target
         assert torch.equal(row, s[start : start + target])

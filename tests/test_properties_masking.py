@@ -72,7 +72,7 @@ def test_random_masker_masks_round_p_n_of_each_rows_valid_steps(case, seed, p):
     request, valid = case
     masker = RandomMasker(RandomMaskerOptions(mask_prob=p))
     mask = check_common(masker, request, seed)
-    for row, n in zip(mask, valid):
+    for row, n in zip(mask, valid, strict=True):
         assert int(row.sum()) == max(1, round(p * n))
         assert not row[n:].any()
     assert masker.expected_ratio == p
@@ -91,7 +91,7 @@ def test_audio_span_masker(case, seed, p, span, same):
     masker = audio.SpanMasker(SpanMaskerOptions(mask_prob=p, mask_length=span, require_same_masks=same))
     mask = check_common(masker, request, seed)
     counts = mask.sum(-1).tolist()
-    for count, n in zip(counts, valid):
+    for count, n in zip(counts, valid, strict=True):
         # at most as many spans as fairseq draws (p*n/span rounded up, at least min_masks=1) times span
         assert count <= min(n, max(1, math.floor(p * n / span) + 1) * span)
         if not same and n - span > math.floor(p * n / span) + 1:
@@ -144,7 +144,7 @@ def test_text_bert_masker_masks_int_p_n_plus_u_tokens(case, seed, p):
     text = pytest.importorskip("d2v_plugin_text.bert_masker")
     request, valid = case
     mask = check_common(text.BertMasker(p), request, seed)
-    for count, n in zip(mask.sum(-1).tolist(), valid):
+    for count, n in zip(mask.sum(-1).tolist(), valid, strict=True):
         assert count in {min(n, math.floor(p * n)), min(n, math.floor(p * n) + 1)}
 
 
@@ -154,7 +154,7 @@ def test_text_span_masker_masks_between_k_and_k_spans_of_tokens(case, seed, p, s
     text = pytest.importorskip("d2v_plugin_text.span_masker")
     request, valid = case
     mask = check_common(text.SpanMasker(p, span), request, seed)
-    for count, n in zip(mask.sum(-1).tolist(), valid):
+    for count, n in zip(mask.sum(-1).tolist(), valid, strict=True):
         k_lo = min(n, math.floor(p * n / span))  # distinct starts: each masks at least itself
         k_hi = min(n, math.floor(p * n / span) + 1)
         assert k_lo <= count <= min(n, k_hi * span)

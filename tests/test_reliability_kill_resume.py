@@ -131,10 +131,10 @@ def start_worker(args: list[str], log: Path, env: dict[str, str] | None = None, 
 def finish(proc: subprocess.Popen, log: Path, timeout: float = 120) -> tuple[int, str]:
     try:
         code = proc.wait(timeout=timeout)
-    except subprocess.TimeoutExpired:
+    except subprocess.TimeoutExpired as err:
         os.killpg(proc.pid, signal.SIGKILL)
         proc.wait()
-        raise AssertionError(f"worker hung; output:\n{log.read_text()[-3000:]}")
+        raise AssertionError(f"worker hung; output:\n{log.read_text()[-3000:]}") from err
     return code, log.read_text()
 
 

@@ -216,9 +216,9 @@ def test_one_sigterm_ends_a_run_whose_decoder_hangs(tmp_path):
     proc.send_signal(signal.SIGTERM)
     try:
         _, err = proc.communicate(timeout=60)
-    except subprocess.TimeoutExpired:
+    except subprocess.TimeoutExpired as exc:
         proc.kill()
-        raise AssertionError("one SIGTERM did not end the run within 60 s")
+        raise AssertionError("one SIGTERM did not end the run within 60 s") from exc
     waited = time.time() - sent
     assert proc.returncode == 143, err
     assert "SIGTERM received, but the run did not stop within 3 s" in err and "a record decoder or another rank" in err

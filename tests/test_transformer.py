@@ -34,7 +34,7 @@ def test_post_ln_matches_hf_data2vec_audio_layers_with_padding():
     torch.manual_seed(0)
     hf_layers = [Data2VecAudioEncoderLayer(hf_cfg).eval() for _ in range(L)]
     ours = Transformer(TransformerConfig(dim=D, depth=L, heads=H, ffn_dim=F, layout="post_ln", dropout=0.0, attention_dropout=0.0)).eval()
-    for hf, mine in zip(hf_layers, ours.layers):
+    for hf, mine in zip(hf_layers, ours.layers, strict=True):
         a = hf.attention
         _qkv_from(a.q_proj, a.k_proj, a.v_proj, mine.attn)
         mine.attn.qkv.bias.copy_(torch.cat([a.q_proj.bias, a.k_proj.bias, a.v_proj.bias]))
@@ -71,7 +71,7 @@ def test_pre_ln_layer_scale_matches_hf_data2vec_vision_layers_with_bias():
     ours = Transformer(TransformerConfig(dim=D, depth=L, heads=H, ffn_dim=F, layout="pre_ln", layer_scale_init=0.1,
                                          qkv_bias="qv", final_norm=False, norm_eps=1e-6, dropout=0.0,
                                          attention_dropout=0.0, init="beit")).eval()
-    for hf, mine in zip(hf_layers, ours.layers):
+    for hf, mine in zip(hf_layers, ours.layers, strict=True):
         a = hf.attention.attention
         assert a.key.bias is None
         _qkv_from(a.query, a.key, a.value, mine.attn)

@@ -75,7 +75,7 @@ class AudioRecordDecoder(RecordDecoder):
         keys = [s.get("key", "") for s in samples]
         if self.options.batching == "crop":
             size = min(int(w.shape[0]) for w in sources)
-            cropped = [crop_window(w, size, float(s.get("crop_offset", 0.0))) for w, s in zip(sources, samples)]
+            cropped = [crop_window(w, size, float(s.get("crop_offset", 0.0))) for w, s in zip(sources, samples, strict=True)]
             return {"source": torch.stack(cropped), "padding_mask": None, "keys": keys}
         padded, padding_mask = pad_sequences(sources, 0.0)
         return {"source": padded, "padding_mask": padding_mask, "keys": keys}

@@ -98,7 +98,7 @@ def hf_config(cfg: RunConfig) -> Any:
     ``cfg.encoder``, dropouts and LayerDrop from ``cfg.model`` (they only matter for fine-tuning)."""
     m = cfg.model
     opts = AudioEncoderOptions.model_validate(cfg.encoder)
-    channels, kernels, strides = (list(v) for v in zip(*opts.conv_layers()))
+    channels, kernels, strides = (list(v) for v in zip(*opts.conv_layers(), strict=True))
     return transformers_module().Data2VecAudioConfig(
         hidden_size=m.dim,
         num_hidden_layers=m.depth,

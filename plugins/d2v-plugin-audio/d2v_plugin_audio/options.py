@@ -58,7 +58,7 @@ class AudioEncoderOptions(Options):
         """``(channels, kernel, stride)`` of each conv layer, as fairseq's ``conv_feature_layers``."""
         n = len(self.conv_kernels)
         channels = self.conv_channels if isinstance(self.conv_channels, list) else [self.conv_channels] * n
-        return list(zip(channels, self.conv_kernels, self.conv_strides))
+        return list(zip(channels, self.conv_kernels, self.conv_strides, strict=True))
 
 
 class SpanMaskerOptions(Options):

@@ -9,7 +9,7 @@ import torch
 from d2v_plugin_audio.conv_feature_extractor import ConvFeatureExtractor, conv_output_lengths, frame_padding_mask
 from d2v_plugin_audio.options import PAPER_CONV_KERNELS, PAPER_CONV_STRIDES
 
-PAPER = list(zip(PAPER_CONV_KERNELS, PAPER_CONV_STRIDES))
+PAPER = list(zip(PAPER_CONV_KERNELS, PAPER_CONV_STRIDES, strict=True))
 
 
 def by_formula(length: int, layers) -> int:
@@ -52,7 +52,7 @@ def test_frame_padding_mask_keeps_the_frames_of_the_valid_samples():
     frames = by_formula(total, PAPER)
     mask = frame_padding_mask(sample_pad, frames, PAPER)
     assert mask.shape == (4, frames) and mask.dtype == torch.bool
-    for row, n in zip(mask, lengths):
+    for row, n in zip(mask, lengths, strict=True):
         valid = by_formula(n, PAPER)
         assert not row[:valid].any() and row[valid:].all()
 

@@ -27,6 +27,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from d2v_cli.testing import run_cli
 from d2v_core.errors import CheckpointError
 from d2v_core.inference.embed import encoder_states
 from d2v_core.inference.pretrained import load_pretrained
@@ -152,7 +153,7 @@ def fs_features(s: dict, wav: torch.Tensor, sample_pad: torch.Tensor | None):
     """data2vec_audio.py ``forward`` L298-L348 up to the encoder (mask=False): conv stack,
     LayerNorm(C), the frame padding mask (L315-L333), ``post_extract_proj``."""
     x = wav.unsqueeze(1)
-    for j, (c, k, st) in enumerate(CONV):
+    for j, (c, _, st) in enumerate(CONV):  # the kernel size is the weight's
         x = F.conv1d(x, s[f"feature_extractor.conv_layers.{j}.0.weight"], stride=st)
         x = F.layer_norm(x.transpose(1, 2), (c,), s[f"feature_extractor.conv_layers.{j}.2.1.weight"],
                          s[f"feature_extractor.conv_layers.{j}.2.1.bias"]).transpose(1, 2)
@@ -276,18 +277,6 @@ DEMO = Path(__import__("d2v_plugin_audio").__file__).parent / "demo"
 QUIET = ["--set", "runtime.progress=false", "--set", "runtime.tensorboard=false"]
 
 
-def cli(args: list[str], capsys) -> tuple[int, str, str]:
-    from d2v_cli.app import main
-
-    try:
-        main(args)
-        code = 0
-    except SystemExit as exc:
-        code = int(exc.code or 0)
-    got = capsys.readouterr()
-    return code, got.out, got.err
-
-
 @pytest.fixture(scope="module")
 def fixture_ckpt(tmp_path_factory):
     root = tmp_path_factory.mktemp("fairseq_audio")
@@ -299,38 +288,35 @@ def fixture_ckpt(tmp_path_factory):
 @pytest.fixture(scope="module")
 def imported(fixture_ckpt):
     root, _, ckpt = fixture_ckpt
-    from d2v_cli.app import main
-
-    try:  # modality read from the checkpoint (no --modality); the tiny preset's training settings
-        main(["import", "--from-fairseq", str(ckpt), "--out", str(root / "run"), "--preset", "tiny"])
-    except SystemExit as exc:
-        assert not exc.code
+    # modality read from the checkpoint (no --modality); the tiny preset's training settings
+    code, _, err = run_cli(["import", "--from-fairseq", str(ckpt), "--out", str(root / "run"), "--preset", "tiny"])
+    assert not code, err
     return root / "run"
 
 
-def test_import_reports_unused_keys_in_one_line(fixture_ckpt, capsys):
+def test_import_reports_unused_keys_in_one_line(fixture_ckpt):
     root, _, ckpt = fixture_ckpt
-    code, out, err = cli(["import", "--from-fairseq", str(ckpt), "--out", str(root / "run_b")], capsys)
+    code, out, err = run_cli(["import", "--from-fairseq", str(ckpt), "--out", str(root / "run_b")])
     assert code == 0, err
     lines = [line for line in out.splitlines() if line.strip()]
     assert len(lines) == 1
     assert "data2vec 1.0 audio" in lines[0] and "1 unused key(s): quantizer.vars" in lines[0]
     assert "teacher from its EMA" in lines[0]
-    code, _, err = cli(["import", "--from-fairseq", str(ckpt), "--out", str(root / "run_b")], capsys)
+    code, _, err = run_cli(["import", "--from-fairseq", str(ckpt), "--out", str(root / "run_b")])
     assert code != 0 and "already holds checkpoints" in err  # never overwrites a run
 
 
-def test_wrong_modality_is_refused(fixture_ckpt, capsys, tmp_path):
+def test_wrong_modality_is_refused(fixture_ckpt, tmp_path):
     _, _, ckpt = fixture_ckpt
-    code, _, err = cli(["import", "--from-fairseq", str(ckpt), "--modality", "image", "--out", str(tmp_path / "r")], capsys)
+    code, _, err = run_cli(["import", "--from-fairseq", str(ckpt), "--modality", "image", "--out", str(tmp_path / "r")])
     assert code != 0 and "no installed importer for modality 'image'" in err and "data2vec_audio" in err
     assert not (tmp_path / "r").exists()
 
 
-def test_export_to_transformers_gives_fairseq_outputs(fixture_ckpt, imported, capsys, tmp_path):
+def test_export_to_transformers_gives_fairseq_outputs(fixture_ckpt, imported, tmp_path):
     transformers = pytest.importorskip("transformers")
     _, s, _ = fixture_ckpt
-    code, _, err = cli(["export", str(imported), "--format", "hf", "--out", str(tmp_path / "hf")], capsys)
+    code, _, err = run_cli(["export", str(imported), "--format", "hf", "--out", str(tmp_path / "hf")])
     assert code == 0, err
     hf = transformers.Data2VecAudioModel.from_pretrained(str(tmp_path / "hf")).eval()
     lengths = torch.tensor([4000, 3100])
@@ -346,9 +332,9 @@ def test_export_to_transformers_gives_fairseq_outputs(fixture_ckpt, imported, ca
     assert (theirs - ours)[valid].abs().max() <= 1e-5
 
 
-def test_embed_and_probe_an_imported_run(imported, capsys, tmp_path):
+def test_embed_and_probe_an_imported_run(imported, tmp_path):
     clips = sorted(DEMO.glob("*.flac"))[:8]
-    code, _, err = cli(["embed", str(imported), str(DEMO), "--out", str(tmp_path / "e.npy")], capsys)
+    code, _, err = run_cli(["embed", str(imported), str(DEMO), "--out", str(tmp_path / "e.npy")])
     assert code == 0, err
     manifest = tmp_path / "labels.csv"
     with open(manifest, "w", newline="") as f:
@@ -356,16 +342,16 @@ def test_embed_and_probe_an_imported_run(imported, capsys, tmp_path):
         w.writerow(["path", "label", "group"])
         w.writerows([str(c), i % 2, f"g{i % 4}"] for i, c in enumerate(clips))
     report = tmp_path / "probe.json"
-    code, _, err = cli(["probe", str(imported), "--train", str(manifest), "--split-by", "group", "--json", str(report)], capsys)
+    code, _, err = run_cli(["probe", str(imported), "--train", str(manifest), "--split-by", "group", "--json", str(report)])
     assert code == 0, err
     assert 0.0 <= json.loads(report.read_text())["pretrained"]["accuracy"] <= 1.0
 
 
 @pytest.mark.slow
-def test_pretraining_continues_from_an_import(imported, capsys, tmp_path):
+def test_pretraining_continues_from_an_import(imported, tmp_path):
     run = tmp_path / "continued"
-    code, _, err = cli(["pretrain", "-m", "audio", "--init-from", str(imported), "--max-steps", "2", "--out", str(run),
-                        "--set", "data.batch_size=2", *QUIET], capsys)
+    code, _, err = run_cli(["pretrain", "-m", "audio", "--init-from", str(imported), "--max-steps", "2", "--out", str(run),
+                            "--set", "data.batch_size=2", *QUIET])
     assert code == 0, err
     start, after = load_checkpoint(imported)["student"], load_checkpoint(run)["student"]
     drift = max((after[k] - start[k]).abs().max().item() for k in start if k.startswith("transformer."))

@@ -29,6 +29,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from d2v_cli.testing import run_cli
 from d2v_core.errors import CheckpointError
 from d2v_core.inference.embed import encoder_states
 from d2v_core.inference.pretrained import load_pretrained
@@ -110,7 +111,7 @@ def fairseq_state(seed: int = 0) -> dict[str, torch.Tensor]:
 def fs_local(s: dict, wav: torch.Tensor, sample_pad: torch.Tensor | None):
     """``local_features`` (base.py L190-L203) and ``AudioEncoder.convert_padding_mask`` (audio.py L142-L180)."""
     x = wav.unsqueeze(1)
-    for j, (c, k, st) in enumerate(CONV):
+    for j, (c, _, st) in enumerate(CONV):  # the kernel size is the weight's
         x = F.conv1d(x, s[A + f"local_encoder.conv_layers.{j}.0.weight"], stride=st)
         x = F.gelu(F.layer_norm(x.transpose(1, 2), (c,), s[A + f"local_encoder.conv_layers.{j}.2.1.weight"],
                                 s[A + f"local_encoder.conv_layers.{j}.2.1.bias"]).transpose(1, 2))
@@ -245,10 +246,8 @@ def test_prenet_blocks_are_refused(tmp_path, registry):
 
 
 @pytest.mark.slow
-def test_pretraining_continues_from_a_v2_import(tmp_path, capsys):
+def test_pretraining_continues_from_a_v2_import(tmp_path):
     from pathlib import Path
-
-    from d2v_cli.app import main
 
     ckpt = save_fairseq_checkpoint(tmp_path / "c.pt", fairseq_state(), MODEL_CFG, form="dict")
     demo = Path(__import__("d2v_plugin_audio").__file__).parent / "demo"
@@ -256,10 +255,8 @@ def test_pretraining_continues_from_a_v2_import(tmp_path, capsys):
                  ["pretrain", "-m", "audio", "--init-from", str(tmp_path / "run"), "--data", str(demo), "--max-steps", "2",
                   "--out", str(tmp_path / "cont"), "--set", "data.batch_size=2", "--set", "masking.clone_batch=2",
                   "--set", "runtime.progress=false", "--set", "runtime.tensorboard=false"]):
-        try:
-            main(args)
-        except SystemExit as exc:
-            assert not exc.code, capsys.readouterr().err
+        code, _, err = run_cli(args)
+        assert not code, err
     start, after = load_checkpoint(tmp_path / "run")["student"], load_checkpoint(tmp_path / "cont")["student"]
     drift = max((after[k] - start[k]).abs().max().item() for k in start if k.startswith("transformer."))
     assert 0 < drift < 0.05

@@ -22,6 +22,7 @@ import torch
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 transformers = pytest.importorskip("transformers")
 
+from d2v_cli.testing import run_cli  # noqa: E402
 from d2v_core.config_resolve import config_to_yaml, resolve_config  # noqa: E402
 from d2v_core.errors import ExportError  # noqa: E402
 from d2v_core.inference.embed import encoder_states  # noqa: E402
@@ -37,18 +38,6 @@ from d2v_plugin_audio.hf_export import AudioHFExporter  # noqa: E402
 from d2v_plugin_audio.options import AudioDataOptions  # noqa: E402
 
 QUIET = ["--set", "runtime.progress=false", "--set", "runtime.tensorboard=false"]
-
-
-def cli(args: list[str], capsys=None) -> tuple[int, str]:
-    """Run ``d2v ARGS`` in-process; (exit code, stderr when ``capsys`` is given)."""
-    from d2v_cli.app import main
-
-    try:
-        main(args)
-        code = 0
-    except SystemExit as exc:
-        code = int(exc.code or 0)
-    return code, capsys.readouterr().err if capsys is not None else ""
 
 
 def random_model(registry, cfg):
@@ -79,7 +68,7 @@ def exported(loaded, tmp_path_factory):
     model = random_model(loaded.registry, cfg)
     ckpt = checkpoint(model, cfg, root / "run")
     hf_dir = root / "hf"
-    code, _ = cli(["export", str(ckpt), "--format", "hf", "--out", str(hf_dir)])
+    code, _, _ = run_cli(["export", str(ckpt), "--format", "hf", "--out", str(hf_dir)])
     assert code == 0
     return SimpleNamespace(root=root, cfg=cfg, model=model, ckpt=ckpt, hf_dir=hf_dir)
 
@@ -154,7 +143,7 @@ def test_feature_extractor_pipeline_matches_the_record_decoder(exported, audio):
 @pytest.fixture(scope="module")
 def imported(exported, loaded):
     run2 = exported.root / "imported"
-    code, _ = cli(["import", "--from-hf", str(exported.hf_dir), "--modality", "audio", "--out", str(run2)])
+    code, _, _ = run_cli(["import", "--from-hf", str(exported.hf_dir), "--modality", "audio", "--out", str(run2)])
     assert code == 0
     return run2
 
@@ -176,11 +165,11 @@ def test_import_round_trip(exported, imported, loaded):
 
 
 @pytest.mark.slow
-def test_pretraining_continues_from_an_import(exported, imported, capsys):
+def test_pretraining_continues_from_an_import(exported, imported):
     run3 = exported.root / "continued"
     args = ["pretrain", "-m", "audio", "--init-from", str(imported), "--max-steps", "2", "--out", str(run3),
             "--set", "data.batch_size=2", *QUIET]  # on the plugin's demo clips
-    code, err = cli(args, capsys)
+    code, _, err = run_cli(args)
     assert code == 0, err
     assert json.loads((run3 / "summary.json").read_text())["step"] == 2
     after = load_checkpoint(run3)["student"]
@@ -209,17 +198,17 @@ def test_refuses_what_transformers_cannot_represent(loaded, tmp_path, override, 
     assert not list(tmp_path.iterdir())  # nothing half-written
 
 
-def test_cli_refusal_is_one_line(loaded, tmp_path, capsys):
+def test_cli_refusal_is_one_line(loaded, tmp_path):
     cfg = resolve_config(loaded.registry, "audio", "tiny", overrides=["model.final_norm=true"])
     ckpt = checkpoint(build_model(cfg, loaded.registry), cfg, tmp_path / "run")
-    code, err = cli(["export", str(ckpt), "--format", "hf", "--out", str(tmp_path / "hf")], capsys)
+    code, _, err = run_cli(["export", str(ckpt), "--format", "hf", "--out", str(tmp_path / "hf")])
     assert code == 1 and err.count("\n") == 1 and "model.final_norm=true" in err
 
 
-def test_import_refuses_other_models_and_incomplete_weights(exported, loaded, tmp_path, capsys):
+def test_import_refuses_other_models_and_incomplete_weights(exported, loaded, tmp_path):
     text = tmp_path / "text"
     transformers.Data2VecTextConfig(hidden_size=32, num_hidden_layers=1, num_attention_heads=2, intermediate_size=64).save_pretrained(text)
-    code, err = cli(["import", "--from-hf", str(text), "--modality", "audio", "--out", str(tmp_path / "a")], capsys)
+    code, _, err = run_cli(["import", "--from-hf", str(text), "--modality", "audio", "--out", str(tmp_path / "a")])
     assert code == 1 and err.count("\n") == 1 and "'data2vec-text'" in err
 
     from safetensors.torch import load_file, save_file
@@ -231,12 +220,12 @@ def test_import_refuses_other_models_and_incomplete_weights(exported, loaded, tm
     weights = load_file(str(exported.hf_dir / "model.safetensors"))
     del weights["encoder.layers.1.attention.k_proj.weight"]
     save_file(weights, str(partial / "model.safetensors"), metadata={"format": "pt"})
-    code, err = cli(["import", "--from-hf", str(partial), "--modality", "audio", "--out", str(tmp_path / "b")], capsys)
+    code, _, err = run_cli(["import", "--from-hf", str(partial), "--modality", "audio", "--out", str(tmp_path / "b")])
     assert code == 1 and err.count("\n") == 1 and "missing ['encoder.layers.1.attention.k_proj.weight']" in err
 
     weights["encoder.layers.1.attention.k_proj.weight"] = torch.zeros(128, 64)
     save_file(weights, str(partial / "model.safetensors"), metadata={"format": "pt"})
-    code, err = cli(["import", "--from-hf", str(partial), "--modality", "audio", "--out", str(tmp_path / "c")], capsys)
+    code, _, err = run_cli(["import", "--from-hf", str(partial), "--modality", "audio", "--out", str(tmp_path / "c")])
     assert code == 1 and err.count("\n") == 1 and "wrong shape ['encoder.layers.1.attention.k_proj.weight (128, 64)" in err
 
 

@@ -129,7 +129,7 @@ def test_crop_batching_cuts_every_clip_to_the_shortest(audio):
     batch = dec.collate(samples)
     assert batch["source"].shape == (3, 4800) and batch["padding_mask"] is None
     assert batch["keys"] == ["k0", "k1", "k2"]
-    for row, s in zip(batch["source"], samples):
+    for row, s in zip(batch["source"], samples, strict=True):
         full = s["source"]
         windows = full.unfold(0, 4800, 1)
         assert (windows == row).all(-1).any()  # a contiguous window of the clip
@@ -142,7 +142,7 @@ def test_pad_batching_pads_with_zeros_and_a_sample_mask(audio):
     batch = dec.collate(samples)
     lengths = [8000, 4800, 12800]
     assert batch["source"].shape == (3, 12800) and batch["padding_mask"].dtype == torch.bool
-    for row, mask, s, n in zip(batch["source"], batch["padding_mask"], samples, lengths):
+    for row, mask, s, n in zip(batch["source"], batch["padding_mask"], samples, lengths, strict=True):
         assert not mask[:n].any() and mask[n:].all()
         assert torch.equal(row[:n], s["source"]) and (row[n:] == 0).all()
 

@@ -130,7 +130,7 @@ def test_padding_is_never_masked_and_row_lengths_set_the_count():
             assert not (m & pad).any()
             ratios += m.sum(-1) / lengths / 200
     # each row's coverage follows its own valid length, not the padded length
-    for got, n in zip(ratios.tolist(), lengths.tolist()):
+    for got, n in zip(ratios.tolist(), lengths.tolist(), strict=True):
         assert got == pytest.approx(span_coverage(0.65, 10, 1, n), abs=0.03), n
 
 

@@ -14,6 +14,7 @@ import torch  # noqa: E402
 from PIL import Image  # noqa: E402
 from safetensors.torch import load_file, save_file  # noqa: E402
 
+from d2v_cli.testing import run_cli  # noqa: E402
 from d2v_core.config_resolve import config_to_yaml, resolve_config  # noqa: E402
 from d2v_core.errors import ExportError  # noqa: E402
 from d2v_core.inference.embed import encoder_states  # noqa: E402
@@ -37,19 +38,6 @@ def registry():
     with plugin_context(plugin_module) as loaded:
         assert not loaded.errors(), loaded.errors()
         yield loaded.registry
-
-
-def cli(args: list[str], capsys) -> tuple[int, str, str]:
-    """``d2v ARGS`` in-process: (exit code, stdout, stderr)."""
-    from d2v_cli.app import main
-
-    try:
-        main(args)
-        code = 0
-    except SystemExit as exc:
-        code = int(exc.code or 0)
-    out = capsys.readouterr()
-    return code, out.out, out.err
 
 
 def tiny_config(registry, *overrides: str):
@@ -96,11 +84,8 @@ def exported(registry, tmp_path_factory):
     cfg = tiny_config(registry)
     model = random_model(cfg, registry)
     save_run(model, cfg, root / "run")
-    from d2v_cli.app import main
-
-    with pytest.raises(SystemExit) as done:
-        main(["export", str(root / "run"), "--format", "hf", "--out", str(root / "hf")])
-    assert done.value.code == 0
+    code, _, err = run_cli(["export", str(root / "run"), "--format", "hf", "--out", str(root / "hf")])
+    assert code == 0, err
     return model, cfg, root
 
 
@@ -166,11 +151,10 @@ def test_preprocessor_is_the_eval_transform(exported):
         assert (default(img, return_tensors="pt").pixel_values[0] - ours).abs().max().item() <= 0.05
 
 
-def test_import_round_trip_and_continue_pretraining(exported, registry, capsys, tmp_path):
+def test_import_round_trip_and_continue_pretraining(exported, registry, tmp_path):
     model, cfg, root = exported
     with plugin_context(plugin_module):
-        code, _, err = cli(["import", "--from-hf", str(root / "hf"), "--modality", "image", "--out", str(tmp_path / "run2")],
-                           capsys)
+        code, _, err = run_cli(["import", "--from-hf", str(root / "hf"), "--modality", "image", "--out", str(tmp_path / "run2")])
         assert code == 0, err
         pre = load_pretrained(tmp_path / "run2", registry)
         m = pre.cfg.model
@@ -189,10 +173,10 @@ def test_import_round_trip_and_continue_pretraining(exported, registry, capsys, 
         assert all(torch.equal(student[k], teacher[k]) for k in teacher)  # the teacher starts as the student
 
         # the architecture (depth 3, not the preset's 4) comes from the imported checkpoint's config
-        code, _, err = cli(["pretrain", "-m", "image", "--init-from", str(tmp_path / "run2"), "--max-steps", "2",
-                            "--data", plugin_module.demo_data(), "--out", str(tmp_path / "run3"),
-                            "--set", "data.batch_size=8", "--set", "runtime.progress=false",
-                            "--set", "runtime.tensorboard=false"], capsys)
+        code, _, err = run_cli(["pretrain", "-m", "image", "--init-from", str(tmp_path / "run2"), "--max-steps", "2",
+                                "--data", plugin_module.demo_data(), "--out", str(tmp_path / "run3"),
+                                "--set", "data.batch_size=8", "--set", "runtime.progress=false",
+                                "--set", "runtime.tensorboard=false"])
         assert code == 0, err
         assert latest_checkpoint(tmp_path / "run3").step == 2
 
@@ -224,11 +208,11 @@ def test_other_layouts_export_exactly(registry, tmp_path, overrides):
     (("model.layout=post_ln", "model.layer_scale_init=null"), "model.layout=post_ln"),
     (("model.final_norm=false",), "model.final_norm=false"),
 ])
-def test_unrepresentable_models_are_refused_in_one_line(registry, capsys, tmp_path, overrides, message):
+def test_unrepresentable_models_are_refused_in_one_line(registry, tmp_path, overrides, message):
     cfg = tiny_config(registry, *overrides)
     save_run(random_model(cfg, registry), cfg, tmp_path / "run")
     with plugin_context(plugin_module):
-        code, _, err = cli(["export", str(tmp_path / "run"), "--format", "hf", "--out", str(tmp_path / "hf")], capsys)
+        code, _, err = run_cli(["export", str(tmp_path / "run"), "--format", "hf", "--out", str(tmp_path / "hf")])
     assert code == 1 and message in err and err.count("\n") == 1, err
     assert not list((tmp_path / "hf").glob("*"))  # nothing written (the core may also remove the folder)
 
@@ -267,14 +251,13 @@ def test_import_refuses_what_d2v_cannot_represent(tmp_path):
         exporter.import_config(tmp_path / "bert")
 
 
-def test_import_refuses_missing_weights(registry, capsys, tmp_path):
+def test_import_refuses_missing_weights(registry, tmp_path):
     src = _hf_dir(tmp_path / "hf")
     weights = load_file(str(src / "model.safetensors"))
     del weights["encoder.layer.1.attention.attention.key.weight"]
     save_file(weights, str(src / "model.safetensors"), metadata={"format": "pt"})
-    capsys.readouterr()
     with plugin_context(plugin_module):
-        code, _, err = cli(["import", "--from-hf", str(src), "--modality", "image", "--out", str(tmp_path / "run")], capsys)
+        code, _, err = run_cli(["import", "--from-hf", str(src), "--modality", "image", "--out", str(tmp_path / "run")])
     assert code == 1 and "encoder.layer.1.attention.attention.key.weight" in err and err.count("\n") == 1, err
 
 

@@ -12,6 +12,7 @@ import pytest
 import yaml
 from mlflow.tracking import MlflowClient
 
+from d2v_cli.testing import run_cli
 from d2v_core import LoggerContext
 from d2v_core.plugin_loader import module_source, plugin_context
 from d2v_core.train.metrics import read_metrics
@@ -36,19 +37,12 @@ def _no_tracking_server(monkeypatch):
 
 
 @pytest.fixture
-def d2v(capsys):
+def d2v():
     """``d2v ARGS`` in-process with the example modality and this plugin: (exit code, stdout, stderr)."""
-    from d2v_cli.app import main
 
     def run(args):
         with plugin_context(module_source(example_plugin, name="example"), module_source(mlflow_plugin, name="mlflow")):
-            try:
-                main(args)
-                code = 0
-            except SystemExit as exc:
-                code = int(exc.code or 0)
-        out = capsys.readouterr()
-        return code, out.out, out.err
+            return run_cli(args)
 
     return run
 

@@ -18,12 +18,12 @@ class ModelType(str, Enum):
 
 
 def train_tokenizer(
-    corpus: List[Path] = typer.Option(
+    corpus: List[Path] = typer.Option(  # noqa: B008 - typer's option pattern
         ..., "--corpus", help="Text file(s): one document per line, or .jsonl with a 'text' field. Repeat the flag or list more files after it."
     ),
-    more_files: Optional[List[Path]] = typer.Argument(None, help="More corpus files.", show_default=False),
+    more_files: Optional[List[Path]] = typer.Argument(None, help="More corpus files.", show_default=False),  # noqa: B008 - typer's option pattern
     vocab_size: int = typer.Option(..., "--vocab-size", min=8, help="Sentencepiece pieces (specials included); <mask> adds one id."),
-    model_type: ModelType = typer.Option(ModelType.bpe, "--model-type", help="Sentencepiece algorithm."),
+    model_type: ModelType = typer.Option(ModelType.bpe, "--model-type", help="Sentencepiece algorithm."),  # noqa: B008 - typer's option pattern
     out: str = typer.Option(..., "--out", help="Output prefix: writes PREFIX.model."),
 ) -> None:
     """Train a sentencepiece tokenizer for the text modality (bos 0, pad 1, eos 2, unk 3, <mask> last)."""

@@ -24,7 +24,7 @@ def test_list_source_batches_have_the_row_count_and_rows_are_corpus_blocks(tmp_p
     assert batches and all(b["tokens"].shape[0] == 6 for b in batches)
     docs = [small_tokenizer.encode(t) + [small_tokenizer.eos_id] for t in corpus_lines]
     stream = [t for d in docs for t in d]
-    rows = [r[~m].tolist() for b in batches for r, m in zip(b["tokens"], b["padding_mask"])]
+    rows = [r[~m].tolist() for b in batches for r, m in zip(b["tokens"], b["padding_mask"], strict=True)]
     assert all(r[0] == small_tokenizer.bos_id and 1 < len(r) <= size for r in rows)
     if mode == "none":  # every row is a full 31-token window of the concatenated corpus at a multiple of 31
         starts = {tuple(stream[s : s + 31]) for s in range(0, len(stream) - 30, 31)}

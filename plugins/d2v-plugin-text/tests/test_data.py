@@ -53,7 +53,7 @@ def test_collate_packs_and_pads(decoder, small_tokenizer):
     expected = [[0, *docs[0], *docs[1]]] + [[0, *docs[2][i : i + 15]] for i in range(0, len(docs[2]), 15)]
     tokens = batch["tokens"]
     assert tokens.dtype == torch.long and tokens.shape == (len(expected), max(map(len, expected)))
-    for row, exp in zip(tokens.tolist(), expected):
+    for row, exp in zip(tokens.tolist(), expected, strict=True):
         assert row == exp + [1] * (tokens.shape[1] - len(exp))
     assert torch.equal(batch["padding_mask"], tokens.eq(1))
     assert batch["keys"][0] == "k0+k1" and all(k == "k2" for k in batch["keys"][1:])
@@ -64,7 +64,7 @@ def test_collate_none_mode(small_tokenizer):
     samples = [dec.decode({"txt": t.encode(), "__key__": str(i)}) for i, t in enumerate(["the day of the week.", "a man."])]
     batch = dec.collate(samples)
     stream = [t for s in samples for t in s["tokens"]]
-    rows = [r[: 8 - int(p.sum())] for r, p in zip(batch["tokens"].tolist(), batch["padding_mask"])]
+    rows = [r[: 8 - int(p.sum())] for r, p in zip(batch["tokens"].tolist(), batch["padding_mask"], strict=True)]
     assert all(r[0] == 0 for r in rows) and [t for r in rows for t in r[1:]] == stream
     assert all(len(r) == 8 for r in rows[:-1])
 

@@ -21,6 +21,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from d2v_cli.testing import run_cli
 from d2v_core.errors import ConfigError
 from d2v_core.inference.embed import encoder_states
 from d2v_core.inference.pretrained import load_pretrained
@@ -98,7 +99,7 @@ def fs_forward(s: dict, prefix: str, tokens: torch.Tensor):
     for i in range(DEPTH):
         p = f"{prefix}layers.{i}."
 
-        def lin(name: str, t: torch.Tensor) -> torch.Tensor:
+        def lin(name: str, t: torch.Tensor, p: str = p) -> torch.Tensor:  # this layer's prefix
             return F.linear(t, s[p + name + ".weight"], s[p + name + ".bias"])
 
         q = lin("self_attn.q_proj", x) * hd ** -0.5
@@ -313,36 +314,25 @@ def test_v2_import_matches_fairseq_forward_with_padding(tmp_path, registry):
     assert (y - y_fs).abs().max() <= 1e-5
 
 
-def _cli(args: list[str], capsys) -> tuple[int, str]:  # noqa: ANN001
-    from d2v_cli.app import main
-
-    try:
-        main(args)
-        code = 0
-    except SystemExit as exc:
-        code = int(exc.code or 0)
-    return code, capsys.readouterr().err
-
-
 @pytest.mark.slow
 @pytest.mark.parametrize("which", ["v1", "v2"])
-def test_an_imported_text_run_embeds_and_continues_pretraining(tmp_path, capsys, which):
+def test_an_imported_text_run_embeds_and_continues_pretraining(tmp_path, which):
     state, cfg = (fairseq_state(), MODEL_CFG) if which == "v1" else (v2_state(), V2_CFG)
     ckpt = save_fairseq_checkpoint(tmp_path / "c.pt", state, cfg, form="dict", task_cfg=TASK_CFG)
     run = tmp_path / "run"
-    code, err = _cli(["import", "--from-fairseq", str(ckpt), "--out", str(run), "--set", SPM[0]], capsys)
+    code, _, err = run_cli(["import", "--from-fairseq", str(ckpt), "--out", str(run), "--set", SPM[0]])
     assert code == 0, err
     docs = tmp_path / "docs"
     docs.mkdir()
     words = "the cat sat on the mat while a dog ran in the park and the children played by the river".split()
     for i in range(8):  # enough text to pack into full rows of block_size tokens (2.0 drops partial rows)
         (docs / f"d{i}.txt").write_text(" ".join(words[(i + j) % len(words)] for j in range(60)), encoding="utf-8")
-    code, err = _cli(["embed", str(run), str(docs), "--out", str(tmp_path / "e.npy")], capsys)
+    code, _, err = run_cli(["embed", str(run), str(docs), "--out", str(tmp_path / "e.npy")])
     assert code == 0, err
     cont = tmp_path / "continued"
-    code, err = _cli(["pretrain", "-m", "text", "--init-from", str(run), "--data", str(docs), "--max-steps", "2",
-                      "--out", str(cont), "--set", "data.batch_size=1", "--set", "masking.clone_batch=2",
-                      "--set", "runtime.progress=false", "--set", "runtime.tensorboard=false"], capsys)
+    code, _, err = run_cli(["pretrain", "-m", "text", "--init-from", str(run), "--data", str(docs), "--max-steps", "2",
+                            "--out", str(cont), "--set", "data.batch_size=1", "--set", "masking.clone_batch=2",
+                            "--set", "runtime.progress=false", "--set", "runtime.tensorboard=false"])
     assert code == 0, err
     start, after = load_checkpoint(run)["student"], load_checkpoint(cont)["student"]
     drift = max((after[k] - start[k]).abs().max().item() for k in start if k.startswith("transformer."))

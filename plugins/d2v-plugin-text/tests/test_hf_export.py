@@ -13,6 +13,7 @@ import torch
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
+from d2v_cli.testing import run_cli  # noqa: E402
 from d2v_core.config_resolve import config_to_yaml, resolve_config  # noqa: E402
 from d2v_core.errors import ExportError  # noqa: E402
 from d2v_core.inference.embed import encoder_states  # noqa: E402
@@ -40,18 +41,6 @@ ODD_TEXTS = [
     "Numbers 1234567 and 3.14159; symbols #@$%^&*()[]{}|\\/",
     "don't stop, can't won't...!!! ???",
 ]
-
-
-def run_cli(args: list[str], capsys) -> tuple[int, str, str]:
-    from d2v_cli.app import main
-
-    try:
-        main(args)
-        code = 0
-    except SystemExit as exc:
-        code = int(exc.code or 0)
-    out = capsys.readouterr()
-    return code, out.out, out.err
 
 
 @pytest.fixture()
@@ -136,7 +125,7 @@ def test_unigram_tokenizer_matches_on_plain_text(corpus_file, corpus_lines, tmp_
 
 
 # -- export, import, continue ---------------------------------------------------------------------
-def test_export_import_and_continue(registry, small_tokenizer, corpus_lines, tmp_path, capsys):
+def test_export_import_and_continue(registry, small_tokenizer, corpus_lines, tmp_path):
     tok_file = tmp_path / "tok" / "my_spm.model"
     tok_file.parent.mkdir()
     tok_file.write_bytes(small_tokenizer.model_bytes)
@@ -153,7 +142,7 @@ def test_export_import_and_continue(registry, small_tokenizer, corpus_lines, tmp
     valid = ~batch["padding_mask"]
 
     hf_dir = tmp_path / "hf"
-    code, out, err = run_cli(["export", str(tmp_path / "run"), "--format", "hf", "--out", str(hf_dir)], capsys)
+    code, out, err = run_cli(["export", str(tmp_path / "run"), "--format", "hf", "--out", str(hf_dir)])
     assert code == 0, err
     assert err == "" and out.count("\n") == 1  # one line, no progress bars or load reports
     assert {"config.json", "model.safetensors", "tokenizer.json", "tokenizer_config.json", SPM_FILE} <= {
@@ -168,13 +157,12 @@ def test_export_import_and_continue(registry, small_tokenizer, corpus_lines, tmp
     docs.mkdir()
     for i, t in enumerate(texts[:2]):
         (docs / f"d{i}.txt").write_text(t, encoding="utf-8")
-    code, _, err = run_cli(["embed", str(tmp_path / "run"), str(docs), "--out", str(tmp_path / "e.npy")], capsys)
+    code, _, err = run_cli(["embed", str(tmp_path / "run"), str(docs), "--out", str(tmp_path / "e.npy")])
     assert code == 0, err
     assert np.load(tmp_path / "e.npy").shape == (2, 32)
 
     # import: the same outputs, and a checkpoint that carries the tokenizer itself
-    code, _, err = run_cli(["import", "--from-hf", str(hf_dir), "--modality", "text", "--out", str(tmp_path / "run2")],
-                           capsys)
+    code, _, err = run_cli(["import", "--from-hf", str(hf_dir), "--modality", "text", "--out", str(tmp_path / "run2")])
     assert code == 0, err
     (hf_dir / SPM_FILE).unlink()
     pre = load_pretrained(tmp_path / "run2", registry)
@@ -192,7 +180,7 @@ def test_export_import_and_continue(registry, small_tokenizer, corpus_lines, tmp
         "--data", str(corpus), "--out", str(tmp_path / "run3"), "--max-steps", "2",
         "--set", "data.batch_size=8", "--set", "runtime.save_every=2", "--set", "runtime.progress=false",
         "--set", "runtime.tensorboard=false",
-    ], capsys)
+    ])
     assert code == 0, err
     cont = load_pretrained(tmp_path / "run3", registry)
     w0 = pre.model.state_dict()["transformer.layers.0.fc1.weight"]
@@ -219,11 +207,11 @@ def random_hf_dir(out: Path, tok: Tokenizer, head: str = "pooler") -> Path:
     return out
 
 
-def test_import_of_a_transformers_model(registry, small_tokenizer, corpus_lines, tmp_path, capsys):
+def test_import_of_a_transformers_model(registry, small_tokenizer, corpus_lines, tmp_path):
     hf_dir = random_hf_dir(tmp_path / "hf", small_tokenizer)
     texts = [corpus_lines[3], "Hi.", ODD_TEXTS[4]]
     ids, theirs = hf_states(hf_dir, texts)
-    code, _, err = run_cli(["import", "--from-hf", str(hf_dir), "-m", "text", "--out", str(tmp_path / "run")], capsys)
+    code, _, err = run_cli(["import", "--from-hf", str(hf_dir), "-m", "text", "--out", str(tmp_path / "run")])
     assert code == 0, err
     pre = load_pretrained(tmp_path / "run", registry)
     assert (pre.cfg.model.dim, pre.cfg.model.ffn_dim, pre.cfg.encoder.max_positions) == (24, 40, 32)
@@ -233,7 +221,7 @@ def test_import_of_a_transformers_model(registry, small_tokenizer, corpus_lines,
     assert (ours - theirs).abs()[~batch["padding_mask"]].max().item() <= 1e-4  # token types folded in exactly
 
     mlm = random_hf_dir(tmp_path / "mlm", small_tokenizer, head="mlm")  # data2vec_text.* names and lm_head.*
-    code, _, err = run_cli(["import", "--from-hf", str(mlm), "-m", "text", "--out", str(tmp_path / "run2")], capsys)
+    code, _, err = run_cli(["import", "--from-hf", str(mlm), "-m", "text", "--out", str(tmp_path / "run2")])
     assert code == 0, err
 
     from safetensors.torch import load_file, save_file
@@ -241,19 +229,18 @@ def test_import_of_a_transformers_model(registry, small_tokenizer, corpus_lines,
     weights = load_file(str(hf_dir / "model.safetensors"))
     weights["encoder.adapter.weight"] = torch.zeros(2, 2)  # a tensor d2v has no place for
     save_file(weights, str(hf_dir / "model.safetensors"), metadata={"format": "pt"})
-    code, _, err = run_cli(["import", "--from-hf", str(hf_dir), "-m", "text", "--out", str(tmp_path / "run3")], capsys)
+    code, _, err = run_cli(["import", "--from-hf", str(hf_dir), "-m", "text", "--out", str(tmp_path / "run3")])
     assert code == 1 and "encoder.adapter.weight" in err and err.count("\n") == 1
 
 
-def test_import_refuses_what_it_cannot_use(registry, small_tokenizer, tmp_path, capsys):
+def test_import_refuses_what_it_cannot_use(registry, small_tokenizer, tmp_path):
     cfg = tiny_config(registry, tmp_path / "t.model")
     (tmp_path / "t.model").write_bytes(small_tokenizer.model_bytes)
     model = random_model(registry, cfg)
     exporter = TextHFExporter()
     exporter.export(model, cfg, model.encoder.extra_state(), tmp_path / "hf")
     (tmp_path / "hf" / SPM_FILE).unlink()
-    code, _, err = run_cli(["import", "--from-hf", str(tmp_path / "hf"), "-m", "text", "--out", str(tmp_path / "r")],
-                           capsys)
+    code, _, err = run_cli(["import", "--from-hf", str(tmp_path / "hf"), "-m", "text", "--out", str(tmp_path / "r")])
     assert code != 0 and "sentencepiece" in err and err.count("\n") == 1
     (tmp_path / "hf" / "other.model").write_bytes(load_tokenizer(None).model_bytes)  # 1,001 ids, model has 201
     with pytest.raises(ExportError, match="1001 ids"):
@@ -275,15 +262,15 @@ def test_export_refuses_what_transformers_cannot_represent(registry, small_token
     assert not (tmp_path / "hf").exists()
 
 
-def test_export_refusal_through_the_cli(registry, small_tokenizer, tmp_path, capsys):
+def test_export_refusal_through_the_cli(registry, small_tokenizer, tmp_path):
     (tmp_path / "t.model").write_bytes(small_tokenizer.model_bytes)
     cfg = tiny_config(registry, tmp_path / "t.model", "model.layout=pre_ln", "model.final_norm=true")
     save(random_model(registry, cfg), cfg, tmp_path / "run")
-    code, _, err = run_cli(["export", str(tmp_path / "run"), "--format", "hf", "--out", str(tmp_path / "hf")], capsys)
+    code, _, err = run_cli(["export", str(tmp_path / "run"), "--format", "hf", "--out", str(tmp_path / "hf")])
     assert code == 1 and "pre_ln" in err and "final_norm" in err and err.count("\n") == 1
 
 
-def test_v2_model_exports_to_data2vec_text_model(registry, small_tokenizer, corpus_lines, tmp_path, capsys):
+def test_v2_model_exports_to_data2vec_text_model(registry, small_tokenizer, corpus_lines, tmp_path):
     """The decoder is training-only; the encoder of a v2 text model is RoBERTa-shaped, so the hf
     export holds it exactly."""
     tok_file = tmp_path / "spm.model"
@@ -298,7 +285,7 @@ def test_v2_model_exports_to_data2vec_text_model(registry, small_tokenizer, corp
     texts = [corpus_lines[0], "Hi.", corpus_lines[1]]
     batch = padded_batch(small_tokenizer, texts)
     ours, _ = encoder_states(model, batch)
-    code, _, err = run_cli(["export", str(tmp_path / "run"), "--format", "hf", "--out", str(tmp_path / "hf")], capsys)
+    code, _, err = run_cli(["export", str(tmp_path / "run"), "--format", "hf", "--out", str(tmp_path / "hf")])
     assert code == 0, err
     _, theirs = hf_states(tmp_path / "hf", texts)
     valid = ~batch["padding_mask"]
