@@ -52,7 +52,7 @@ def test_a_fit_above_the_size_limit_keeps_the_librarys_threads(threads_seen_by_f
     assert threads_seen_by_fit == [{2}]
 
 
-def test_the_thread_limit_does_not_change_the_probe(monkeypatch):
+def test_the_thread_limit_does_not_change_the_probe(threads_seen_by_fit):
     limited = fit_and_score(_split())
-    monkeypatch.setattr(probe, "SINGLE_THREAD_FIT_MAX_ELEMENTS", -1)
-    assert fit_and_score(_split()) == limited
+    assert fit_and_score(_split(), blas_threads=2) == limited
+    assert threads_seen_by_fit == [{1}, {2}]

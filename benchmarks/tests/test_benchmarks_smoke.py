@@ -204,6 +204,10 @@ def test_online_probe_cost_runs(tmp_path: Path) -> None:
     row = json.loads((tmp_path / "online_probe_cost.json").read_text())["modalities"]["text"]
     assert row["probe_train_size"] + row["probe_test_size"] == 24 and row["probes_per_run"] == 5  # 1000 steps, every 200
     assert row["first_probe_s"] > 0 and row["later_probe_s"] > 0 and 0 < row["cost_fraction"] < 1
+    parts = row["parts"]
+    assert parts["decode_s"] > 0 and parts["embed_s"] > 0
+    assert set(parts["fit_s"]) == {"one_thread", "library_threads"} and all(len(v) == 3 for v in parts["fit_runs_s"].values())
+    assert parts["fit_accuracy"]["one_thread"] == parts["fit_accuracy"]["library_threads"]
 
 
 def test_v2_audio_sweep_probes_student_and_teacher(tmp_path: Path) -> None:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import random
 from dataclasses import dataclass
-from typing import Sequence
+from typing import Literal, Sequence
 
 import numpy as np
 
@@ -83,8 +83,10 @@ def fit_blas_threads(x_train: np.ndarray) -> int | None:
     return 1 if x_train.size <= SINGLE_THREAD_FIT_MAX_ELEMENTS else None
 
 
-def fit_and_score(split: ProbeSplit, seed: int = 0) -> dict:
-    """Standardise, fit multinomial logistic regression on train, report test accuracy."""
+def fit_and_score(split: ProbeSplit, seed: int = 0, *, blas_threads: int | None | Literal["auto"] = "auto") -> dict:
+    """Standardise, fit multinomial logistic regression on train, report test accuracy.
+    ``blas_threads``: the BLAS threads of the fit (``auto``: :func:`fit_blas_threads`; ``None``:
+    the library's own count)."""
     from sklearn.linear_model import LogisticRegression
     from sklearn.pipeline import make_pipeline
     from sklearn.preprocessing import StandardScaler
@@ -93,7 +95,8 @@ def fit_and_score(split: ProbeSplit, seed: int = 0) -> dict:
     if len(set(split.y_train)) < 2:
         raise DataError("the probe's training split has fewer than 2 classes")
     clf = make_pipeline(StandardScaler(), LogisticRegression(max_iter=2000, random_state=seed))
-    with threadpool_limits(limits=fit_blas_threads(split.x_train), user_api="blas"):
+    threads = fit_blas_threads(split.x_train) if blas_threads == "auto" else blas_threads
+    with threadpool_limits(limits=threads, user_api="blas"):
         clf.fit(split.x_train, split.y_train)
     accuracy = float((clf.predict(split.x_test) == np.array(split.y_test)).mean())
     return {"accuracy": accuracy, "train_size": len(split.y_train), "test_size": len(split.y_test)}
