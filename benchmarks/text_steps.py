@@ -42,7 +42,7 @@ from pretrain_probe import TASKS, pretrain, probe_manifest, read_metrics  # noqa
 
 
 def probe_run(run: Path, manifest: Path, variants: list[str], cache: Path, config_dir: Path | None = None) -> dict:
-    """{variant: {"pretrained": acc, "random_init": acc}} for ``variants`` ("final", "targets",
+    """{variant: {"pretrained": acc, "random_init": acc[, "random_init_run_seed": acc]}} for ``variants`` ("final", "targets",
     "top-k"): ``d2v probe RUN --train MANIFEST --split-by doc --baseline random-init [--layers V]``
     in-process, with the random-init accuracy cached per architecture. ``run`` is a run directory
     (its latest checkpoint) or one checkpoint of the run in ``config_dir``."""
@@ -59,11 +59,15 @@ def probe_run(run: Path, manifest: Path, variants: list[str], cache: Path, confi
     known = json.loads(cache.read_text()) if cache.is_file() else {}
     registry = get_registry()
     out: dict = {}
-    for name, random_init in (("pretrained", False), ("random_init", True)):
-        pre = load_pretrained(run, registry, random_init=random_init, seed=0)
+    seed = int(cfg.get("runtime", {}).get("seed", 0))
+    # random init at seed 0 (every row's baseline) and, for a run of another seed, at that seed
+    # too (random_init_run_seed): the spread of the baseline itself, beside the pretrained one's
+    passes = [("pretrained", False, 0), ("random_init", True, 0)] + ([("random_init_run_seed", True, seed)] if seed else [])
+    for name, random_init, init_seed in passes:
+        pre = load_pretrained(run, registry, random_init=random_init, seed=init_seed)
         source = resolve_source(str(manifest), tuple(pre.record_decoder.extensions))
         for v in variants:
-            key = f"{arch}|{v}"
+            key = f"{arch}|{v}" + (f"|seed={init_seed}" if init_seed else "")
             if random_init and key in known:
                 out[v][name] = known[key]
                 continue
