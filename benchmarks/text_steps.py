@@ -15,7 +15,9 @@ the mean of the run's top-K target layers, normalised as its targets; ``--layers
 process with ``d2v probe``'s functions (one model load, the random-init accuracy of an
 architecture computed once and cached in ``--work``/random_init.json): on a loaded machine a
 ``d2v probe`` subprocess per variant cost more than the pretraining. ``--probe-only`` probes
-an existing run again.
+an existing run again. ``--every K`` saves a checkpoint every K updates and probes each of them
+(``checkpoint_probes``, with each one's share of the CPU seconds), so one run shows whether the
+probe still grows with updates; ``probes`` is always the final checkpoint's.
 
 Every row records process CPU seconds (user + system): ``pretrain_cpu_seconds`` of the
 ``d2v pretrain`` child (``getrusage(RUSAGE_CHILDREN)`` around it) and ``probe_cpu_seconds`` of
@@ -36,13 +38,14 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from bench_common import ROOT, SHARED, machine_info  # noqa: E402
-from pretrain_probe import TASKS, pretrain, probe_manifest  # noqa: E402
+from pretrain_probe import TASKS, pretrain, probe_manifest, read_metrics  # noqa: E402
 
 
-def probe_run(run: Path, manifest: Path, variants: list[str], cache: Path) -> dict:
-    """{variant: {"pretrained": acc, "random_init": acc}} for ``variants`` ("final", "targets",
+def probe_run(run: Path, manifest: Path, variants: list[str], cache: Path, config_dir: Path | None = None) -> dict:
+    """{variant: {"pretrained": acc, "random_init": acc[, "random_init_run_seed": acc]}} for ``variants`` ("final", "targets",
     "top-k"): ``d2v probe RUN --train MANIFEST --split-by doc --baseline random-init [--layers V]``
-    in-process, with the random-init accuracy cached per architecture."""
+    in-process, with the random-init accuracy cached per architecture. ``run`` is a run directory
+    (its latest checkpoint) or one checkpoint of the run in ``config_dir``."""
     import yaml
 
     from d2v_core.data.sources import resolve_source
@@ -51,16 +54,20 @@ def probe_run(run: Path, manifest: Path, variants: list[str], cache: Path) -> di
     from d2v_core.inference.probe import fit_and_score, split_by_group
     from d2v_core.plugin_loader import get_registry
 
-    cfg = yaml.safe_load((run / "config.yaml").read_text(encoding="utf-8"))
+    cfg = yaml.safe_load(((config_dir or run) / "config.yaml").read_text(encoding="utf-8"))
     arch = json.dumps({"model": cfg["model"], "encoder": cfg["encoder"], "targets": cfg["targets"]}, sort_keys=True, default=str)
     known = json.loads(cache.read_text()) if cache.is_file() else {}
     registry = get_registry()
     out: dict = {}
-    for name, random_init in (("pretrained", False), ("random_init", True)):
-        pre = load_pretrained(run, registry, random_init=random_init, seed=0)
+    seed = int(cfg.get("runtime", {}).get("seed", 0))
+    # random init at seed 0 (every row's baseline) and, for a run of another seed, at that seed
+    # too (random_init_run_seed): the spread of the baseline itself, beside the pretrained one's
+    passes = [("pretrained", False, 0), ("random_init", True, 0)] + ([("random_init_run_seed", True, seed)] if seed else [])
+    for name, random_init, init_seed in passes:
+        pre = load_pretrained(run, registry, random_init=random_init, seed=init_seed)
         source = resolve_source(str(manifest), tuple(pre.record_decoder.extensions))
         for v in variants:
-            key = f"{arch}|{v}"
+            key = f"{arch}|{v}" + (f"|seed={init_seed}" if init_seed else "")
             if random_init and key in known:
                 out[v][name] = known[key]
                 continue
@@ -73,6 +80,29 @@ def probe_run(run: Path, manifest: Path, variants: list[str], cache: Path) -> di
     return out
 
 
+def probe_checkpoints(run: Path, manifest: Path, variants: list[str], cache: Path, cpu_total: float | None) -> list[dict]:
+    """``probe_run`` on every checkpoint of ``run`` but the last, oldest first, each row with its
+    step and (when the run was trained here) its share of the pretrain CPU seconds."""
+    from d2v_core.train.checkpoint import list_checkpoints
+
+    cks = list_checkpoints(run)
+    last = cks[-1].step if cks else 0
+    metrics = read_metrics(run)
+    rows = []
+    for ck in cks[:-1]:
+        row: dict = {"step": ck.step}
+        if cpu_total is not None and last:  # start-up included, spread over the steps
+            row["cpu_seconds"] = cpu_total * ck.step / last
+        logged = [m for m in metrics if m["step"] <= ck.step]
+        if logged:  # the last logged row at or before the checkpoint (rel_loss, target_var there)
+            row["metrics"] = logged[-1]
+        row["probes"] = probe_run(ck.path, manifest, variants, cache, run)
+        print(f"  step {ck.step}: " + ", ".join(f"{v} {r['pretrained']:.4f} (random init {r['random_init']:.4f})"
+                                               for v, r in row["probes"].items()), flush=True)
+        rows.append(row)
+    return rows
+
+
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--preset", default="tiny")
@@ -80,6 +110,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--tag", required=True, help="name of this attempt (run directory and JSON row)")
     p.add_argument("--set", action="append", default=[], dest="sets", help="config override for d2v pretrain (repeatable)")
     p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--every", type=int, help="save a checkpoint every N updates and probe each one (checkpoint_probes)")
     p.add_argument("--probe-only", action="store_true", help="probe the existing run directory of --tag again")
     p.add_argument("--root", type=Path, default=SHARED)
     p.add_argument("--work", type=Path, default=ROOT / "runs" / "bench" / "text_steps")
@@ -89,8 +120,14 @@ def main(argv: list[str] | None = None) -> None:
     task = TASKS["text"]
     run = a.work / a.tag
     extra = [x for s in a.sets for x in ("--set", s)] + ["--threads", str(a.threads)]
+    if a.every and not a.probe_only:
+        if a.steps is None or a.every <= 0:
+            p.error("--every needs --steps and a positive interval")
+        extra += ["--set", f"runtime.save_every={a.every}", "--set", f"runtime.keep_last={a.steps // a.every + 2}"]
     t0 = time.time()
-    row: dict = {"tag": a.tag, "preset": a.preset, "steps": a.steps, "overrides": a.sets, "threads": a.threads}
+    row: dict = {"tag": a.tag, "preset": a.preset, "steps": a.steps, "overrides": a.sets, "threads": a.threads,
+                 "every": a.every}
+    cpu: float | None = None
     if not a.probe_only:
         if a.steps is None:
             p.error("--steps is required unless --probe-only")
@@ -113,6 +150,8 @@ def main(argv: list[str] | None = None) -> None:
     row["load_average_before_probe"] = os.getloadavg()
     cpu0 = time.process_time()
     row["probes"] = probe_run(run, manifest, variants, a.work / "random_init.json")
+    if a.every:
+        row["checkpoint_probes"] = probe_checkpoints(run, manifest, variants, a.work / "random_init.json", cpu)
     row["probe_cpu_seconds"] = time.process_time() - cpu0
     for v, r in row["probes"].items():
         print(f"{a.tag} [{v}]: probe {r['pretrained']:.4f}, random init {r['random_init']:.4f}", flush=True)

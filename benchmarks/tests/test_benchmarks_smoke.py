@@ -140,6 +140,35 @@ def test_text_steps_probes_the_final_layer_and_the_targets(tmp_path: Path) -> No
     assert len(json.loads((tmp_path / "runs" / "random_init.json").read_text())) == 2
 
 
+def test_text_steps_every_probes_each_checkpoint(tmp_path: Path) -> None:
+    """--every K: a checkpoint every K updates, each probed on both variants; the last is `probes`."""
+    _make_datasets(tmp_path / "data")
+    out = tmp_path / "rows.jsonl"
+    run_script("text_steps.py", "--steps", "4", "--every", "2", "--tag", "e", "--set", "data.batch_size=2",
+               "--set", "runtime.log_every=1", "--root", str(tmp_path / "data"), "--work", str(tmp_path / "runs"),
+               "--out", str(out))
+    (row,) = [json.loads(line) for line in out.read_text().splitlines()]
+    assert row["every"] == 2 and row["last_metrics"]["step"] == 4
+    (mid,) = row["checkpoint_probes"]  # step 2; step 4 is the final checkpoint's `probes`
+    assert mid["step"] == 2 and mid["metrics"]["step"] == 2
+    assert 0 < mid["cpu_seconds"] < row["pretrain_cpu_seconds"]
+    assert set(mid["probes"]) == set(row["probes"]) == {"final", "targets"}
+    for v in ("final", "targets"):  # one architecture: the same random init at every checkpoint
+        assert mid["probes"][v]["random_init"] == row["probes"][v]["random_init"]
+        assert "random_init_run_seed" not in row["probes"][v]  # a seed-0 run: its own init is the baseline
+
+
+def test_text_steps_probes_random_init_at_the_runs_seed_too(tmp_path: Path) -> None:
+    _make_datasets(tmp_path / "data")
+    out = tmp_path / "rows.jsonl"
+    run_script("text_steps.py", "--steps", "1", "--tag", "s", "--set", "data.batch_size=2", "--set", "runtime.seed=3",
+               "--root", str(tmp_path / "data"), "--work", str(tmp_path / "runs"), "--out", str(out))
+    (row,) = [json.loads(line) for line in out.read_text().splitlines()]
+    assert all(0.0 <= r["random_init_run_seed"] <= 1.0 for r in row["probes"].values())
+    keys = json.loads((tmp_path / "runs" / "random_init.json").read_text())
+    assert len(keys) == 4 and sum(k.endswith("|seed=3") for k in keys) == 2  # cached apart from seed 0's
+
+
 def test_text_probe_capacity_runs(tmp_path: Path) -> None:
     _make_datasets(tmp_path / "data")
     run_script("text_probe_capacity.py", "--root", str(tmp_path / "data"), "--work", str(tmp_path / "w"), "--dims", "8",
