@@ -78,8 +78,8 @@ def fit_blas_threads(x_train: np.ndarray) -> int | None:
     """BLAS threads for the fit of ``x_train``: one up to :data:`SINGLE_THREAD_FIT_MAX_ELEMENTS`
     (``None``, the library's default, above). L-BFGS makes hundreds of small matrix products;
     on a probe's matrices (1,000 x 128 in the online probe) several OpenBLAS threads cost more in
-    hand-offs than they gain, and beside busy cores (training, data workers) they slowed the fit
-    about 100x (docs/benchmarks.md, section 9)."""
+    hand-offs than they gain: two threads made the fit about 20x slower on an idle 2-core machine
+    and about 100x beside busy cores (docs/benchmarks.md, section 9)."""
     return 1 if x_train.size <= SINGLE_THREAD_FIT_MAX_ELEMENTS else None
 
 
