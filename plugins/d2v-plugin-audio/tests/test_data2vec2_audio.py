@@ -48,8 +48,10 @@ def test_v2_base_preset_is_the_spec_recipe(registry):
     tiny = resolve_config(registry, "audio", "v2-tiny")
     v1_tiny = resolve_config(registry, "audio", "tiny")
     assert tiny.model == v1_tiny.model  # the same encoder size, for the v1/v2 comparison
-    # d2v's own short-run choices (docs/benchmarks.md, issue 20): 4 clones, tiny's schedule
+    # d2v's own short-run choices (docs/benchmarks.md, issue 20): 4 clones, tiny's schedule, the
+    # teacher at 0.999 from the first step
     assert tiny.masking.clone_batch == 4 and tiny.encoder.alibi is True
+    assert (tiny.ema.decay, tiny.ema.end_decay) == (0.999, 0.999)
     assert tiny.optim.schedule == v1_tiny.optim.schedule and tiny.masking.options == cfg.masking.options
 
 

@@ -45,7 +45,9 @@ def test_v2_base_preset_is_the_spec_recipe(registry):
     assert (o.schedule.name, o.schedule.warmup_steps, cfg.runtime.max_steps) == ("cosine", 4000, 1_000_000)
     assert cfg.data.options.block_size == 512 and cfg.data.options.break_mode == "none"
     tiny = resolve_config(registry, "text", "v2-tiny")
-    assert (tiny.model.dim, tiny.model.depth) == (128, 4) and tiny.masking.clone_batch == 8
+    # d2v's own small 2.0 preset (not the reference's): wider and shallower than tiny, 4 masks a row
+    assert (tiny.model.dim, tiny.model.depth, tiny.model.heads, tiny.model.ffn_dim) == (256, 2, 4, 1024)
+    assert tiny.masking.clone_batch == 4 and tiny.targets.top_k == 2
 
 
 def test_drop_partial_row_keeps_only_full_rows(small_tokenizer):
@@ -77,6 +79,6 @@ def test_v2_step_drops_masked_tokens_and_runs_the_teacher_once(registry, small_t
     batch = {"tokens": tokens, "padding_mask": torch.zeros(2, 40, dtype=torch.bool), "keys": ["a", "b"]}
     out = model(batch, torch.Generator().manual_seed(0), teacher.model)
     masked = 40 - int(40 * (1 - 0.48))
-    assert shapes["t"] == [(2, 40, 32)] and shapes["s"] == [(16, 40 - masked, 32)]
+    assert shapes["t"] == [(2, 40, 32)] and shapes["s"] == [(2 * cfg.masking.clone_batch, 40 - masked, 32)]
     assert int(out.sample_size) == 16 * masked
     out.loss_sum.backward()
