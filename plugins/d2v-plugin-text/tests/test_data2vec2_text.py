@@ -78,7 +78,7 @@ def test_v2_step_drops_masked_tokens_and_runs_the_teacher_once(registry, small_t
     tokens = torch.randint(5, small_tokenizer.vocab_size - 1, (2, 40))
     batch = {"tokens": tokens, "padding_mask": torch.zeros(2, 40, dtype=torch.bool), "keys": ["a", "b"]}
     out = model(batch, torch.Generator().manual_seed(0), teacher.model)
-    masked = 40 - int(40 * (1 - 0.48))
-    assert shapes["t"] == [(2, 40, 32)] and shapes["s"] == [(2 * cfg.masking.clone_batch, 40 - masked, 32)]
-    assert int(out.sample_size) == 16 * masked
+    masked, rows = 40 - int(40 * (1 - 0.48)), 2 * cfg.masking.clone_batch  # every row masked M times
+    assert shapes["t"] == [(2, 40, 32)] and shapes["s"] == [(rows, 40 - masked, 32)]
+    assert int(out.sample_size) == rows * masked
     out.loss_sum.backward()
