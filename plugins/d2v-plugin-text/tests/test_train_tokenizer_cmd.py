@@ -54,5 +54,6 @@ def test_too_large_vocab_is_a_clear_error(tmp_path, corpus_file):
 
 
 def test_bad_model_type_is_rejected_by_the_parser(tmp_path, corpus_file):
-    result = CliRunner().invoke(make_app(), ["train-tokenizer", "--corpus", str(corpus_file), "--vocab-size", "100", "--model-type", "char", "--out", str(tmp_path / "m")])
+    args = ["train-tokenizer", "--corpus", str(corpus_file), "--vocab-size", "100", "--model-type", "char", "--out", str(tmp_path / "m")]
+    result = CliRunner().invoke(make_app(), args)
     assert result.exit_code == 2
