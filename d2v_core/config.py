@@ -236,6 +236,11 @@ class RuntimeConfig(StrictModel):
     health_after_step: NonNegativeInt = 5000
     min_target_var: NonNegativeFloat = 0.1
     min_pred_var: NonNegativeFloat = 0.01
+    #: a warning (training goes on), once per run, the first time ``rel_loss`` falls below this:
+    #: the student then predicts the teacher's targets almost exactly from what it sees, a
+    #: collapse the variance floors do not see (docs/benchmarks.md: healthy tiny runs end at
+    #: 0.10-0.65, the collapsed audio seed at 0.012-0.024); 0 turns it off
+    warn_rel_loss: NonNegativeFloat = 0.05
     # after a stop signal, a step that does not finish within this many seconds (a hung record
     # decoder, a rank that stopped answering) ends the process without a new checkpoint
     stop_timeout_s: float = Field(60.0, gt=0.0)

@@ -4,6 +4,7 @@ plain eager step."""
 
 from __future__ import annotations
 
+import json
 import traceback
 
 import pytest
@@ -161,6 +162,24 @@ def test_collapse_stops_the_run_at_the_first_checked_log_step(tmp_path, example_
                         "runtime.health_after_step=0", "runtime.min_pred_var=2.5")
     with pytest.raises(TrainingError, match=r"collapse at step 1: .* pred_var=\S+ \(min 2.5\)"):
         pred.fit()
+
+
+def test_a_near_zero_rel_loss_warns_once_and_training_goes_on(tmp_path, example_plugins, capsys):
+    """runtime.warn_rel_loss above any rel_loss the run can reach: the first log step warns (on
+    stderr, naming the figure metrics.jsonl logs there), no later one does, and the run finishes;
+    at the default (0.05) a short run, whose rel_loss starts near 1, says nothing."""
+    trainer = make_trainer(tmp_path / "w", "runtime.max_steps=6", "runtime.log_every=2", "runtime.save_every=100",
+                           "runtime.warn_rel_loss=1000")
+    assert trainer.fit().step == 6
+    err = capsys.readouterr().err
+    assert err.count("warning: rel_loss") == 1, err
+    first = json.loads((tmp_path / "w" / "run" / "metrics.jsonl").read_text().splitlines()[0])
+    assert first["step"] == 2 and f"rel_loss {first['rel_loss']:.3g} at step 2 is below runtime.warn_rel_loss (1000)" in err
+    quiet = make_trainer(tmp_path / "q", "runtime.max_steps=4", "runtime.log_every=2", "runtime.save_every=100")
+    quiet.fit()
+    assert "rel_loss" not in capsys.readouterr().err
+    rows = [json.loads(x) for x in (tmp_path / "q" / "run" / "metrics.jsonl").read_text().splitlines()]
+    assert all(r["rel_loss"] > 0.05 for r in rows if "rel_loss" in r)
 
 
 def test_a_non_finite_step_never_reaches_a_checkpoint(tmp_path, example_plugins):

@@ -47,6 +47,10 @@ def test_reference_lines_caption_and_probe_curve(tmp_path):
     assert [(r.value, r.label) for r in panel(data, "loss /").refs] == [(1.0, "1 = predicting the mean target")]
     # min_pred_var 0 is off: no line for it
     assert [(r.value, r.label) for r in panel(data, "variance").refs] == [(0.1, "min_target_var 0.1 (collapse limit, checked after step 100)")]
+    (tmp_path / "s").mkdir()
+    shortcut = run_folder(tmp_path / "s", rows([10], [1.0]), {**CONFIG, "runtime": {**CONFIG["runtime"], "warn_rel_loss": 0.05}})
+    assert [(r.value, r.label) for r in panel(report_data(shortcut), "loss /").refs] == [
+        (1.0, "1 = predicting the mean target"), (0.05, "warn_rel_loss 0.05 (a shortcut: see docs/configuration.md)")]
     probe = panel(data, "online probe")
     assert [(s.key, s.points) for s in probe.series] == [("probe_acc", [(20, 0.5), (30, 0.625)])]
     assert data.time_label == "training time (min)" and data.time_points == [(10, 100 / 60), (20, 200 / 60), (30, 5.0)]

@@ -101,10 +101,14 @@ def _section(cfg: dict[str, Any], name: str) -> dict[str, Any]:
 
 
 def _refs(keys: list[str], cfg: dict[str, Any]) -> list[RefLine]:
-    """rel_loss: 1 (the loss of predicting the mean target); variances: the collapse limits."""
+    """rel_loss: 1 (the loss of predicting the mean target) and the shortcut warning's limit;
+    variances: the collapse limits."""
     rt = _section(cfg, "runtime")
     if "rel_loss" in keys:
-        return [RefLine(1.0, "1 = predicting the mean target")]
+        warn = rt.get("warn_rel_loss")
+        shortcut = [RefLine(float(warn), f"warn_rel_loss {warn:g} (a shortcut: see docs/configuration.md)")] \
+            if isinstance(warn, (int, float)) and warn > 0 else []
+        return [RefLine(1.0, "1 = predicting the mean target"), *shortcut]
     if "target_var" in keys:
         after = f", checked after step {rt['health_after_step']}" if "health_after_step" in rt else ""
         return [RefLine(float(rt[k]), f"{k} {rt[k]:g} (collapse limit{after})") for k in ("min_target_var", "min_pred_var")

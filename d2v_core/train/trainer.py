@@ -14,6 +14,7 @@ import contextlib
 import math
 import random
 import signal
+import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -123,6 +124,7 @@ class Trainer:
         self._consumed: tuple | None = None  # the data position after the batch in use (with prefetch)
         self._stop = False
         self._stop_signal: int | None = None
+        self._warned_shortcut = False  # runtime.warn_rel_loss: said once per process
         self.last_checkpoint: Path | None = None
         # device sums since the last log step: loss, size, pred_var, target_var, samples, baseline, cls, grad_norm
         self._acc = torch.zeros(8, dtype=torch.float64, device=device)
@@ -291,6 +293,7 @@ class Trainer:
         if self.cfg.loss.cls_weight > 0:
             metrics["cls_loss"] = acc[6] / sample_size
         self._check_health(metrics)
+        self._check_shortcut(metrics)
         return metrics
 
     def _check_finite(self) -> None:
@@ -311,6 +314,17 @@ class Trainer:
                 f"representation collapse at step {self.step}: target_var={m['target_var']:.4g} (min {rt.min_target_var}), "
                 f"pred_var={m['pred_var']:.4g} (min {rt.min_pred_var}); try a lower optim.lr, a higher ema.decay or more masking"
             )
+
+    def _check_shortcut(self, m: dict[str, float]) -> None:
+        """Warn once when ``rel_loss`` falls below ``runtime.warn_rel_loss`` (rank 0; training goes on)."""
+        limit = self.cfg.runtime.warn_rel_loss
+        if self._warned_shortcut or limit <= 0 or not m["rel_loss"] < limit or not self.dist.is_main:
+            return
+        self._warned_shortcut = True
+        print(f"warning: rel_loss {m['rel_loss']:.3g} at step {self.step} is below runtime.warn_rel_loss ({limit:g}) while "
+              f"target_var is {m['target_var']:.3g} and pred_var {m['pred_var']:.3g}: the student predicts the targets almost "
+              "exactly, a collapse the variance limits do not see; try a higher ema.decay from step 0 or more masking; "
+              "training goes on", file=sys.stderr, flush=True)
 
     # -- the loop ------------------------------------------------------------------------------
     def _request_stop(self, signum, frame) -> None:  # noqa: ANN001
