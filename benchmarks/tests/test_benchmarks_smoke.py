@@ -259,8 +259,9 @@ def test_v2_audio_sweep_probes_student_and_teacher(tmp_path: Path) -> None:
     assert any(not np.array_equal(ckpt[k].numpy(), v.numpy()) for k, v in teacher.items())  # it did change something
 
 
-def test_v2_audio_step_cost_runs() -> None:
-    proc = run_script("v2_audio_step_cost.py", "--rounds", "1", "--batch", "2", "--length", "8000", "--variant", "tiny",
+@pytest.mark.parametrize("modality,extra", [("audio", ["--length", "8000"]), ("text", ["--length", "32"])])
+def test_step_cost_runs(modality: str, extra: list[str]) -> None:
+    proc = run_script("step_cost.py", "--modality", modality, "--rounds", "1", "--batch", "2", *extra, "--variant", "tiny",
                       "--variant", "v2-tiny masking.clone_batch=2")
     lines = [line for line in proc.stdout.splitlines() if "CPU s/step" in line]
-    assert len(lines) == 2 and "(1.00x)" in lines[0]
+    assert len(lines) == 2 and "(1.00x)" in lines[0] and lines[1].endswith("v2-tiny masking.clone_batch=2")
