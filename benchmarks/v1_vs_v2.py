@@ -23,6 +23,8 @@ script calibrates the step time, pretrains for ``--minutes`` of wall clock with 
   ``classical_baselines.py`` on the same split, so the v1 run also answers what pretraining buys.
 
 The two runs run one after the other on the same machine, so a busy machine distorts both.
+``--set`` overrides both runs, ``--v1-set`` / ``--v2-set`` one of them (a candidate preset
+measured before it becomes one; give such a run its own ``--work`` and ``--out``).
 """
 
 from __future__ import annotations
@@ -81,15 +83,15 @@ def time_at(step: int, metrics: list[dict]) -> float:
     return t0 + (step - s0) * (t1 - t0) / (s1 - s0)
 
 
-def run_preset(modality: str, preset: str, a: argparse.Namespace, manifest: Path) -> dict:
+def run_preset(modality: str, preset: str, a: argparse.Namespace, manifest: Path, own_sets: list[str]) -> dict:
     from d2v_core.train.checkpoint import list_checkpoints
 
     task = TASKS[modality]
     data = str(a.root / task["data"])
     tag = f"{modality}-{preset}-{a.minutes:g}min"
     run = a.work / tag
-    extra = [x for s in a.sets for x in ("--set", s)]
-    out: dict = {"preset": preset}
+    extra = [x for s in a.sets + own_sets for x in ("--set", s)]
+    out: dict = {"preset": preset, "overrides": own_sets}
     if a.reuse and list_checkpoints(run) and read_metrics(run):
         metrics = read_metrics(run)
         out["pretrain"] = {"reused": str(run), "steps_done": metrics[-1]["step"], "last_metrics": metrics[-1]}
@@ -150,8 +152,11 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--checkpoints", type=int, default=4, help="checkpoints to probe per run")
     p.add_argument("--target", type=float, help="probe accuracy for the time-to-accuracy comparison")
     p.add_argument("--set", action="append", default=[], dest="sets", help="override passed to both runs (repeatable)")
+    p.add_argument("--v1-set", action="append", default=[], dest="v1_sets", help="override of the V1 run only (repeatable)")
+    p.add_argument("--v2-set", action="append", default=[], dest="v2_sets", help="override of the V2 run only (repeatable)")
     p.add_argument("--root", type=Path, default=SHARED)
-    p.add_argument("--work", type=Path, default=ROOT / "runs" / "bench" / "v1_vs_v2")
+    p.add_argument("--work", type=Path, default=ROOT / "runs" / "bench" / "v1_vs_v2",
+                   help="run directories (a run with other overrides replaces the same preset's run here: give it its own)")
     p.add_argument("--reuse", action="store_true", help="probe existing run directories instead of pretraining again")
     p.add_argument("--probe-targets", action="store_true",
                    help="also probe every checkpoint on its target representation (d2v probe --layers targets / top-k)")
@@ -160,7 +165,7 @@ def main(argv: list[str] | None = None) -> None:
     a = p.parse_args(argv)
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     manifest = probe_manifest(a.modality, a.root, a.work / f"{a.modality}-manifests")
-    runs = [run_preset(a.modality, preset, a, manifest) for preset in a.presets]
+    runs = [run_preset(a.modality, preset, a, manifest, own) for preset, own in zip(a.presets, (a.v1_sets, a.v2_sets), strict=True)]
     finals = [[c for c in r["checkpoints"] if "accuracy" in c][-1]["accuracy"] for r in runs
               if any("accuracy" in c for c in r["checkpoints"])]
     target = a.target if a.target is not None else (min(finals) if finals else None)

@@ -105,15 +105,17 @@ def test_v1_vs_v2_runs(tmp_path: Path) -> None:
     _make_datasets(tmp_path / "data")
     run_script("v1_vs_v2.py", "--modality", "audio", "--minutes", "2", "--steps", "2", "--checkpoints", "1",
                "--root", str(tmp_path / "data"), "--work", str(tmp_path / "runs"), "--set", "data.batch_size=2",
-               "--probe-targets", "--out", str(tmp_path))
+               "--probe-targets", "--out", str(tmp_path), "--v2-set", "masking.clone_batch=3")
     result = json.loads((tmp_path / "v1_vs_v2_audio_2min.json").read_text())
     v1, v2 = result["runs"]
     assert (v1["preset"], v2["preset"]) == ("tiny", "v2-tiny")
     from d2v_plugin_audio.presets import PRESETS
 
-    # the student's clones per sample as the preset sets them (2.0), one for 1.0
-    assert v2["throughput"]["clone_batch"] == PRESETS["v2-tiny"]["masking"]["clone_batch"] > 1
-    assert v1["throughput"]["clone_batch"] == 1
+    # --v2-set reaches the 2.0 run only: its clones per sample as overridden (the preset has
+    # another count), one for 1.0
+    assert PRESETS["v2-tiny"]["masking"]["clone_batch"] != 3
+    assert v2["throughput"]["clone_batch"] == 3 and v2["overrides"] == ["masking.clone_batch=3"]
+    assert v1["throughput"]["clone_batch"] == 1 and v1["overrides"] == []
     assert all(0.0 <= r["checkpoints"][-1]["accuracy"] <= 1.0 for r in (v1, v2))
     # audio targets are instance-normed over time (zero mean per clip): the unnormalised top-k layers
     assert all(r["checkpoints"][-1]["targets_variant"] == "--layers top-k" for r in (v1, v2))
