@@ -1,7 +1,7 @@
 """Text pretraining at a FIXED number of updates, then the shared linear probe (issue 20).
 
 Run:  .venv/bin/python benchmarks/text_steps.py --preset tiny --steps 1500 --tag baseline
-      .venv/bin/python benchmarks/text_steps.py --preset tiny --steps 1500 --tag span --set masking.name=text-span
+      .venv/bin/python benchmarks/text_steps.py --preset tiny-bert --steps 1500 --tag bert
       -> one JSON line appended to benchmarks/results/text_steps.jsonl (runs under runs/bench/text_steps/)
 
 ``v1_vs_v2.py`` trains for minutes of wall clock, so on a shared machine the number of updates
