@@ -240,7 +240,7 @@ def text_section(quick: bool, root: Path) -> dict:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true")
-    parser.add_argument("--out", type=Path, default=None)
+    parser.add_argument("--out", type=Path, default=None, help="results folder (default benchmarks/results)")
     parser.add_argument("--root", type=Path, default=SHARED, help="datasets folder holding text/corpus.txt (default: the shared one)")
     args = parser.parse_args()
     n = 20_000 if args.quick else 281_241

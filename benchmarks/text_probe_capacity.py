@@ -41,7 +41,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--root", type=Path, default=SHARED)
     p.add_argument("--work", type=Path, default=Path("runs/bench/text_probe_capacity"))
     p.add_argument("--dims", type=int, nargs="+", default=[128, 384, 768])
-    p.add_argument("--out", type=Path)
+    p.add_argument("--out", type=Path, help="results folder (default benchmarks/results)")
     a = p.parse_args(argv)
     rows = manifest_rows(probe_manifest("text", a.root, a.work))
     emb = Embeddings(keys=[str(i) for i in range(len(rows))], meta=[{"label": r["label"], "doc": r["doc"]} for r in rows])

@@ -161,7 +161,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--probe-targets", action="store_true",
                    help="also probe every checkpoint on its target representation (d2v probe --layers targets / top-k)")
     p.add_argument("--no-classical", action="store_true", help="skip the classical baseline (MFCC / pixels / bag of words)")
-    p.add_argument("--out", type=Path)
+    p.add_argument("--out", type=Path, help="results folder (default benchmarks/results)")
     a = p.parse_args(argv)
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     manifest = probe_manifest(a.modality, a.root, a.work / f"{a.modality}-manifests")
