@@ -1,12 +1,13 @@
 """A masked-language-model control for the text probe (issue 20): does ANY self-supervised
-objective at the (then) ``tiny``'s size, on the demo corpus, beat random init on the shared probe?
+objective at the old ``tiny``'s size, on the demo corpus, beat random init on the shared probe?
 
 Run:  .venv/bin/python benchmarks/text_mlm_baseline.py --steps 750 --checkpoints 250,500,750
       -> benchmarks/results/text_mlm_baseline.json
 
 A transformers ``RobertaForMaskedLM`` with the sizes ``tiny`` had until issue 20's sixth round
 (128 wide, 4 layers, 4 heads, FFN 512, post-LN, dropout 0.1; ``tiny`` is now 256 x 2), the demo
-tokenizer, BERT masking (15% of tokens, 80/10/10) and cross-entropy on the masked tokens: the objective data2vec text replaces with its regression.
+tokenizer, BERT masking (15% of tokens, 80/10/10) and cross-entropy on the masked tokens: the
+objective data2vec text replaces with its regression.
 Rows of 128 tokens are cut from the concatenated corpus (``<s>`` doc ``</s>`` ...), 16 per batch,
 AdamW lr 1e-3 (betas 0.9/0.98, wd 0.01), 100 warm-up steps then cosine to 0, as ``tiny``. The
 probe is the one of ``text_steps.py`` (mean-pooled final layer of ``<s>`` + the record's tokens,
