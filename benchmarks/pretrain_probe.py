@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import hashlib
 import json
 import os
 import resource
@@ -169,6 +170,21 @@ def whole_clip_view(run: Path, work: Path, checkpoint: Path | None = None) -> Pa
     cfg = yaml.safe_load((view / "config.yaml").read_text(encoding="utf-8"))
     cfg["data"]["options"].update({"min_sample_size": 400, "batching": "pad"})  # 400: the conv stack's receptive field
     (view / "config.yaml").write_text(yaml.safe_dump(cfg, sort_keys=False), encoding="utf-8")
+    return view
+
+
+def teacher_view(view: Path) -> Path:
+    """Turn a probe view (a checkpoint copy) into one of its EMA teacher: the student weights are
+    replaced by the teacher's wherever the teacher has them (the teacher omits the conv extractor,
+    the feature projection and the decoder, which stay the student's); the recorded hash follows."""
+    from safetensors.torch import load_file, save_file
+
+    student, teacher = load_file(view / "student.safetensors"), load_file(view / "teacher.safetensors")
+    student.update({k: v for k, v in teacher.items() if k in student})
+    save_file(student, str(view / "student.safetensors"))
+    meta = json.loads((view / "meta.json").read_text(encoding="utf-8"))
+    meta["sha256"]["student.safetensors"] = hashlib.sha256((view / "student.safetensors").read_bytes()).hexdigest()
+    (view / "meta.json").write_text(json.dumps(meta), encoding="utf-8")
     return view
 
 

@@ -17,7 +17,10 @@ architecture computed once and cached in ``--work``/random_init.json): on a load
 ``d2v probe`` subprocess per variant cost more than the pretraining. ``--probe-only`` probes
 an existing run again. ``--every K`` saves a checkpoint every K updates and probes each of them
 (``checkpoint_probes``, with each one's share of the CPU seconds), so one run shows whether the
-probe still grows with updates; ``probes`` is always the final checkpoint's.
+probe still grows with updates; ``probes`` is always the final checkpoint's. ``--teacher`` also
+probes the EMA teacher of every checkpoint (``teacher_probes``: the student's weights replaced by
+the teacher's wherever it has them); with ``--probe-only --work DIR --tag RUN`` it probes any
+run, e.g. a ``v1_vs_v2.py`` run under ``runs/bench/v1_vs_v2``.
 
 Every row records process CPU seconds (user + system): ``pretrain_cpu_seconds`` of the
 ``d2v pretrain`` child (``getrusage(RUSAGE_CHILDREN)`` around it) and ``probe_cpu_seconds`` of
@@ -31,14 +34,16 @@ import argparse
 import json
 import os
 import resource
+import shutil
 import sys
+import tempfile
 import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from bench_common import ROOT, SHARED, machine_info  # noqa: E402
-from pretrain_probe import TASKS, pretrain, probe_manifest, read_metrics  # noqa: E402
+from pretrain_probe import TASKS, pretrain, probe_manifest, read_metrics, teacher_view  # noqa: E402
 
 
 def probe_run(run: Path, manifest: Path, variants: list[str], cache: Path, config_dir: Path | None = None) -> dict:
@@ -107,6 +112,23 @@ def probe_checkpoints(run: Path, manifest: Path, variants: list[str], cache: Pat
     return rows
 
 
+def probe_teachers(run: Path, manifest: Path, variants: list[str], cache: Path) -> list[dict]:
+    """``probe_run`` on the EMA teacher of every checkpoint of ``run``, oldest first: a copy of
+    the checkpoint whose student weights are the teacher's (the random init is the student's)."""
+    from d2v_core.train.checkpoint import list_checkpoints
+
+    rows = []
+    for ck in list_checkpoints(run):
+        with tempfile.TemporaryDirectory() as tmp:
+            view = Path(tmp) / ck.path.name
+            shutil.copytree(ck.path, view)
+            probes = probe_run(teacher_view(view), manifest, variants, cache, run)
+        rows.append({"step": ck.step, "probes": {v: r["pretrained"] for v, r in probes.items()}})
+        print(f"  teacher at step {ck.step}: " + ", ".join(f"{v} {acc:.4f}" for v, acc in rows[-1]["probes"].items()),
+              flush=True)
+    return rows
+
+
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--preset", default="tiny")
@@ -115,6 +137,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--set", action="append", default=[], dest="sets", help="config override for d2v pretrain (repeatable)")
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--every", type=int, help="save a checkpoint every N updates and probe each one (checkpoint_probes)")
+    p.add_argument("--teacher", action="store_true", help="also probe each checkpoint's EMA teacher (teacher_probes)")
     p.add_argument("--probe-only", action="store_true", help="probe the existing run directory of --tag again")
     p.add_argument("--root", type=Path, default=SHARED)
     p.add_argument("--work", type=Path, default=ROOT / "runs" / "bench" / "text_steps")
@@ -156,6 +179,8 @@ def main(argv: list[str] | None = None) -> None:
     row["probes"] = probe_run(run, manifest, variants, a.work / "random_init.json")
     if a.every:
         row["checkpoint_probes"] = probe_checkpoints(run, manifest, variants, a.work / "random_init.json", cpu)
+    if a.teacher:
+        row["teacher_probes"] = probe_teachers(run, manifest, variants, a.work / "random_init.json")
     row["probe_cpu_seconds"] = time.process_time() - cpu0
     for v, r in row["probes"].items():
         print(f"{a.tag} [{v}]: probe {r['pretrained']:.4f}, random init {r['random_init']:.4f}", flush=True)

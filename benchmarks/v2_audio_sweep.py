@@ -21,7 +21,6 @@ split) and is not repeated.
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 import os
 import resource
@@ -33,23 +32,8 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from bench_common import RESULTS, ROOT, SHARED, machine_info  # noqa: E402
-from pretrain_probe import d2v_exe, pretrain, probe_manifest, read_metrics, whole_clip_view  # noqa: E402
+from pretrain_probe import d2v_exe, pretrain, probe_manifest, read_metrics, teacher_view, whole_clip_view  # noqa: E402
 from v1_vs_v2 import time_at  # noqa: E402
-
-
-def teacher_view(view: Path) -> Path:
-    """Turn a probe view (a checkpoint copy) into one of its EMA teacher: the student weights are
-    replaced by the teacher's wherever the teacher has them (the teacher omits the conv extractor,
-    the feature projection and the decoder, which stay the student's); the recorded hash follows."""
-    from safetensors.torch import load_file, save_file
-
-    student, teacher = load_file(view / "student.safetensors"), load_file(view / "teacher.safetensors")
-    student.update({k: v for k, v in teacher.items() if k in student})
-    save_file(student, str(view / "student.safetensors"))
-    meta = json.loads((view / "meta.json").read_text(encoding="utf-8"))
-    meta["sha256"]["student.safetensors"] = hashlib.sha256((view / "student.safetensors").read_bytes()).hexdigest()
-    (view / "meta.json").write_text(json.dumps(meta), encoding="utf-8")
-    return view
 
 
 def probe_accuracy(target: Path, manifest: Path, out_json: Path) -> float:

@@ -171,6 +171,18 @@ def test_text_steps_probes_random_init_at_the_runs_seed_too(tmp_path: Path) -> N
     assert len(keys) == 4 and sum(k.endswith("|seed=3") for k in keys) == 2  # cached apart from seed 0's
 
 
+def test_text_steps_teacher_probes_each_checkpoints_ema_teacher(tmp_path: Path) -> None:
+    """--teacher: one teacher row per checkpoint; at EMA decay 0 the teacher is the student."""
+    _make_datasets(tmp_path / "data")
+    out = tmp_path / "rows.jsonl"
+    run_script("text_steps.py", "--steps", "2", "--every", "1", "--teacher", "--tag", "t", "--set", "data.batch_size=2",
+               "--set", "ema.decay=0", "--set", "ema.end_decay=0", "--root", str(tmp_path / "data"),
+               "--work", str(tmp_path / "runs"), "--out", str(out))
+    (row,) = [json.loads(line) for line in out.read_text().splitlines()]
+    assert [t["step"] for t in row["teacher_probes"]] == [1, 2]
+    assert row["teacher_probes"][-1]["probes"] == {v: r["pretrained"] for v, r in row["probes"].items()}
+
+
 def test_text_probe_capacity_runs(tmp_path: Path) -> None:
     _make_datasets(tmp_path / "data")
     run_script("text_probe_capacity.py", "--root", str(tmp_path / "data"), "--work", str(tmp_path / "w"), "--dims", "8",
